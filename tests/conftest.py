@@ -1,0 +1,32 @@
+import numpy as np
+import pytest
+import torch
+
+from core.autoencoder import LatentAutoencoder, TinyVAEConfig, build_tiny_vae
+from core.data import LabelledImages
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def tiny_images() -> LabelledImages:
+    """120 random 1x32x32 images in 3 classes."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(120, 1, 32, 32), dtype=np.uint8)
+    labels = np.repeat(np.arange(3), 40)
+    return LabelledImages(images, labels, ("a", "b", "c"), "tiny")
+
+
+def make_tiny_vae(seed: int = 0, scaling_factor: float = 0.5, shift_factor: float = 0.1) -> LatentAutoencoder:
+    torch.manual_seed(seed)
+    vae = build_tiny_vae(TinyVAEConfig(block_out_channels=(8, 8, 8), norm_num_groups=4))
+    vae.register_to_config(scaling_factor=scaling_factor, shift_factor=shift_factor)
+    return LatentAutoencoder(vae, source=f"tiny-{seed}")
+
+
+@pytest.fixture
+def tiny_vae() -> LatentAutoencoder:
+    return make_tiny_vae()
