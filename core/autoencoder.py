@@ -5,6 +5,7 @@ mean; images are float in [-1, 1], shape (B, C, H, W); latents are (B, latent_ch
 """
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import tempfile
@@ -31,7 +32,10 @@ class LatentAutoencoder:
 
     def __init__(self, vae: AutoencoderKL, source: str = "", device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32):
-        self.vae = vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        vae = vae.to(device=device)
+        if dtype != torch.float32:  # diffusers warns on any dtype cast, so cast only when asked to
+            vae = vae.to(dtype=dtype)
+        self.vae = vae.eval().requires_grad_(False)
         self.source = source
         self.device = torch.device(device)
         self.dtype = dtype
@@ -49,7 +53,8 @@ class LatentAutoencoder:
                 "re-create it with `python -m core train-vae --out DIR` or give a diffusers hub id")
         try:
             kwargs = {"subfolder": subfolder} if subfolder else {}
-            vae = AutoencoderKL.from_pretrained(str(path_or_id), use_safetensors=True, **kwargs)
+            vae = AutoencoderKL.from_pretrained(str(path_or_id), use_safetensors=True, low_cpu_mem_usage=False,
+                                                **kwargs)
         except (OSError, ValueError, RuntimeError, EnvironmentError) as exc:
             raise CheckpointError(f"{path_or_id}: could not load an AutoencoderKL ({exc}); "
                                   "check the folder or hub id, or re-create it with `python -m core train-vae`") from exc
@@ -81,7 +86,8 @@ class LatentAutoencoder:
         """SHA-256 of the weights and config: the key of every cache derived from this VAE."""
         if self._fingerprint is None:
             config = {k: v for k, v in dict(self.vae.config).items() if not k.startswith("_")}
-            self._fingerprint = tensors_fingerprint(self.vae.state_dict(), extra=repr(sorted(config.items())))
+            self._fingerprint = tensors_fingerprint(self.vae.state_dict(),
+                                                    extra=json.dumps(config, sort_keys=True, default=str))
         return self._fingerprint
 
     # -- encode / decode -------------------------------------------------------------------------

@@ -7,6 +7,7 @@ classifier-free guidance v = v_null + w (v_y - v_null) is available (w = 1: none
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -135,7 +136,7 @@ def train_flow(config: FlowTrainConfig, latents: LatentSet, out: str | Path, res
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / config.warmup) * 0.5 * (1 + np.cos(np.pi * min(s, config.steps) / config.steps)))
+        optimizer, lambda s: min(1.0, (s + 1) / config.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
     out = Path(out)
     ckpt = out / "checkpoint.pt"
     start = 0
@@ -148,7 +149,7 @@ def train_flow(config: FlowTrainConfig, latents: LatentSet, out: str | Path, res
             schedule.load_state_dict(state["schedule"])
             generator.set_state(state["generator"])
             start = int(state["step"])
-        except (RuntimeError, KeyError, ValueError, EOFError) as exc:
+        except Exception as exc:  # noqa: BLE001 - unpickling, key and shape errors alike mean 'cannot resume'
             raise CheckpointError(f"{ckpt}: cannot resume from this checkpoint ({exc}); delete it to start afresh "
                                   "or pass --no-resume") from exc
         log(f"resuming from {ckpt} at step {start}")
