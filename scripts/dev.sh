@@ -36,8 +36,9 @@ setup_python() {
   local constraints=()
   if ! command -v nvidia-smi >/dev/null 2>&1; then constraints=(-c constraints-cpu.txt); fi
   echo "[setup] installing Python packages into $VENV (first time: a few minutes)"
-  "$PY" -m pip install -q --upgrade pip
-  "$PY" -m pip install -q "${constraints[@]}" -r requirements-dev.txt
+  # (grep drops the harmless warnings some pip configurations print for absent local index folders)
+  { "$PY" -m pip install -q --upgrade pip && "$PY" -m pip install -q "${constraints[@]}" -r requirements-dev.txt; } 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; }
   echo "$want" > "$VENV/.setup-stamp"
 }
 

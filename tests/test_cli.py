@@ -1,0 +1,34 @@
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_commands():
+    out = run("--help")
+    assert out.returncode == 0
+    for command in ("train-vae", "train-teacher", "train-flow", "encode", "eval-models"):
+        assert command in out.stdout
+
+
+def test_every_command_takes_a_seed():
+    for command in ("train-vae", "train-teacher", "train-flow", "encode", "eval-models"):
+        assert "--seed" in run(command, "--help").stdout
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    out = run("encode", "--data-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache"))
+    assert out.returncode == 2
+    assert "apt-get install dataset-fashion-mnist" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_encode_prints_where_latents_went(tmp_path):
+    out = run("encode", "--splits", "test", "--cache-dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert str(tmp_path) in out.stdout and "10000 latents of shape (4, 8, 8)" in out.stdout
+    assert list((tmp_path / "latents").glob("fashion-mnist-test-*.safetensors"))

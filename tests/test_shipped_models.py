@@ -1,0 +1,59 @@
+"""The shipped weights of the embedded default load and reproduce the metrics recorded beside them."""
+import pytest
+import torch
+
+from core.assets import FLOW_DIR, TEACHER_DIR, VAE_DIR, ModelSpec, load_flow_for, load_teacher, load_vae
+from core.autoencoder import measure_vae
+from core.data import load_fashion_mnist
+from core.io import read_json
+from core.quality import generator_quality
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    return load_fashion_mnist("test")
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return ModelSpec()
+
+
+def test_vae_reproduces_recorded_psnr(spec, test_split):
+    recorded = read_json(VAE_DIR / "training.json")["metrics"]
+    vae = load_vae(spec)
+    assert vae.latent_shape(32) == (4, 8, 8)
+    measured = measure_vae(vae, test_split)
+    assert measured["test_psnr_db"] == pytest.approx(recorded["test_psnr_db"], abs=0.05)
+    assert measured["test_psnr_db"] >= 24.0
+    # the scaling makes latents roughly standardised
+    assert abs(measured["latent_mean"]) < 0.1 and 0.8 < measured["latent_std"] < 1.2
+
+
+def test_teacher_reproduces_recorded_accuracy(spec, test_split):
+    recorded = read_json(TEACHER_DIR / "training.json")["metrics"]["test_accuracy"]
+    teacher = load_teacher(spec)
+    accuracy = teacher.accuracy(test_split)
+    assert accuracy == pytest.approx(recorded, abs=0.002)
+    assert accuracy >= 0.92
+    assert teacher.features(test_split.batch(slice(0, 3))).shape == (3, 2048)
+
+
+def test_flow_reproduces_recorded_conditional_accuracy(spec, test_split):
+    record = read_json(FLOW_DIR / "training.json")
+    recorded = record["cfg_sweep_conditional_accuracy"]["2.0"]
+    vae, teacher = load_vae(spec), load_teacher(spec)
+    flow = load_flow_for(spec, vae.latent_shape(32), test_split.num_classes)
+    assert flow.config.extra["vae_fingerprint"] == vae.fingerprint, "flow model was trained on another VAE"
+    q = generator_quality(flow, vae, teacher, test_split, per_class=100, cfg_scale=2.0, seed=0)
+    assert q["conditional_accuracy"] == pytest.approx(recorded, abs=0.02)
+    assert q["fid_teacher_generated_vs_test"] > 0
+
+
+def test_flow_rejects_data_of_another_shape(spec):
+    from core.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="classes"):
+        load_flow_for(spec, (4, 8, 8), 7)
+    with pytest.raises(CheckpointError, match="shape"):
+        load_flow_for(spec, (4, 32, 32), 10)
