@@ -48,7 +48,8 @@ def _cmd_encode(args: argparse.Namespace) -> None:
 def _cmd_train_flow(args: argparse.Namespace) -> None:
     import json
 
-    from core.flow import FlowTrainConfig, train_flow
+    from core.flow import train_flow
+    from core.training import LatentModelTrainConfig
     from core.io import read_json, write_json
 
     if args.threads:
@@ -56,7 +57,7 @@ def _cmd_train_flow(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(args.threads)
     _, vae, latents = _encode(args, "train")
-    config = FlowTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, width=args.width,
+    config = LatentModelTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, width=args.width,
                              hidden=args.hidden, depth=args.depth, seed=args.seed, threads=args.threads)
     provenance = {"vae": args.vae, "vae_fingerprint": vae.fingerprint, "dataset": args.dataset,
                   "dataset_fingerprint": latents.dataset_fingerprint}

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from core.errors import CheckpointError
-from core.flow import FlowTrainConfig, cfg_velocity, flow_matching_loss, load_flow, sample_flow, save_flow, train_flow
+from core.training import LatentModelTrainConfig
+from core.flow import cfg_velocity, flow_matching_loss, load_flow, sample_flow, save_flow, train_flow
 from core.latent_mlp import LatentMLP, LatentMLPConfig
 from core.latents import LatentSet
 
@@ -17,12 +18,12 @@ def small_model(num_classes=3, shape=(4, 8, 8)) -> LatentMLP:
     return LatentMLP(LatentMLPConfig(shape, num_classes, emb_dim=32, **SMALL))
 
 
-def toy_latents(n=96, num_classes=3) -> LatentSet:
+def toy_latents(n=96, num_classes=3, shape=(4, 8, 8)) -> LatentSet:
     """Class c's latents cluster around the constant c - 1: an easy conditional distribution."""
     g = torch.Generator().manual_seed(0)
     labels = np.arange(n) % num_classes
     centres = torch.from_numpy(labels).float().sub(1).view(-1, 1, 1, 1)
-    latents = centres + 0.1 * torch.randn(n, 4, 8, 8, generator=g)
+    latents = centres + 0.1 * torch.randn(n, *shape, generator=g)
     return LatentSet(latents, labels, tuple("abc"[:num_classes]), "toy", "none")
 
 
@@ -103,7 +104,7 @@ def test_save_load_and_mismatch_errors(tmp_path):
 
 def test_training_resumes_exactly(tmp_path, monkeypatch):
     data = toy_latents()
-    config = FlowTrainConfig(steps=12, batch_size=16, warmup=2, checkpoint_every=6, seed=3, **SMALL)
+    config = LatentModelTrainConfig(steps=12, batch_size=16, warmup=2, checkpoint_every=6, seed=3, **SMALL)
     straight = train_flow(config, data, tmp_path / "a", log=lambda m: None)
 
     import core.flow
@@ -133,6 +134,6 @@ def test_training_resumes_exactly(tmp_path, monkeypatch):
 
 def test_corrupt_checkpoint_is_reported(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"junk")
-    config = FlowTrainConfig(steps=2, batch_size=4, **SMALL)
+    config = LatentModelTrainConfig(steps=2, batch_size=4, **SMALL)
     with pytest.raises(CheckpointError, match="checkpoint.pt: cannot resume"):
         train_flow(config, toy_latents(), tmp_path, log=lambda m: None)
