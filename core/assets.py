@@ -8,6 +8,7 @@ import torch
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 VAE_DIR, FLOW_DIR, TEACHER_DIR = ASSETS / "vae", ASSETS / "flow", ASSETS / "teacher"
+DIFFUSION_DIR = ASSETS / "diffusion"
 
 
 @dataclass
@@ -17,6 +18,7 @@ class ModelSpec:
     vae: str = str(VAE_DIR)
     flow: str = str(FLOW_DIR)
     teacher: str = str(TEACHER_DIR)
+    diffusion: str = str(DIFFUSION_DIR)
     device: str = "cpu"
 
 

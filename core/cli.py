@@ -6,8 +6,13 @@ import sys
 import time
 from pathlib import Path
 
-from core.assets import FLOW_DIR, TEACHER_DIR, VAE_DIR, ModelSpec
+import numpy as np
+
+from core.assets import ASSETS, DIFFUSION_DIR, FLOW_DIR, TEACHER_DIR, VAE_DIR, ModelSpec
 from core.errors import DistillError
+from core.guidance import SCHEDULES
+from core.pipeline import DEFAULT_PGFM_GUIDANCE, METHODS
+from core.solvers import SOLVERS
 
 
 def _cmd_train_vae(args: argparse.Namespace) -> None:
@@ -45,38 +50,29 @@ def _cmd_encode(args: argparse.Namespace) -> None:
               f"({time.perf_counter() - t0:.1f} s)")
 
 
-def _cmd_train_flow(args: argparse.Namespace) -> None:
-    import json
+def _cmd_train_latent_model(args: argparse.Namespace) -> None:
+    """train-flow and train-diffusion: the same network, data and loop; only the objective differs."""
+    import torch
 
-    from core.flow import train_flow
-    from core.training import LatentModelTrainConfig
     from core.io import read_json, write_json
+    from core.training import LatentModelTrainConfig
 
+    if args.command == "train-flow":
+        from core.flow import train_flow as train
+    else:
+        from core.diffusion import train_diffusion as train
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
     _, vae, latents = _encode(args, "train")
     config = LatentModelTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, width=args.width,
-                             hidden=args.hidden, depth=args.depth, seed=args.seed, threads=args.threads)
+                                    hidden=args.hidden, depth=args.depth, seed=args.seed, threads=args.threads)
     provenance = {"vae": args.vae, "vae_fingerprint": vae.fingerprint, "dataset": args.dataset,
                   "dataset_fingerprint": latents.dataset_fingerprint}
-    flow = train_flow(config, latents, args.out, resume=not args.no_resume, provenance=provenance)
-    if args.dataset == "fashion-mnist" and Path(args.teacher).is_dir():
-        from core.assets import load_teacher
-        from core.data import load_fashion_mnist
-        from core.quality import generator_quality
-
-        teacher = load_teacher(ModelSpec(teacher=args.teacher))
-        test = load_fashion_mnist("test", args.data_dir)
-        sweep = {str(w): generator_quality(flow, vae, teacher, test, per_class=100, cfg_scale=w, seed=args.seed)
-                 ["conditional_accuracy"] for w in (1.0, 1.5, 2.0, 3.0, 4.0)}
-        print(f"conditional accuracy by CFG scale (10 Euler steps, 100/class): {json.dumps(sweep)}")
-        record = read_json(Path(args.out) / "training.json")
-        record["cfg_sweep_conditional_accuracy"] = sweep
-        record["command"] = (f"python -m core train-flow --out {args.out} --steps {args.steps} --seed {args.seed}")
-        write_json(Path(args.out) / "training.json", record)
-    print(f"flow model: {args.out}")
+    train(config, latents, args.out, resume=not args.no_resume, provenance=provenance)
+    record = read_json(Path(args.out) / "training.json")
+    record["command"] = f"python -m core {args.command} --out {args.out} --steps {args.steps} --seed {args.seed}"
+    write_json(Path(args.out) / "training.json", record)
+    print(f"{args.command}: model written to {args.out}")
 
 
 def _cmd_eval_models(args: argparse.Namespace) -> None:
@@ -105,6 +101,12 @@ def _cmd_eval_models(args: argparse.Namespace) -> None:
     q = generator_quality(flow, vae, teacher, test, per_class=args.per_class, steps=args.steps,
                           cfg_scale=args.cfg_scale, seed=args.seed)
     report["flow"] = q
+    if args.cfg_sweep:
+        report["flow_cfg_sweep"] = {str(w): generator_quality(flow, vae, teacher, test, per_class=100, steps=args.steps,
+                                                              cfg_scale=w, seed=args.seed)["conditional_accuracy"]
+                                    for w in args.cfg_sweep}
+        print(f"flow    conditional accuracy by CFG scale ({args.steps} Euler steps, 100 per class): "
+              f"{json.dumps(report['flow_cfg_sweep'])}")
     print(f"flow    conditional accuracy {q['conditional_accuracy']:.2%} (target >= 90%; {args.steps} Euler steps, "
           f"CFG {args.cfg_scale}, {q['samples']} samples) | FID(teacher) generated vs test "
           f"{q['fid_teacher_generated_vs_test']:.2f}, test half vs half {q['fid_teacher_test_half_vs_half']:.2f} "
@@ -114,6 +116,99 @@ def _cmd_eval_models(args: argparse.Namespace) -> None:
         print(f"report written to {args.json}")
     else:
         print(json.dumps(report["flow"]["per_class_accuracy"]))
+
+
+def _engine(args: argparse.Namespace):
+    from core.pipeline import load_engine
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    spec = ModelSpec(vae=args.vae, flow=args.flow, diffusion=args.diffusion, device=args.device)
+    return load_engine(spec, args.dataset, args.data_dir, args.cache_dir, args.resolution, args.channels)
+
+
+def distill_config_from_args(args: argparse.Namespace):
+    """The DistillConfig that the distill options describe (validated by the dataclasses)."""
+    from core.diffusion import DiffusionSamplerConfig
+    from core.guidance import GuidanceConfig
+    from core.pipeline import DistillConfig
+    from core.sampling import SamplerConfig
+
+    guidance = GuidanceConfig(strength=args.guidance, schedule=args.schedule, t_start=args.t_start,
+                              t_stop=args.t_stop, trust_radius=args.trust_radius)
+    sampler = SamplerConfig(solver=args.solver, steps=args.steps, time_shift=args.time_shift,
+                            cfg_scale=args.cfg_scale, guidance=guidance, t0=args.t0, seed=args.seed, dtype=args.dtype)
+    diffusion = DiffusionSamplerConfig(steps=args.diffusion_steps, cfg_scale=args.cfg_scale, strength=args.strength,
+                                       guidance=args.mg_guidance, stop=args.mg_stop, seed=args.seed, dtype=args.dtype)
+    return DistillConfig(method=args.method, ipc=args.ipc, classes=None if args.classes == "all" else args.classes,
+                         seed=args.seed, sampler=sampler, ddoq_t0=args.ddoq_t0, diffusion=diffusion,
+                         medoid=args.medoid, pgfm_weights=args.pgfm_weights, record_trajectories=False)
+
+
+def _cmd_distill(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from core.export import export_imagefolder
+    from core.pipeline import distill, resolve_classes
+
+    config = distill_config_from_args(args)  # checks every knob before loading anything
+    engine = _engine(args)
+    config = replace(config, classes=resolve_classes(config.classes, engine.latents.class_names))
+    dset = distill(engine, config)
+    models = {"vae": args.vae, "vae_fingerprint": engine.vae.fingerprint, "flow": args.flow, "diffusion": args.diffusion,
+              "dataset": args.dataset, "dataset_fingerprint": engine.dataset.fingerprint}
+    out = export_imagefolder(dset, args.out, overwrite=args.overwrite, extra={"models": models})
+    landing = dset.landing_error[np.isfinite(dset.landing_error)] if len(dset) else []
+    print(f"{config.method}: {len(dset)} images ({config.ipc} per class, {len(set(dset.labels.tolist()))} classes), "
+          f"NFE {dset.nfe}/image, {dset.timings['total_s']:.2f} s"
+          + (f", landing error mean {np.mean(landing):.4f}" if len(landing) else ""))
+    print(f"written to {out} (ImageFolder PNGs, manifest.json, latents.safetensors)")
+
+
+def _cmd_bench_speed(args: argparse.Namespace) -> None:
+    from core.io import write_json
+    from core.reports import speed_report
+
+    engine = _engine(args)
+    r = speed_report(engine, repeats=args.repeats, seed=args.seed)
+    print(f"quantize 10 classes x IPC 50 (k-means, cell masses):  {r['quantize_10_classes_ipc50_s']:.3f} s "
+          f"(target <= 2 s); with exact W2 weighted + uniform: {r['quantize_10_classes_ipc50_with_w2_s']:.3f} s")
+    print(f"sample 10 classes x IPC 10, 8 Euler steps + CFG, guided, with trajectories: "
+          f"{r['sample_100_guided_8_euler_cfg_trajectories_s']:.3f} s (target <= 0.5 s)")
+    print(f"decode those 100 latents: {r['decode_100_s']:.4f} s (target <= 0.2 s)")
+    print(f"(median of {r['repeats']} runs after a warm-up; {r['threads']} torch threads)")
+    if args.json:
+        write_json(args.json, r)
+        print(f"report written to {args.json}")
+
+
+def _cmd_bench_engine(args: argparse.Namespace) -> None:
+    from core.io import write_json
+    from core.reports import landing_report, solver_order_report, w2_report
+
+    engine = _engine(args)
+    report = {"w2": w2_report(engine, args.ipc, args.seed)}
+    for ipc, rows in report["w2"].items():
+        print(f"IPC {ipc}: W2 weighted (DDOQ) vs uniform (D4M), latent units")
+        for r in rows:
+            print(f"  {r['class']:<12} {r['w2_weighted']:.4f} vs {r['w2_uniform']:.4f}  ({r['reduction_pct']:+.2f}% lower)")
+        lower = sum(r["w2_weighted"] < r["w2_uniform"] for r in rows)
+        mean = np.mean([r["reduction_pct"] for r in rows])
+        print(f"  weighted < uniform on {lower}/{len(rows)} classes; mean reduction {mean:.2f}%")
+    report["landing"] = landing_report(engine, args.lambdas, seed=args.seed)
+    print("PGFM landing error (latent RMS units; 10 classes x IPC 10, 8 Euler steps, CFG 2, constant λ):")
+    for key, r in report["landing"].items():
+        print(f"  {key:<26} mean {r['mean']:.5f}  max {r['max']:.5f}")
+    report["solver_orders"] = solver_order_report(engine.flow, seed=args.seed)
+    print("solver error vs torchdiffeq dopri5 (shipped flow model, unguided, float64):")
+    for solver, r in report["solver_orders"].items():
+        print(f"  {solver:<8} nominal {r['nominal_order']}  steps {r['steps']}  error {r['rms_error']}  "
+              f"observed order {r['observed_order']}")
+    if args.json:
+        write_json(args.json, report)
+        print(f"report written to {args.json}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,18 +256,65 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset(p)
     p.add_argument("--splits", nargs="+", default=["train", "test"])
 
-    p = add("train-flow", "Train a class-conditional flow-matching model on the VAE latents (resumable).",
-            _cmd_train_flow)
-    add_models(p, teacher=True)
-    add_dataset(p)
-    p.add_argument("--out", default=str(FLOW_DIR), help="output folder (default assets/flow)")
-    p.add_argument("--steps", type=int, default=8000)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--hidden", type=int, default=1024)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--no-resume", action="store_true", help="ignore OUT/checkpoint.pt and start afresh")
+    for name, what, default_out in (("train-flow", "a class-conditional flow-matching model", FLOW_DIR),
+                                    ("train-diffusion", "the ε-prediction diffusion counterpart", DIFFUSION_DIR)):
+        p = add(name, f"Train {what} on the VAE latents (resumable; EMA weights).", _cmd_train_latent_model)
+        add_models(p)
+        add_dataset(p)
+        p.add_argument("--out", default=str(default_out), help=f"output folder (default {default_out.relative_to(ASSETS.parent)})")
+        p.add_argument("--steps", type=int, default=8000)
+        p.add_argument("--batch-size", type=int, default=256)
+        p.add_argument("--lr", type=float, default=1e-3)
+        p.add_argument("--width", type=int, default=512)
+        p.add_argument("--hidden", type=int, default=1024)
+        p.add_argument("--depth", type=int, default=4)
+        p.add_argument("--no-resume", action="store_true", help="ignore OUT/checkpoint.pt and start afresh")
+
+    def add_engine(p: argparse.ArgumentParser) -> None:
+        add_models(p, flow=True)
+        p.add_argument("--diffusion", default=str(DIFFUSION_DIR), help="diffusion model folder (default: embedded)")
+        add_dataset(p)
+
+    p = add("distill", "Distil a dataset: quantize, sample, decode, export an ImageFolder + manifest + latents.",
+            _cmd_distill)
+    add_engine(p)
+    p.add_argument("--method", default="pgfm", choices=list(METHODS))
+    p.add_argument("--ipc", type=int, default=10, help="images per class")
+    p.add_argument("--classes", default="all", help="'all' or a comma-separated list of class ids or names")
+    p.add_argument("--out", required=True, help="output folder (must be empty or new unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true")
+    g = p.add_argument_group("flow sampler (ddoq, fm, pgfm)")
+    g.add_argument("--solver", default="euler", choices=list(SOLVERS))
+    g.add_argument("--steps", type=int, default=8)
+    g.add_argument("--time-shift", type=float, default=1.0)
+    g.add_argument("--cfg-scale", type=float, default=2.0)
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    g.add_argument("--guidance", type=float, default=DEFAULT_PGFM_GUIDANCE.strength, help="PGFM λ (>= 0)")
+    g.add_argument("--schedule", default=DEFAULT_PGFM_GUIDANCE.schedule, choices=list(SCHEDULES))
+    g.add_argument("--t-start", type=float, default=DEFAULT_PGFM_GUIDANCE.t_start)
+    g.add_argument("--t-stop", type=float, default=DEFAULT_PGFM_GUIDANCE.t_stop)
+    g.add_argument("--trust-radius", type=float, default=None, help="r in latent RMS units (default: none)")
+    g.add_argument("--t0", type=float, default=0.0, help="PGFM warm start in [0, 1)")
+    g.add_argument("--ddoq-t0", type=float, default=0.5, help="ddoq: warm start of the decode-through-flow ODE")
+    g.add_argument("--medoid", action="store_true", help="use the real latent nearest each centroid")
+    g.add_argument("--pgfm-weights", action="store_true", help="pgfm: keep DDOQ cell masses as image weights")
+    g = p.add_argument_group("diffusion counterpart (diffusion-d4m, diffusion-mg)")
+    g.add_argument("--diffusion-steps", type=int, default=25)
+    g.add_argument("--strength", type=float, default=0.7, help="diffusion-d4m: fraction of the schedule run")
+    g.add_argument("--mg-guidance", type=float, default=0.5, help="diffusion-mg: pull of x̂_0 toward the prototype")
+    g.add_argument("--mg-stop", type=float, default=0.6, help="diffusion-mg: fraction of steps guided")
+
+    p = add("bench-speed", "Print the engine's speed figures (quantize, guided sampling, decode).", _cmd_bench_speed)
+    add_engine(p)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", default=None)
+
+    p = add("bench-engine", "Print per-class W2 (weighted vs uniform), PGFM landing errors and solver orders.",
+            _cmd_bench_engine)
+    add_engine(p)
+    p.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
+    p.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    p.add_argument("--json", default=None)
 
     p = add("eval-models", "Measure the shipped models: VAE PSNR and speed, teacher accuracy, flow sample "
             "quality (teacher accuracy of samples, FID-style distance).", _cmd_eval_models)
@@ -180,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", type=int, default=500, help="flow samples per class (default 500)")
     p.add_argument("--steps", type=int, default=10, help="Euler steps (default 10)")
     p.add_argument("--cfg-scale", type=float, default=2.0)
+    p.add_argument("--cfg-sweep", type=float, nargs="*", default=[1.0, 1.5, 2.0, 3.0, 4.0],
+                   help="CFG scales for a quick conditional-accuracy sweep (100 samples per class)")
     p.add_argument("--json", default=None, help="also write the report to this JSON file")
     return parser
 

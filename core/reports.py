@@ -1,0 +1,117 @@
+"""Measurements of the engine that the CLI prints: speed, W2 per class, landing errors, solver orders.
+
+Speed figures are medians of several repeats after a warm-up; they are shown, never asserted in tests.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import replace
+from typing import Callable
+
+import numpy as np
+import torch
+
+from core.guidance import GuidanceConfig
+from core.pipeline import DistillEngine
+from core.quantize import QuantizeConfig, quantize
+from core.sampling import SamplerConfig, sample
+from core.solvers import SOLVER_ORDER, SOLVERS, time_grid
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def speed_report(engine: DistillEngine, repeats: int = 5, seed: int = 0) -> dict:
+    """The three speed figures of the engine issue (targets: 2 s, 0.5 s, 0.2 s on 2 CPU cores)."""
+    classes = list(range(engine.latents.num_classes))
+    q_fast = QuantizeConfig(method="ddoq", ipc=50, seed=seed, compute_w2=False)
+    q_w2 = replace(q_fast, compute_w2=True)
+    quantize_s = _median_seconds(lambda: quantize(engine.latents, classes, q_fast), repeats)
+    quantize_w2_s = _median_seconds(lambda: quantize(engine.latents, classes, q_w2), max(1, repeats // 2))
+    q10 = quantize(engine.latents, classes, replace(q_fast, ipc=10))
+    prototypes = torch.cat([q.prototypes for q in q10])
+    labels = torch.tensor(classes).repeat_interleave(10)
+    config = SamplerConfig(solver="euler", steps=8, cfg_scale=2.0, seed=seed,
+                           guidance=GuidanceConfig(strength=0.6, schedule="linear", t_stop=0.8))
+    sample_s = _median_seconds(lambda: sample(engine.flow, labels, prototypes, config, record=True), repeats)
+    latents = sample(engine.flow, labels, prototypes, config).latents
+    decode_s = _median_seconds(lambda: engine.vae.decode(latents), repeats)
+    return {
+        "quantize_10_classes_ipc50_s": round(quantize_s, 3), "quantize_10_classes_ipc50_with_w2_s": round(quantize_w2_s, 3),
+        "sample_100_guided_8_euler_cfg_trajectories_s": round(sample_s, 3), "decode_100_s": round(decode_s, 4),
+        "threads": torch.get_num_threads(), "repeats": repeats, "statistic": "median",
+    }
+
+
+def w2_report(engine: DistillEngine, ipcs: list[int], seed: int = 0) -> dict:
+    """Per class and IPC: W2 of the DDOQ-weighted vs the uniform (D4M) measure on the same centroids."""
+    out = {}
+    for ipc in ipcs:
+        rows = quantize(engine.latents, list(range(engine.latents.num_classes)),
+                        QuantizeConfig(method="ddoq", ipc=ipc, seed=seed, compute_w2=True))
+        out[str(ipc)] = [{"class": engine.latents.class_names[q.label], "w2_weighted": round(q.w2_weighted, 4),
+                          "w2_uniform": round(q.w2_uniform, 4), "e2": round(q.quantization_error, 4),
+                          "reduction_pct": round(100 * (1 - q.w2_weighted / q.w2_uniform), 2)} for q in rows]
+    return out
+
+
+def landing_report(engine: DistillEngine, strengths: list[float], ipc: int = 10, seed: int = 0,
+                   base: SamplerConfig | None = None) -> dict:
+    """Mean / max landing error (latent RMS units) of PGFM at several constant λ on [0, t_stop]."""
+    classes = list(range(engine.latents.num_classes))
+    q = quantize(engine.latents, classes, QuantizeConfig(method="ddoq", ipc=ipc, seed=seed, compute_w2=False))
+    prototypes = torch.cat([r.prototypes for r in q])
+    labels = torch.tensor(classes).repeat_interleave(ipc)
+    base = base or SamplerConfig(steps=8, seed=seed)
+    out = {}
+    for lam in strengths:
+        for t_stop in (0.8, 1.0):
+            config = replace(base, guidance=GuidanceConfig(strength=lam, schedule="constant", t_stop=t_stop))
+            err = sample(engine.flow, labels, prototypes, config).landing_error
+            out[f"lambda={lam},window=[0,{t_stop}]"] = {"mean": round(float(err.mean()), 5), "max": round(float(err.max()), 5)}
+    return out
+
+
+def solver_order_report(flow: torch.nn.Module, n: int = 32, steps: tuple[int, ...] = (4, 8, 16, 32),
+                        cfg_scale: float = 1.0, seed: int = 0) -> dict:
+    """Error of each fixed-step solver against torchdiffeq dopri5 (rtol = atol = 1e-9, float64), unguided.
+
+    The observed order is log2(err(N) / err(2N)); it should approach the solver's nominal order.
+    """
+    from torchdiffeq import odeint
+
+    from core.flow import cfg_velocity
+    from core.solvers import integrate
+
+    model = flow.double() if next(flow.parameters()).dtype != torch.float64 else flow
+    try:
+        g = torch.Generator().manual_seed(seed)
+        x0 = torch.randn(n, *model.config.latent_shape, generator=g, dtype=torch.float64)
+        y = torch.arange(n) % model.config.num_classes
+
+        def f(t, x):
+            return cfg_velocity(model, x, float(t), y, cfg_scale)
+
+        with torch.inference_mode():
+            reference = odeint(f, x0, torch.tensor([0.0, 1.0], dtype=torch.float64), method="dopri5",
+                               rtol=1e-9, atol=1e-9)[-1]
+            out = {}
+            for solver in SOLVERS:
+                errors = []
+                for s in steps:
+                    x, _ = integrate(lambda x, t: f(t, x), x0, time_grid(s), solver)
+                    errors.append(float((x - reference).flatten(1).norm(dim=1).mean() / np.sqrt(x0[0].numel())))
+                orders = [round(float(np.log2(a / b)), 2) for a, b in zip(errors, errors[1:])]
+                out[solver] = {"nominal_order": SOLVER_ORDER[solver], "steps": list(steps),
+                               "rms_error": [float(f"{e:.3e}") for e in errors], "observed_order": orders}
+    finally:
+        flow.float()
+    return out

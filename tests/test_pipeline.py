@@ -1,0 +1,115 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from core.data import LabelledImages
+from core.export import export_imagefolder
+from core.latent_mlp import LatentMLP, LatentMLPConfig
+from core.latents import encode_dataset
+from core.pipeline import METHODS, DistillConfig, DistillEngine, distill, resolve_classes
+from tests.conftest import make_tiny_vae
+
+
+@pytest.fixture(scope="module")
+def engine() -> DistillEngine:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(90, 1, 32, 32), dtype=np.uint8)
+    data = LabelledImages(images, np.repeat(np.arange(3), 30), ("T-shirt/top", "Bag", "Coat"), "tiny")
+    vae = make_tiny_vae()
+    latents = encode_dataset(data, vae, use_cache=False, progress=lambda f, m: None)
+    torch.manual_seed(0)
+    config = LatentMLPConfig((4, 8, 8), 3, width=64, hidden=128, depth=2, emb_dim=32)
+    flow, diffusion = LatentMLP(config).eval(), LatentMLP(config).eval()
+    return DistillEngine(data, latents, vae, flow, diffusion)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_gives_a_complete_set(engine, method, tmp_path):
+    config = DistillConfig(method=method, ipc=4, classes=(0, 2), seed=1)
+    dset = distill(engine, config)
+    assert dset.images.shape == (8, 1, 32, 32) and dset.latents.shape == (8, 4, 8, 8)
+    assert dset.labels.tolist() == [0] * 4 + [2] * 4
+    assert dset.images.min() >= -1 and dset.images.max() <= 1
+    assert np.allclose([dset.weights[dset.labels == c].mean() for c in (0, 2)], 1.0)
+    expects_model = method in ("ddoq", "fm", "pgfm", "diffusion-d4m", "diffusion-mg")
+    assert (dset.nfe > 0) == expects_model
+    if method == "fm":
+        assert (dset.prototype_ids == -1).all() and np.isnan(dset.landing_error).all()
+    else:
+        assert dset.prototype_ids.tolist() == [0, 1, 2, 3] * 2
+    if method == "random":  # real images of the right class
+        assert (engine.dataset.labels[dset.source_indices] == dset.labels).all()
+        torch.testing.assert_close(dset.images, engine.dataset.batch(dset.source_indices))
+    if method == "d4m":
+        assert np.allclose(dset.landing_error, 0, atol=1e-6)
+    if method == "ddoq":
+        masses = np.concatenate([q.weights for q in dset.quantization])
+        assert np.allclose(dset.weights, masses * 4)
+    # determinism
+    again = distill(engine, config)
+    assert torch.equal(again.latents, dset.latents)
+
+    out = export_imagefolder(dset, tmp_path / "export", extra={"models": {"vae": "tiny"}})
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["method"] == method and manifest["num_images"] == 8 and manifest["seed"] == 1
+    assert manifest["config"]["ipc"] == 4 and manifest["config"]["sampler"]["steps"] == 8
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["00-T-shirt_top", "02-Coat"]
+    first = manifest["images"][0]
+    assert set(first) >= {"file", "class_id", "class_name", "prototype_id", "weight", "landing_error"}
+    png = np.asarray(Image.open(out / first["file"]))
+    assert png.shape == (32, 32) and png.dtype == np.uint8
+    tensors = load_file(str(out / "latents.safetensors"))
+    torch.testing.assert_close(tensors["latents"], dset.latents)
+    assert tensors["labels"].tolist() == dset.labels.tolist()
+
+
+def test_pgfm_guidance_lands_closer_than_unguided_warm_start_free_sampling(engine):
+    from dataclasses import replace
+
+    from core.guidance import GuidanceConfig
+
+    base = DistillConfig(method="pgfm", ipc=5, seed=0)
+    weak = distill(engine, replace(base, sampler=replace(base.sampler, guidance=GuidanceConfig(strength=0.0))))
+    strong = distill(engine, replace(base, sampler=replace(base.sampler, guidance=GuidanceConfig(strength=1.0, t_stop=1.0))))
+    assert strong.landing_error.max() < 1e-4 < weak.landing_error.min()
+
+
+def test_export_selection_and_refusals(engine, tmp_path):
+    dset = distill(engine, DistillConfig(method="d4m", ipc=3))
+    out = export_imagefolder(dset, tmp_path / "sel", selection=[4, 0, 4])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [im["index"] for im in manifest["images"]] == [0, 4]
+    with pytest.raises(FileExistsError, match="not empty"):
+        export_imagefolder(dset, out)
+    export_imagefolder(dset, out, selection=[1], overwrite=True)
+    assert json.loads((out / "manifest.json").read_text())["num_images"] == 1
+    with pytest.raises(ValueError, match="selection is empty"):
+        export_imagefolder(dset, tmp_path / "x", selection=[])
+    with pytest.raises(ValueError, match=r"selection ids must lie in \[0, 9\)"):
+        export_imagefolder(dset, tmp_path / "x", selection=[9])
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.*"))
+
+
+def test_bad_inputs_fail_before_work(engine):
+    with pytest.raises(ValueError, match=r"ipc=31 is larger than these classes' sizes: T-shirt/top \(30\)"):
+        distill(engine, DistillConfig(method="random", ipc=31, classes=(0,)))
+    with pytest.raises(ValueError, match="unknown classes \\['Sandal'\\].*T-shirt/top, Bag, Coat"):
+        resolve_classes(["Sandal"], engine.latents.class_names)
+    with pytest.raises(ValueError, match="unknown classes \\[7\\]"):
+        resolve_classes([7], engine.latents.class_names)
+    assert resolve_classes("bag,0", engine.latents.class_names) == (0, 1)
+    assert resolve_classes("all", engine.latents.class_names) == (0, 1, 2)
+    with pytest.raises(ValueError, match="method must be one of"):
+        DistillConfig(method="dm")
+    with pytest.raises(ValueError, match="ipc must be an integer >= 1"):
+        DistillConfig(ipc=0)
+    wrong = DistillEngine(engine.dataset, engine.latents, engine.vae,
+                          LatentMLP(LatentMLPConfig((4, 8, 8), 5, width=16, hidden=16, depth=1, emb_dim=8)))
+    with pytest.raises(ValueError, match="model has 5 classes but the data has 3"):
+        distill(wrong, DistillConfig(method="pgfm", ipc=2))
+    with pytest.raises(ValueError, match="needs a diffusion model"):
+        distill(DistillEngine(engine.dataset, engine.latents, engine.vae, engine.flow), DistillConfig(method="diffusion-mg"))
