@@ -2,7 +2,7 @@
 
 Same network (LatentMLP), same latents, same training loop; diffusers ``DDPMScheduler`` (cosine betas,
 1000 steps) defines the forward process for training and ``DDIMScheduler`` (η = 0, trailing spacing)
-samples. Timesteps k ∈ {0..999} enter the network as k / 1000 (its time embedding scales by 1000).
+samples. Timesteps k ∈ {0..999} enter the network as they are (DDPM's sinusoidal embedding of k).
 
 Distillation modes toward a prototype p (a clean latent):
 - ``d4m``: prototype warm start, as img2img "strength" s: noise p to the DDIM timestep at fraction s of
@@ -23,17 +23,15 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from core.errors import CheckpointError
 from core.flow import cfg_velocity as cfg_prediction  # the CFG mix is the same for ε as for v
 from core.guidance import rms_distance
-from core.io import load_state_checked, read_model_folder
-from core.latent_mlp import LatentMLP, LatentMLPConfig
+from core.latent_mlp import LatentMLP, load_latent_mlp
 from core.latents import LatentSet
 from core.sampling import DTYPES, SampleResult, initial_noise
 from core.training import LatentModelTrainConfig, train_latent_model
 
 KIND = "distill-studio/diffusion-mlp"
-FIX = "re-create it with `python -m core train-diffusion --out DIR`"
+FIX = "train one for this VAE and dataset with `python -m core train-diffusion --out DIR`"
 TRAIN_TIMESTEPS = 1000
 MODES = ("plain", "d4m", "mg")
 
@@ -58,7 +56,7 @@ def epsilon_loss(model: torch.nn.Module, x0: torch.Tensor, y: torch.Tensor, gene
         drop = torch.rand(len(y), generator=generator) < label_dropout
         y = torch.where(drop.to(y.device), torch.full_like(y, model.null_class), y)
     xk = scheduler.add_noise(x0, noise.to(x0.device), k)
-    return F.mse_loss(model(xk, k.to(x0.device).float() / TRAIN_TIMESTEPS, y), noise.to(x0.device))
+    return F.mse_loss(model(xk, k.to(x0.device).float(), y), noise.to(x0.device))
 
 
 def train_diffusion(config: LatentModelTrainConfig, latents: LatentSet, out: str | Path, resume: bool = True,
@@ -70,16 +68,7 @@ def train_diffusion(config: LatentModelTrainConfig, latents: LatentSet, out: str
 
 def load_diffusion(path: str | Path, device: str | torch.device = "cpu", latent_shape: tuple[int, ...] | None = None,
                    num_classes: int | None = None) -> LatentMLP:
-    config, state = read_model_folder(path, KIND, FIX)
-    config = LatentMLPConfig(**config)
-    if latent_shape is not None and tuple(latent_shape) != config.latent_shape:
-        raise CheckpointError(f"{path}: diffusion model was trained on latents of shape {config.latent_shape}, "
-                              f"the data's are {tuple(latent_shape)}; {FIX}")
-    if num_classes is not None and num_classes != config.num_classes:
-        raise CheckpointError(f"{path}: diffusion model has {config.num_classes} classes, the data has {num_classes}; {FIX}")
-    model = LatentMLP(config)
-    load_state_checked(model, state, path, FIX)
-    return model.to(device).eval().requires_grad_(False)
+    return load_latent_mlp(path, KIND, FIX, device, latent_shape, num_classes)
 
 
 @dataclass(frozen=True)
@@ -151,7 +140,7 @@ def sample_diffusion(model: torch.nn.Module, labels: torch.Tensor, prototypes: t
                 x = scheduler.add_noise(p, x, timesteps[:1].repeat(len(x)))
             for i, k in enumerate(timesteps):
                 with amp:
-                    eps = cfg_prediction(model, x, float(k) / TRAIN_TIMESTEPS, y, config.cfg_scale).float()
+                    eps = cfg_prediction(model, x, float(k), y, config.cfg_scale).float()
                 if i < guided_steps:
                     a = alphas[int(k)].to(device)
                     x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()

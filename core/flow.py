@@ -11,15 +11,14 @@ from typing import Callable
 
 import torch
 
-from core.errors import CheckpointError
-from core.io import load_state_checked, read_model_folder, save_model_folder
-from core.latent_mlp import LatentMLP, LatentMLPConfig
+from core.io import save_model_folder
+from core.latent_mlp import LatentMLP, load_latent_mlp
 from core.latents import LatentSet
 from core.solvers import integrate, time_grid
 from core.training import LatentModelTrainConfig, train_latent_model
 
 KIND = "distill-studio/flow-mlp"
-FIX = "re-create it with `python -m core train-flow --out DIR`"
+FIX = "train one for this VAE and dataset with `python -m core train-flow --out DIR`"
 
 
 def flow_matching_loss(model: torch.nn.Module, x1: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
@@ -75,17 +74,7 @@ def save_flow(model: LatentMLP, out: str | Path) -> Path:
 def load_flow(path: str | Path, device: str | torch.device = "cpu", latent_shape: tuple[int, ...] | None = None,
               num_classes: int | None = None) -> LatentMLP:
     """Load a saved flow model; checks its latent shape and class count against the data's when given."""
-    config, state = read_model_folder(path, KIND, FIX)
-    config = LatentMLPConfig(**config)
-    if latent_shape is not None and tuple(latent_shape) != config.latent_shape:
-        raise CheckpointError(f"{path}: flow model was trained on latents of shape {config.latent_shape}, "
-                              f"the data's are {tuple(latent_shape)}; train one for this VAE with `python -m core train-flow`")
-    if num_classes is not None and num_classes != config.num_classes:
-        raise CheckpointError(f"{path}: flow model has {config.num_classes} classes, the data has {num_classes}; "
-                              "train one for this dataset with `python -m core train-flow`")
-    model = LatentMLP(config)
-    load_state_checked(model, state, path, FIX)
-    return model.to(device).eval().requires_grad_(False)
+    return load_latent_mlp(path, KIND, FIX, device, latent_shape, num_classes)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Used as the velocity model of the flow (core/flow.py) and, at the same size, as the noise predictor of
 the diffusion counterpart. On the 4x8x8 latents of the embedded default an MLP trains and samples 10-40x
 faster on CPU than a small ``UNet2DModel`` (MACHINE-NOTES.md), and conditions through adaLN (scale,
-shift, gate per block) as DiT does. Inputs: x (B, C, H, W), t (B,) float in [0, 1], y (B,) int64 with
+shift, gate per block) as DiT does. Inputs: x (B, C, H, W), t (B,) float (flow: t in [0, 1]; diffusion: timestep k), y (B,) int64 with
 ``num_classes`` as the null (unconditional) id.
 """
 from __future__ import annotations
@@ -29,11 +29,16 @@ class LatentMLPConfig:
         self.latent_shape = tuple(int(s) for s in self.latent_shape)  # type: ignore[assignment]
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
-    """Sinusoidal embedding of t in [0, 1] (multiplied by ``scale``), shape (B, dim)."""
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding (B, dim) of t with frequencies 1 .. 1/max_period, as SiT/DiT's TimestepEmbedder.
+
+    The flow passes t in [0, 1] (as SiT does), so the embedding, and the velocity field, stay smooth in t:
+    a scale of 1000 (DDPM's integer timesteps) would add components like sin(1000 t) that a few-step ODE
+    solver aliases. The diffusion counterpart passes its integer timestep k in [0, 999] (as DDPM does).
+    """
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = (t.float() * scale)[:, None] * freqs[None]
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
@@ -86,3 +91,21 @@ class LatentMLP(nn.Module):
 
     def config_dict(self) -> dict:
         return asdict(self.config)
+
+
+def load_latent_mlp(path, kind: str, fix: str, device: str | torch.device = "cpu",
+                    latent_shape: tuple[int, ...] | None = None, num_classes: int | None = None) -> LatentMLP:
+    """Load a saved LatentMLP of ``kind``; checks its latent shape and class count against the data's."""
+    from core.errors import CheckpointError
+    from core.io import load_state_checked, read_model_folder
+
+    config, state = read_model_folder(path, kind, fix)
+    config = LatentMLPConfig(**config)
+    if latent_shape is not None and tuple(latent_shape) != config.latent_shape:
+        raise CheckpointError(f"{path}: model was trained on latents of shape {config.latent_shape}, the data's are "
+                              f"{tuple(latent_shape)}; {fix}")
+    if num_classes is not None and num_classes != config.num_classes:
+        raise CheckpointError(f"{path}: model has {config.num_classes} classes, the data has {num_classes}; {fix}")
+    model = LatentMLP(config)
+    load_state_checked(model, state, path, fix)
+    return model.to(device).eval().requires_grad_(False)

@@ -1,6 +1,5 @@
 """The shipped weights of the embedded default load and reproduce the metrics recorded beside them."""
 import pytest
-import torch
 
 from core.assets import FLOW_DIR, TEACHER_DIR, VAE_DIR, ModelSpec, load_flow_for, load_teacher, load_vae
 from core.autoencoder import measure_vae

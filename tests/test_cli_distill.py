@@ -1,0 +1,45 @@
+"""``python -m core distill`` on the embedded default writes a complete output folder."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def distill(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "core", "distill", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.parametrize("method", ["random", "d4m", "ddoq", "fm", "pgfm", "diffusion-d4m", "diffusion-mg"])
+def test_distill_writes_a_complete_folder(tmp_path, method):
+    out = tmp_path / method
+    result = distill("--method", method, "--ipc", "2", "--classes", "Trouser,7", "--out", str(out), "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    assert str(out) in result.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["method"] == method and manifest["seed"] == 3 and manifest["num_images"] == 4
+    assert manifest["config"]["classes"] == [1, 7]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["01-Trouser", "07-Sneaker"]
+    assert len(list(out.glob("*/*.png"))) == 4 and (out / "latents.safetensors").is_file()
+    assert manifest["models"]["vae_fingerprint"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ipc", "6001"], "ipc=6001 is larger than these classes' sizes"),
+    (["--classes", "Hat"], "unknown classes ['Hat']"),
+    (["--guidance", "-1"], "λ must be >= 0"),
+    (["--guidance", "nan"], "λ must be a finite number"),
+    (["--trust-radius", "-0.5"], "trust radius r must be > 0"),
+    (["--t0", "1.0"], "t0 must lie in [0, 1)"),
+    (["--t-start", "0.9", "--t-stop", "0.2"], "t_start <= t_stop"),
+    (["--steps", "0"], "steps must be an integer >= 1"),
+])
+def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, args, message):
+    result = distill("--out", str(tmp_path / "o"), *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists()
