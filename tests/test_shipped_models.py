@@ -1,7 +1,7 @@
 """The shipped weights of the embedded default load and reproduce the metrics recorded beside them."""
 import pytest
 
-from core.assets import FLOW_DIR, TEACHER_DIR, VAE_DIR, ModelSpec, load_flow_for, load_teacher, load_vae
+from core.assets import ASSETS, TEACHER_DIR, VAE_DIR, ModelSpec, load_flow_for, load_teacher, load_vae
 from core.autoencoder import measure_vae
 from core.data import load_fashion_mnist
 from core.io import read_json
@@ -39,8 +39,7 @@ def test_teacher_reproduces_recorded_accuracy(spec, test_split):
 
 
 def test_flow_reproduces_recorded_conditional_accuracy(spec, test_split):
-    record = read_json(FLOW_DIR / "training.json")
-    recorded = record["cfg_sweep_conditional_accuracy"]["2.0"]
+    recorded = read_json(ASSETS / "metrics.json")["flow_cfg_sweep"]["2.0"]  # written by `eval-models --json`
     vae, teacher = load_vae(spec), load_teacher(spec)
     flow = load_flow_for(spec, vae.latent_shape(32), test_split.num_classes)
     assert flow.config.extra["vae_fingerprint"] == vae.fingerprint, "flow model was trained on another VAE"
@@ -56,3 +55,14 @@ def test_flow_rejects_data_of_another_shape(spec):
         load_flow_for(spec, (4, 8, 8), 7)
     with pytest.raises(CheckpointError, match="shape"):
         load_flow_for(spec, (4, 32, 32), 10)
+
+
+def test_solvers_converge_at_their_order_on_the_shipped_flow(spec):
+    """Error against torchdiffeq dopri5 shrinks at each solver's order as steps double (unguided)."""
+    from core.reports import solver_order_report
+
+    flow = load_flow_for(spec, (4, 8, 8), 10)
+    report = solver_order_report(flow, n=4, steps=(8, 16), rtol=1e-8)
+    for solver, r in report.items():
+        assert r["rms_error"][1] < r["rms_error"][0], solver
+        assert r["observed_order"][0] > r["nominal_order"] - 0.5, (solver, r)
