@@ -78,14 +78,16 @@ def _cmd_train_latent_model(args: argparse.Namespace) -> None:
 def _cmd_eval_models(args: argparse.Namespace) -> None:
     """Print (and record) the figures of the shipped models that the foundation issue asks for."""
     import json
+    from pathlib import Path
 
     import torch
 
     from core.assets import load_flow_for, load_teacher, load_vae
     from core.autoencoder import measure_vae
     from core.data import load_fashion_mnist
+    from core.diffusion import DiffusionSamplerConfig, load_diffusion, sample_diffusion
     from core.io import write_json
-    from core.quality import generator_quality
+    from core.quality import flow_quality, generator_quality
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,24 +100,31 @@ def _cmd_eval_models(args: argparse.Namespace) -> None:
           f"{report['vae']['decode_images_per_s']:.0f} img/s | {torch.get_num_threads()} threads on {vae.device}")
     print(f"teacher test accuracy {report['teacher']['test_accuracy']:.2%} (target >= 92%)")
     flow = load_flow_for(spec, vae.latent_shape(32), test.num_classes)
-    q = generator_quality(flow, vae, teacher, test, per_class=args.per_class, steps=args.steps,
-                          cfg_scale=args.cfg_scale, seed=args.seed)
-    report["flow"] = q
     if args.cfg_sweep:
-        report["flow_cfg_sweep"] = {str(w): generator_quality(flow, vae, teacher, test, per_class=100, steps=args.steps,
-                                                              cfg_scale=w, seed=args.seed)["conditional_accuracy"]
+        report["flow_cfg_sweep"] = {str(w): flow_quality(flow, vae, teacher, test, per_class=100, steps=args.steps,
+                                                         cfg_scale=w, seed=args.seed)["conditional_accuracy"]
                                     for w in args.cfg_sweep}
         print(f"flow    conditional accuracy by CFG scale ({args.steps} Euler steps, 100 per class): "
               f"{json.dumps(report['flow_cfg_sweep'])}")
+    q = report["flow"] = flow_quality(flow, vae, teacher, test, per_class=args.per_class, steps=args.steps,
+                                      cfg_scale=args.cfg_scale, seed=args.seed)
     print(f"flow    conditional accuracy {q['conditional_accuracy']:.2%} (target >= 90%; {args.steps} Euler steps, "
-          f"CFG {args.cfg_scale}, {q['samples']} samples) | FID(teacher) generated vs test "
+          f"CFG {args.cfg_scale}, {q['samples']} samples) | FID(teacher features) generated vs test "
           f"{q['fid_teacher_generated_vs_test']:.2f}, test half vs half {q['fid_teacher_test_half_vs_half']:.2f} "
           f"({q['feature_samples_per_set']} per set)")
+    if Path(args.diffusion).is_dir():
+        diffusion = load_diffusion(args.diffusion, args.device, vae.latent_shape(32), test.num_classes)
+        report["diffusion"] = {}
+        for steps in args.diffusion_steps:
+            config = DiffusionSamplerConfig(steps=steps, cfg_scale=args.cfg_scale, seed=args.seed)
+            d = generator_quality(lambda y: sample_diffusion(diffusion, y, None, config).latents, vae, teacher, test,
+                                  per_class=args.per_class, seed=args.seed)
+            report["diffusion"][str(steps)] = d
+            print(f"diffusion conditional accuracy {d['conditional_accuracy']:.2%} ({steps} DDIM steps, CFG "
+                  f"{args.cfg_scale}) | FID(teacher features) generated vs test {d['fid_teacher_generated_vs_test']:.2f}")
     if args.json:
         write_json(args.json, report)
         print(f"report written to {args.json}")
-    else:
-        print(json.dumps(report["flow"]["per_class_accuracy"]))
 
 
 def _engine(args: argparse.Namespace):
@@ -209,6 +218,45 @@ def _cmd_bench_engine(args: argparse.Namespace) -> None:
     if args.json:
         write_json(args.json, report)
         print(f"report written to {args.json}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    import sys as _sys
+
+    import torch
+    from tqdm import tqdm
+
+    from core.data import load_fashion_mnist
+    from core.evaluate import EvalConfig, evaluate_set, read_distilled_folder
+    from core.io import write_json
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = EvalConfig(architecture=args.architecture, labels=args.labels, temperature=args.temperature,
+                        epochs=args.epochs, use_weights=not args.no_weights, augment=args.augment,
+                        seeds=tuple(range(args.seed, args.seed + args.seeds)))
+    test = load_fashion_mnist("test", args.data_dir)
+    images, labels, weights = read_distilled_folder(args.folder, test.class_names, test.image_shape)
+    teacher = None
+    if config.labels == "soft":
+        from core.assets import load_teacher
+
+        teacher = load_teacher(ModelSpec(teacher=args.teacher))
+    bar = tqdm(total=1000, desc=f"evaluate {Path(args.folder).name}", file=_sys.stderr, mininterval=1)
+
+    def progress(fraction: float, message: str) -> None:
+        bar.n = int(fraction * 1000)
+        bar.set_postfix_str(message)
+
+    result = evaluate_set(images, labels, test, config, weights, teacher, progress)
+    bar.close()
+    print(f"{args.folder}: {len(images)} images, {config.architecture}, {config.labels} labels, "
+          f"{'weighted' if weights is not None and config.use_weights else 'unweighted'}: test accuracy "
+          f"{100 * result.mean:.2f} ± {100 * result.std:.2f} % over {len(config.seeds)} seeds "
+          f"({', '.join(f'{100 * a:.2f}' for a in result.accuracies)}); {sum(result.seconds):.1f} s")
+    if args.json:
+        write_json(args.json, {"folder": str(args.folder), **result.to_dict()})
+        print(f"result written to {args.json}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -316,12 +364,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     p.add_argument("--json", default=None)
 
+    p = add("evaluate", "Train students only on a distilled ImageFolder and test them on the real test split.",
+            _cmd_evaluate)
+    p.add_argument("folder", help="an exported set (manifest weights are used) or any ImageFolder of the classes")
+    p.add_argument("--labels", default="hard", choices=["hard", "soft"])
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (seed, seed+1, ...)")
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--architecture", default="convnet", choices=["convnet", "resnet"])
+    p.add_argument("--augment", default="none", choices=["none", "dsa"])
+    p.add_argument("--temperature", type=float, default=4.0, help="soft labels: teacher temperature")
+    p.add_argument("--no-weights", action="store_true", help="ignore the manifest's per-image weights")
+    p.add_argument("--teacher", default=str(TEACHER_DIR))
+    p.add_argument("--json", default=None, help="also write the result to this JSON file")
+
     p = add("eval-models", "Measure the shipped models: VAE PSNR and speed, teacher accuracy, flow sample "
             "quality (teacher accuracy of samples, FID-style distance).", _cmd_eval_models)
     add_models(p, flow=True, teacher=True)
     p.add_argument("--per-class", type=int, default=500, help="flow samples per class (default 500)")
     p.add_argument("--steps", type=int, default=10, help="Euler steps (default 10)")
     p.add_argument("--cfg-scale", type=float, default=2.0)
+    p.add_argument("--diffusion", default=str(DIFFUSION_DIR), help="diffusion counterpart folder (skipped if absent)")
+    p.add_argument("--diffusion-steps", type=int, nargs="*", default=[10, 25], help="DDIM steps to evaluate")
     p.add_argument("--cfg-sweep", type=float, nargs="*", default=[1.0, 1.5, 2.0, 3.0, 4.0],
                    help="CFG scales for a quick conditional-accuracy sweep (100 samples per class)")
     p.add_argument("--json", default=None, help="also write the report to this JSON file")

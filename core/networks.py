@@ -59,3 +59,53 @@ class ConvNet(nn.Module):
 
     def config_dict(self) -> dict:
         return asdict(self.config)
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, norm: str):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.norm1 = _norm(norm, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.norm2 = _norm(norm, cout)
+        self.shortcut = (nn.Identity() if stride == 1 and cin == cout else
+                         nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _norm(norm, cout)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.norm1(self.conv1(x)))
+        return torch.relu(self.norm2(self.conv2(out)) + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """A ResNet-10-style student (four stages of one basic block, widths w, 2w, 4w, 8w) for checking
+    cross-architecture generalisation; ``features`` returns the globally average-pooled last stage."""
+
+    def __init__(self, config: ConvNetConfig):
+        super().__init__()
+        self.config = config
+        w = max(8, config.width // 8)
+        self.stem = nn.Sequential(nn.Conv2d(config.in_channels, w, 3, 1, 1, bias=False), _norm(config.norm, w),
+                                  nn.ReLU(inplace=True))
+        widths = (w, 2 * w, 4 * w, 8 * w)
+        blocks, cin = [], w
+        for i, cout in enumerate(widths):
+            blocks.append(_BasicBlock(cin, cout, 1 if i == 0 else 2, config.norm))
+            cin = cout
+        self.stages = nn.Sequential(*blocks)
+        self.feature_dim = cin
+        self.classifier = nn.Linear(cin, config.num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x)).mean((2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+ARCHITECTURES = {"convnet": ConvNet, "resnet": SmallResNet}
+
+
+def build_classifier(architecture: str, config: ConvNetConfig) -> nn.Module:
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
+    return ARCHITECTURES[architecture](config)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,13 +20,22 @@ from core.metrics import frechet_distance
 from core.teacher import Teacher
 
 
-def generator_quality(flow: torch.nn.Module, vae: LatentAutoencoder, teacher: Teacher, test: LabelledImages,
-                      per_class: int = 500, steps: int = 10, cfg_scale: float = 2.0, solver: str = "euler",
-                      seed: int = 0) -> dict:
-    """Sample ``per_class`` latents per class, decode, and score them with ``teacher`` against ``test``."""
+def flow_quality(flow: torch.nn.Module, vae: LatentAutoencoder, teacher: Teacher, test: LabelledImages,
+                 per_class: int = 500, steps: int = 10, cfg_scale: float = 2.0, solver: str = "euler",
+                 seed: int = 0) -> dict:
+    """``generator_quality`` of unguided flow samples (``steps`` fixed steps of ``solver`` with CFG)."""
+    report = generator_quality(lambda y: sample_flow(flow, y, steps=steps, cfg_scale=cfg_scale, solver=solver,
+                                                     seed=seed), vae, teacher, test, per_class, seed)
+    return {**report, "steps": steps, "solver": solver, "cfg_scale": cfg_scale}
+
+
+def generator_quality(generate: Callable[[torch.Tensor], torch.Tensor], vae: LatentAutoencoder, teacher: Teacher,
+                      test: LabelledImages, per_class: int = 500, seed: int = 0) -> dict:
+    """Draw ``per_class`` latents per class with ``generate(labels)``, decode, and score them with
+    ``teacher`` against ``test``."""
     labels = torch.arange(test.num_classes).repeat_interleave(per_class)
     t0 = time.perf_counter()
-    latents = sample_flow(flow, labels, steps=steps, cfg_scale=cfg_scale, solver=solver, seed=seed)
+    latents = generate(labels)
     images = vae.decode(latents)
     seconds = time.perf_counter() - t0
     logits = teacher.logits(images)
@@ -42,7 +52,6 @@ def generator_quality(flow: torch.nn.Module, vae: LatentAutoencoder, teacher: Te
         "per_class_accuracy": [round(a, 4) for a in per_class_acc],
         "fid_teacher_generated_vs_test": round(frechet_distance(generated, real_a), 3),
         "fid_teacher_test_half_vs_half": round(frechet_distance(real_b, real_a), 3),
-        "samples": len(labels), "feature_samples_per_set": half,
-        "steps": steps, "solver": solver, "cfg_scale": cfg_scale, "seed": seed,
+        "samples": len(labels), "feature_samples_per_set": half, "seed": seed,
         "sample_and_decode_seconds": round(seconds, 2),
     }

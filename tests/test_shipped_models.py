@@ -5,7 +5,7 @@ from core.assets import ASSETS, TEACHER_DIR, VAE_DIR, ModelSpec, load_flow_for, 
 from core.autoencoder import measure_vae
 from core.data import load_fashion_mnist
 from core.io import read_json
-from core.quality import generator_quality
+from core.quality import flow_quality
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_flow_reproduces_recorded_conditional_accuracy(spec, test_split):
     vae, teacher = load_vae(spec), load_teacher(spec)
     flow = load_flow_for(spec, vae.latent_shape(32), test_split.num_classes)
     assert flow.config.extra["vae_fingerprint"] == vae.fingerprint, "flow model was trained on another VAE"
-    q = generator_quality(flow, vae, teacher, test_split, per_class=100, cfg_scale=2.0, seed=0)
+    q = flow_quality(flow, vae, teacher, test_split, per_class=100, cfg_scale=2.0, seed=0)
     assert q["conditional_accuracy"] == pytest.approx(recorded, abs=0.02)
     assert q["fid_teacher_generated_vs_test"] > 0
 
