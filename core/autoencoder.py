@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +19,7 @@ from diffusers import AutoencoderKL
 from core.data import LabelledImages, load_fashion_mnist
 from core.device import pick_device, seed_everything
 from core.errors import CheckpointError
-from core.io import tensors_fingerprint, write_json
+from core.io import atomic_directory, tensors_fingerprint, write_json
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
@@ -183,24 +181,6 @@ def measure_vae(ae: LatentAutoencoder, test: LabelledImages, batch_size: int = 2
     }
 
 
-def save_pretrained_atomic(vae: AutoencoderKL, out: Path) -> None:
-    """``save_pretrained`` into a temporary sibling folder, then swap it into place."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        vae.save_pretrained(tmp, safe_serialization=True)
-        for extra in out.glob("*.json") if out.is_dir() else []:
-            if not (tmp / extra.name).exists():
-                shutil.copy2(extra, tmp / extra.name)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
 def train_tiny_vae(config: TinyVAEConfig, out: str | Path, data_dir: str | None = None,
                    log: Callable[[str], None] = print) -> dict:
     """Train the embedded VAE on Fashion-MNIST train, set its latent scaling, save it, return metrics.
@@ -249,7 +229,8 @@ def train_tiny_vae(config: TinyVAEConfig, out: str | Path, data_dir: str | None 
     ae = LatentAutoencoder(vae)
     metrics = measure_vae(ae, test)
     out = Path(out)
-    save_pretrained_atomic(vae, out)
+    with atomic_directory(out) as tmp:
+        vae.save_pretrained(tmp, safe_serialization=True)
     record = {"config": asdict(config), "metrics": metrics, "train_seconds": round(train_seconds, 1),
               "steps": steps, "dataset": "fashion-mnist train (60k)", "evaluated_on": "fashion-mnist test (10k)",
               "torch": torch.__version__, "command": f"python -m core train-vae --out {out} --seed {config.seed}"}

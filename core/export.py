@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -20,7 +18,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from core import __version__
-from core.io import write_json
+from core.io import atomic_directory, write_json
 from core.visualize import to_uint8
 
 MANIFEST = "manifest.json"
@@ -64,9 +62,7 @@ def export_imagefolder(dset, out: str | Path, selection: Sequence[int] | None = 
         raise ValueError(f"selection ids must lie in [0, {len(dset)}), got {indices.min()}..{indices.max()}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose another folder or pass overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         pixels = to_uint8(dset.images[torch.from_numpy(indices)])
         files = []
         for j, i in enumerate(indices):
@@ -86,10 +82,4 @@ def export_imagefolder(dset, out: str | Path, selection: Sequence[int] | None = 
         if dset.prototypes is not None:
             tensors["prototypes"] = dset.prototypes[idx].float().contiguous()
         save_file(tensors, str(tmp / LATENTS))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
