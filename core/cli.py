@@ -11,6 +11,7 @@ import numpy as np
 from core.assets import ASSETS, DIFFUSION_DIR, FLOW_DIR, TEACHER_DIR, VAE_DIR, ModelSpec
 from core.errors import DistillError
 from core.guidance import SCHEDULES
+from core.benchmark import BENCH_METHODS
 from core.pipeline import DEFAULT_PGFM_GUIDANCE, METHODS
 from core.solvers import SOLVERS
 
@@ -138,8 +139,9 @@ def _engine(args: argparse.Namespace):
     return load_engine(spec, args.dataset, args.data_dir, args.cache_dir, args.resolution, args.channels)
 
 
-def distill_config_from_args(args: argparse.Namespace):
-    """The DistillConfig that the distill options describe (validated by the dataclasses)."""
+def distill_config_from_args(args: argparse.Namespace, method: str = "", ipc: int = 0):
+    """The DistillConfig that the distill options describe (validated by the dataclasses); ``method`` and
+    ``ipc`` replace the options of the same name (the benchmark sets them per cell)."""
     from core.diffusion import DiffusionSamplerConfig
     from core.guidance import GuidanceConfig
     from core.pipeline import DistillConfig
@@ -151,7 +153,8 @@ def distill_config_from_args(args: argparse.Namespace):
                             cfg_scale=args.cfg_scale, guidance=guidance, t0=args.t0, seed=args.seed, dtype=args.dtype)
     diffusion = DiffusionSamplerConfig(steps=args.diffusion_steps, cfg_scale=args.cfg_scale, strength=args.strength,
                                        guidance=args.mg_guidance, stop=args.mg_stop, seed=args.seed, dtype=args.dtype)
-    return DistillConfig(method=args.method, ipc=args.ipc, classes=None if args.classes == "all" else args.classes,
+    classes = getattr(args, "classes", "all")
+    return DistillConfig(method=method or args.method, ipc=ipc or args.ipc, classes=None if classes == "all" else classes,
                          seed=args.seed, sampler=sampler, ddoq_t0=args.ddoq_t0, diffusion=diffusion,
                          medoid=args.medoid, pgfm_weights=args.pgfm_weights, record_trajectories=False)
 
@@ -259,6 +262,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"result written to {args.json}")
 
 
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from core.assets import load_teacher
+    from core.benchmark import Bench, BenchConfig, results_summary, run_benchmark
+    from core.data import load_fashion_mnist
+    from core.io import read_json
+
+    config = BenchConfig(ipcs=tuple(args.ipc), seeds=args.seeds, methods=tuple(args.methods), labels=tuple(args.labels),
+                         epochs=args.epochs, sweep=not args.no_sweep, efficiency=not args.no_efficiency,
+                         seed=args.seed, distill=distill_config_from_args(args, "pgfm", 10))
+    engine = _engine(args)
+    teacher = load_teacher(ModelSpec(teacher=args.teacher))
+    test = load_fashion_mnist("test", args.data_dir)
+    metrics = ASSETS / "metrics.json"
+    teacher_accuracy = read_json(metrics)["teacher"]["test_accuracy"] if metrics.is_file() else None
+    t0 = time.perf_counter()
+    results = run_benchmark(Bench(engine, teacher, test, Path(args.out), config), teacher_accuracy)
+    print(results_summary(results))
+    print(f"benchmark finished in {(time.perf_counter() - t0) / 60:.1f} min; results in {Path(args.out) / 'results.json'}, "
+          f"table in {Path(args.out) / 'RESULTS.md'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="Distill Studio engine (headless).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -323,34 +347,51 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--diffusion", default=str(DIFFUSION_DIR), help="diffusion model folder (default: embedded)")
         add_dataset(p)
 
+    def add_distill_options(p: argparse.ArgumentParser, single: bool = True) -> None:
+        add_engine(p)
+        if single:
+            p.add_argument("--method", default="pgfm", choices=list(METHODS))
+            p.add_argument("--ipc", type=int, default=10, help="images per class")
+            p.add_argument("--classes", default="all", help="'all' or a comma-separated list of class ids or names")
+        g = p.add_argument_group("flow sampler (ddoq, fm, pgfm)")
+        g.add_argument("--solver", default="euler", choices=list(SOLVERS))
+        g.add_argument("--steps", type=int, default=8)
+        g.add_argument("--time-shift", type=float, default=1.0)
+        g.add_argument("--cfg-scale", type=float, default=2.0)
+        g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+        g.add_argument("--guidance", type=float, default=DEFAULT_PGFM_GUIDANCE.strength, help="PGFM λ (>= 0)")
+        g.add_argument("--schedule", default=DEFAULT_PGFM_GUIDANCE.schedule, choices=list(SCHEDULES))
+        g.add_argument("--t-start", type=float, default=DEFAULT_PGFM_GUIDANCE.t_start)
+        g.add_argument("--t-stop", type=float, default=DEFAULT_PGFM_GUIDANCE.t_stop)
+        g.add_argument("--trust-radius", type=float, default=None, help="r in latent RMS units (default: none)")
+        g.add_argument("--t0", type=float, default=0.0, help="PGFM warm start in [0, 1)")
+        g.add_argument("--ddoq-t0", type=float, default=0.5, help="ddoq: warm start of the decode-through-flow ODE")
+        g.add_argument("--medoid", action="store_true", help="use the real latent nearest each centroid")
+        g.add_argument("--pgfm-weights", action="store_true", help="pgfm: keep DDOQ cell masses as image weights")
+        g = p.add_argument_group("diffusion counterpart (diffusion-d4m, diffusion-mg)")
+        g.add_argument("--diffusion-steps", type=int, default=25)
+        g.add_argument("--strength", type=float, default=0.7, help="diffusion-d4m: fraction of the schedule run")
+        g.add_argument("--mg-guidance", type=float, default=0.5, help="diffusion-mg: pull of x̂_0 toward the prototype")
+        g.add_argument("--mg-stop", type=float, default=0.6, help="diffusion-mg: fraction of steps guided")
+
     p = add("distill", "Distil a dataset: quantize, sample, decode, export an ImageFolder + manifest + latents.",
             _cmd_distill)
-    add_engine(p)
-    p.add_argument("--method", default="pgfm", choices=list(METHODS))
-    p.add_argument("--ipc", type=int, default=10, help="images per class")
-    p.add_argument("--classes", default="all", help="'all' or a comma-separated list of class ids or names")
+    add_distill_options(p)
     p.add_argument("--out", required=True, help="output folder (must be empty or new unless --overwrite)")
     p.add_argument("--overwrite", action="store_true")
-    g = p.add_argument_group("flow sampler (ddoq, fm, pgfm)")
-    g.add_argument("--solver", default="euler", choices=list(SOLVERS))
-    g.add_argument("--steps", type=int, default=8)
-    g.add_argument("--time-shift", type=float, default=1.0)
-    g.add_argument("--cfg-scale", type=float, default=2.0)
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    g.add_argument("--guidance", type=float, default=DEFAULT_PGFM_GUIDANCE.strength, help="PGFM λ (>= 0)")
-    g.add_argument("--schedule", default=DEFAULT_PGFM_GUIDANCE.schedule, choices=list(SCHEDULES))
-    g.add_argument("--t-start", type=float, default=DEFAULT_PGFM_GUIDANCE.t_start)
-    g.add_argument("--t-stop", type=float, default=DEFAULT_PGFM_GUIDANCE.t_stop)
-    g.add_argument("--trust-radius", type=float, default=None, help="r in latent RMS units (default: none)")
-    g.add_argument("--t0", type=float, default=0.0, help="PGFM warm start in [0, 1)")
-    g.add_argument("--ddoq-t0", type=float, default=0.5, help="ddoq: warm start of the decode-through-flow ODE")
-    g.add_argument("--medoid", action="store_true", help="use the real latent nearest each centroid")
-    g.add_argument("--pgfm-weights", action="store_true", help="pgfm: keep DDOQ cell masses as image weights")
-    g = p.add_argument_group("diffusion counterpart (diffusion-d4m, diffusion-mg)")
-    g.add_argument("--diffusion-steps", type=int, default=25)
-    g.add_argument("--strength", type=float, default=0.7, help="diffusion-d4m: fraction of the schedule run")
-    g.add_argument("--mg-guidance", type=float, default=0.5, help="diffusion-mg: pull of x̂_0 toward the prototype")
-    g.add_argument("--mg-stop", type=float, default=0.6, help="diffusion-mg: fraction of steps guided")
+
+    p = add("bench", "Benchmark every method: distil, score (coverage, PRDC, W2, NFE, time), train students "
+            "(hard and soft labels), sweep PGFM, compare NFE with diffusion; resumable.", _cmd_bench)
+    add_distill_options(p, single=False)
+    p.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50], help="IPC values (default 1 10 50)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--methods", nargs="+", default=list(BENCH_METHODS), choices=list(BENCH_METHODS))
+    p.add_argument("--labels", nargs="+", default=["hard", "soft"], choices=["hard", "soft"])
+    p.add_argument("--no-sweep", action="store_true")
+    p.add_argument("--no-efficiency", action="store_true")
+    p.add_argument("--teacher", default=str(TEACHER_DIR))
+    p.add_argument("--out", default="benchmarks", help="output folder (default benchmarks/)")
 
     p = add("bench-speed", "Print the engine's speed figures (quantize, guided sampling, decode).", _cmd_bench_speed)
     add_engine(p)

@@ -1,0 +1,74 @@
+"""Assess a distilled set against the real data (DESIGN.md section 4), for the benchmark and the app.
+
+``RealReference`` holds what is computed once per dataset + teacher: teacher features of a per-class
+subsample of the real training images, their PRDC radii, the per-class modes for mode coverage, and
+the real latents of each class for W2. ``assess`` then scores a DistilledSet in well under a second.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from core.metrics import ClassModes, diversity, fit_modes, mode_coverage, prdc, real_radii
+from core.pipeline import DistillEngine, DistilledSet
+from core.quantize import wasserstein2
+
+
+@dataclass
+class RealReference:
+    features: np.ndarray          # (R, D) teacher features of the real subsample
+    labels: np.ndarray            # (R,)
+    radii: np.ndarray             # (R,) PRDC k-NN radii
+    modes: ClassModes
+    latents_by_class: dict[int, np.ndarray]   # class -> (N_c, d) real latents (flattened)
+    k: int = 5
+
+
+def build_reference(engine: DistillEngine, teacher, per_class: int = 1000, num_modes: int = 10, k: int = 5,
+                    seed: int = 0) -> RealReference:
+    """Teacher features of ``per_class`` real training images per class (seeded), radii and modes."""
+    rng = np.random.default_rng(seed)
+    labels = engine.dataset.labels
+    index = np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == c), min(per_class, int((labels == c).sum())),
+                                               replace=False) for c in range(engine.dataset.num_classes)]))
+    features = np.concatenate([teacher.features(engine.dataset.batch(index[i:i + 1000])).numpy()
+                               for i in range(0, len(index), 1000)])
+    latents = engine.latents.latents.flatten(1).numpy()
+    by_class = {c: latents[engine.latents.labels == c] for c in range(engine.latents.num_classes)}
+    return RealReference(features, labels[index], real_radii(features, k), fit_modes(features, labels[index], num_modes, seed),
+                         by_class, k)
+
+
+def assess(reference: RealReference, teacher, dset: DistilledSet, w2: bool = True) -> dict:
+    """Mode coverage, PRDC (teacher features), mean per-class W2 and diversity (latent), landing error."""
+    features = teacher.features(dset.images).numpy()
+    coverage = mode_coverage(reference.modes, features, dset.labels)
+    out = {"mode_coverage": round(coverage.overall, 4),
+           "mode_coverage_per_class": {int(c): round(v, 4) for c, v in coverage.per_class.items()},
+           "nfe_per_image": dset.nfe, "seconds_per_image": round(dset.timings["total_s"] / max(1, len(dset)), 5)}
+    if len(dset) > reference.k:
+        out.update({key: round(value, 4) for key, value in
+                    prdc(reference.features, features, reference.k, reference.radii).items()})
+    latents = dset.latents.flatten(1).numpy().astype(np.float64)
+    classes = sorted(set(dset.labels.tolist()))
+    if w2:
+        per_class = []
+        for c in classes:
+            mask = dset.labels == c
+            per_class.append(wasserstein2(reference.latents_by_class[c], latents[mask], dset.weights[mask]))
+        out["w2_latent_mean"] = round(float(np.mean(per_class)), 4)
+    per_class_div = [diversity(latents[dset.labels == c]) for c in classes if (dset.labels == c).sum() > 1]
+    if per_class_div:
+        out["diversity_latent"] = round(float(np.mean(per_class_div)), 4)
+    finite = dset.landing_error[np.isfinite(dset.landing_error)]
+    if len(finite):
+        out["landing_error_mean"] = round(float(finite.mean()), 5)
+    return out
+
+
+def teacher_accuracy_of(teacher, dset: DistilledSet) -> float:
+    """Share of the set's images the teacher assigns to their intended class."""
+    with torch.inference_mode():
+        return float((teacher.logits(dset.images).argmax(1).numpy() == dset.labels).mean())

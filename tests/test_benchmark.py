@@ -1,0 +1,62 @@
+import json
+
+import numpy as np
+import pytest
+
+import core.benchmark as benchmark
+from core.benchmark import Bench, BenchConfig, run_benchmark
+from core.networks import ConvNet, ConvNetConfig
+from core.teacher import Teacher
+from tests.test_pipeline import engine  # noqa: F401 - shared fixture
+
+
+@pytest.fixture
+def bench_parts(engine, tmp_path):  # noqa: F811
+    teacher = Teacher(ConvNet(ConvNetConfig(1, 3, 32, width=8)))
+    test = engine.dataset.subset(np.arange(0, 90, 3), "tiny-test")
+    config = BenchConfig(ipcs=(1, 2), seeds=1, methods=("random", "d4m", "ddoq-unweighted"), labels=("hard",),
+                         epochs=2, real_per_class=20, sweep=False, efficiency=False)
+    return engine, teacher, test, tmp_path / "bench", config
+
+
+def test_benchmark_writes_results_table_and_plots(bench_parts):
+    engine, teacher, test, out, config = bench_parts
+    results = run_benchmark(Bench(engine, teacher, test, out, config, log=lambda m: None), teacher_accuracy=0.9)
+    assert set(results["cells"]) == {f"main/{m}/ipc{i}" for m in config.methods for i in (1, 2)}
+    cell = results["cells"]["main/d4m/ipc2"]
+    assert 0 <= cell["metrics"]["mode_coverage"] <= 1 and "precision" in cell["metrics"]
+    assert cell["hard"]["config"]["use_weights"] is True
+    assert results["cells"]["main/ddoq-unweighted/ipc2"]["hard"]["config"]["use_weights"] is False
+    table = (out / "RESULTS.md").read_text()
+    assert "| d4m |" in table and "published:* DSA" in table and "70.6 ± 0.6" in table and "90.00%" in table
+    assert (out / "accuracy_vs_ipc.png").is_file()
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["cells"].keys() == results["cells"].keys()
+
+
+def test_interrupted_benchmark_keeps_finished_cells_and_resumes(bench_parts, monkeypatch):
+    engine, teacher, test, out, config = bench_parts
+    real_evaluate, calls = benchmark.evaluate_set, []
+
+    def crash_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(benchmark, "evaluate_set", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(Bench(engine, teacher, test, out, config, log=lambda m: None))
+    kept = json.loads((out / "results.json").read_text())["cells"]
+    assert len(kept) == 2
+    monkeypatch.setattr(benchmark, "evaluate_set", real_evaluate)
+    messages = []
+    results = run_benchmark(Bench(engine, teacher, test, out, config, log=messages.append))
+    assert sum("[skip]" in m for m in messages) == 2 and len(results["cells"]) == 6
+    for name, cell in kept.items():  # finished cells are kept as they were
+        assert results["cells"][name]["hard"] == cell["hard"]
+
+
+def test_bench_config_rejects_unknown_methods():
+    with pytest.raises(ValueError, match="unknown benchmark methods"):
+        BenchConfig(methods=("pgfm", "magic"))
