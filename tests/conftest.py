@@ -4,6 +4,9 @@ import torch
 
 from core.autoencoder import LatentAutoencoder, TinyVAEConfig, build_tiny_vae
 from core.data import LabelledImages
+from core.latent_mlp import LatentMLP, LatentMLPConfig
+from core.latents import encode_dataset
+from core.pipeline import DistillEngine
 
 
 @pytest.fixture(autouse=True)
@@ -30,3 +33,17 @@ def make_tiny_vae(seed: int = 0, scaling_factor: float = 0.5, shift_factor: floa
 @pytest.fixture
 def tiny_vae() -> LatentAutoencoder:
     return make_tiny_vae()
+
+
+@pytest.fixture(scope="module")
+def engine() -> DistillEngine:
+    """A distillation engine on 90 random images in 3 classes with tiny random models."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(90, 1, 32, 32), dtype=np.uint8)
+    data = LabelledImages(images, np.repeat(np.arange(3), 30), ("T-shirt/top", "Bag", "Coat"), "tiny")
+    vae = make_tiny_vae()
+    latents = encode_dataset(data, vae, use_cache=False, progress=lambda f, m: None)
+    torch.manual_seed(0)
+    config = LatentMLPConfig((4, 8, 8), 3, width=64, hidden=128, depth=2, emb_dim=32)
+    flow, diffusion = LatentMLP(config).eval(), LatentMLP(config).eval()
+    return DistillEngine(data, latents, vae, flow, diffusion)

@@ -7,11 +7,10 @@ import core.benchmark as benchmark
 from core.benchmark import Bench, BenchConfig, run_benchmark
 from core.networks import ConvNet, ConvNetConfig
 from core.teacher import Teacher
-from tests.test_pipeline import engine  # noqa: F401 - shared fixture
 
 
 @pytest.fixture
-def bench_parts(engine, tmp_path):  # noqa: F811
+def bench_parts(engine, tmp_path):
     teacher = Teacher(ConvNet(ConvNetConfig(1, 3, 32, width=8)))
     test = engine.dataset.subset(np.arange(0, 90, 3), "tiny-test")
     config = BenchConfig(ipcs=(1, 2), seeds=1, methods=("random", "d4m", "ddoq-unweighted"), labels=("hard",),

@@ -6,25 +6,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from core.data import LabelledImages
 from core.export import export_imagefolder
 from core.latent_mlp import LatentMLP, LatentMLPConfig
-from core.latents import encode_dataset
 from core.pipeline import METHODS, DistillConfig, DistillEngine, distill, resolve_classes
-from tests.conftest import make_tiny_vae
-
-
-@pytest.fixture(scope="module")
-def engine() -> DistillEngine:
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(90, 1, 32, 32), dtype=np.uint8)
-    data = LabelledImages(images, np.repeat(np.arange(3), 30), ("T-shirt/top", "Bag", "Coat"), "tiny")
-    vae = make_tiny_vae()
-    latents = encode_dataset(data, vae, use_cache=False, progress=lambda f, m: None)
-    torch.manual_seed(0)
-    config = LatentMLPConfig((4, 8, 8), 3, width=64, hidden=128, depth=2, emb_dim=32)
-    flow, diffusion = LatentMLP(config).eval(), LatentMLP(config).eval()
-    return DistillEngine(data, latents, vae, flow, diffusion)
 
 
 @pytest.mark.parametrize("method", METHODS)
