@@ -79,7 +79,6 @@ def _cmd_train_latent_model(args: argparse.Namespace) -> None:
 def _cmd_eval_models(args: argparse.Namespace) -> None:
     """Print (and record) the figures of the shipped models that the foundation issue asks for."""
     import json
-    from pathlib import Path
 
     import torch
 
@@ -87,7 +86,7 @@ def _cmd_eval_models(args: argparse.Namespace) -> None:
     from core.autoencoder import measure_vae
     from core.data import load_fashion_mnist
     from core.diffusion import DiffusionSamplerConfig, load_diffusion, sample_diffusion
-    from core.io import write_json
+    from core.io import is_model_folder, write_json
     from core.quality import flow_quality, generator_quality
 
     if args.threads:
@@ -113,7 +112,7 @@ def _cmd_eval_models(args: argparse.Namespace) -> None:
           f"CFG {args.cfg_scale}, {q['samples']} samples) | FID(teacher features) generated vs test "
           f"{q['fid_teacher_generated_vs_test']:.2f}, test half vs half {q['fid_teacher_test_half_vs_half']:.2f} "
           f"({q['feature_samples_per_set']} per set)")
-    if Path(args.diffusion).is_dir():
+    if is_model_folder(args.diffusion):
         diffusion = load_diffusion(args.diffusion, args.device, vae.latent_shape(32), test.num_classes)
         report["diffusion"] = {}
         for steps in args.diffusion_steps:

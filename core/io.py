@@ -106,6 +106,11 @@ def save_model_folder(out: str | Path, kind: str, config: dict, state_dict: dict
     return out
 
 
+def is_model_folder(path: str | Path | None) -> bool:
+    """True when ``path`` holds a saved model (its config.json), not e.g. only a training checkpoint."""
+    return bool(path) and (Path(path) / MODEL_CONFIG).is_file()
+
+
 def read_model_folder(path: str | Path, kind: str, fix: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """Read a folder written by ``save_model_folder``; a foreign or corrupt one raises CheckpointError."""
     path = Path(path)

@@ -213,12 +213,11 @@ def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None 
 
     A generator folder that does not exist is left out (methods that need it then raise a clear error).
     """
-    from pathlib import Path
-
     from core.assets import ModelSpec, load_vae
     from core.data import load_dataset
     from core.diffusion import load_diffusion
     from core.flow import load_flow
+    from core.io import is_model_folder
     from core.latents import encode_dataset
 
     spec = spec or ModelSpec()
@@ -226,7 +225,7 @@ def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None 
     vae = load_vae(spec)
     latents = encode_dataset(data, vae, cache_dir)
     shape, n = latents.latent_shape, latents.num_classes
-    flow = load_flow(spec.flow, spec.device, shape, n) if spec.flow and Path(spec.flow).is_dir() else None
+    flow = load_flow(spec.flow, spec.device, shape, n) if is_model_folder(spec.flow) else None
     diffusion = (load_diffusion(spec.diffusion, spec.device, shape, n)
-                 if spec.diffusion and Path(spec.diffusion).is_dir() else None)
+                 if is_model_folder(spec.diffusion) else None)
     return DistillEngine(data, latents, vae, flow, diffusion)

@@ -1,21 +1,24 @@
 """``python -m core distill`` on the embedded default writes a complete output folder."""
 import json
-import subprocess
-import sys
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from core.cli import main
 
 
-def distill(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "core", "distill", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+@pytest.fixture
+def distill(capsys):
+    """Run ``python -m core distill ARGS`` in-process; returns (returncode, stdout, stderr)."""
+    def run(*args: str) -> SimpleNamespace:
+        code = main(["distill", *args])
+        captured = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
+    return run
 
 
 @pytest.mark.parametrize("method", ["random", "d4m", "ddoq", "fm", "pgfm", "diffusion-d4m", "diffusion-mg"])
-def test_distill_writes_a_complete_folder(tmp_path, method):
+def test_distill_writes_a_complete_folder(distill, tmp_path, method):
     out = tmp_path / method
     result = distill("--method", method, "--ipc", "2", "--classes", "Trouser,7", "--out", str(out), "--seed", "3")
     assert result.returncode == 0, result.stderr
@@ -38,7 +41,7 @@ def test_distill_writes_a_complete_folder(tmp_path, method):
     (["--t-start", "0.9", "--t-stop", "0.2"], "t_start <= t_stop"),
     (["--steps", "0"], "steps must be an integer >= 1"),
 ])
-def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, args, message):
+def test_bad_input_is_a_clear_error_and_writes_nothing(distill, tmp_path, args, message):
     result = distill("--out", str(tmp_path / "o"), *args)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
