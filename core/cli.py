@@ -51,6 +51,14 @@ def _cmd_encode(args: argparse.Namespace) -> None:
               f"({time.perf_counter() - t0:.1f} s)")
 
 
+def _portable(path: str) -> str:
+    """A path inside the repository as a relative path (for records that ship), anything else unchanged."""
+    try:
+        return str(Path(path).resolve().relative_to(ASSETS.parent))
+    except ValueError:
+        return str(path)
+
+
 def _cmd_train_latent_model(args: argparse.Namespace) -> None:
     """train-flow and train-diffusion: the same network, data and loop; only the objective differs."""
     import torch
@@ -67,7 +75,7 @@ def _cmd_train_latent_model(args: argparse.Namespace) -> None:
     _, vae, latents = _encode(args, "train")
     config = LatentModelTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, width=args.width,
                                     hidden=args.hidden, depth=args.depth, seed=args.seed, threads=args.threads)
-    provenance = {"vae": args.vae, "vae_fingerprint": vae.fingerprint, "dataset": args.dataset,
+    provenance = {"vae": _portable(args.vae), "vae_fingerprint": vae.fingerprint, "dataset": args.dataset,
                   "dataset_fingerprint": latents.dataset_fingerprint}
     train(config, latents, args.out, resume=not args.no_resume, provenance=provenance)
     record = read_json(Path(args.out) / "training.json")
@@ -165,12 +173,16 @@ def _cmd_distill(args: argparse.Namespace) -> None:
     from core.pipeline import distill, resolve_classes
 
     config = distill_config_from_args(args)  # checks every knob before loading anything
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise ValueError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
     engine = _engine(args)
     config = replace(config, classes=resolve_classes(config.classes, engine.latents.class_names))
     dset = distill(engine, config)
-    models = {"vae": args.vae, "vae_fingerprint": engine.vae.fingerprint, "flow": args.flow, "diffusion": args.diffusion,
+    models = {"vae": _portable(args.vae), "vae_fingerprint": engine.vae.fingerprint, "flow": _portable(args.flow),
+              "diffusion": _portable(args.diffusion),
               "dataset": args.dataset, "dataset_fingerprint": engine.dataset.fingerprint}
-    out = export_imagefolder(dset, args.out, overwrite=args.overwrite, extra={"models": models})
+    export_imagefolder(dset, out, overwrite=args.overwrite, extra={"models": models})
     landing = dset.landing_error[np.isfinite(dset.landing_error)] if len(dset) else []
     print(f"{config.method}: {len(dset)} images ({config.ipc} per class, {len(set(dset.labels.tolist()))} classes), "
           f"NFE {dset.nfe}/image, {dset.timings['total_s']:.2f} s"
@@ -318,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train-teacher", "Train the ConvNet-3 teacher (metric features, soft labels) on Fashion-MNIST.",
             _cmd_train_teacher)
     p.add_argument("--out", default=str(TEACHER_DIR), help="output folder (default assets/teacher)")
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
 

@@ -24,7 +24,7 @@ FIX = "re-create it with `python -m core train-teacher --out DIR`"
 
 @dataclass
 class TeacherTrainConfig:
-    epochs: int = 6
+    epochs: int = 8
     batch_size: int = 128
     lr: float = 0.05
     momentum: float = 0.9
