@@ -10,14 +10,14 @@ def test_app_opens_and_resamples_when_widgets_change():
     at = AppTest.from_file(APP, default_timeout=120).run()
     assert not at.exception, at.exception
     assert at.title[0].value == "Distill Studio"
-    assert len(at.get("imgs")) == 2  # real grid and generated grid
-    before = at.get("imgs")[1].proto.imgs[0].url
+    assert len(at.get("image")) == 2  # real grid and generated grid
+    before = at.get("image")[1].value
     at.slider(key="cfg").set_value(3.0).run()
     assert not at.exception
     at.number_input(key="seed").set_value(5).run()
     assert not at.exception
-    after = at.get("imgs")[1].proto.imgs[0].url
-    assert after != before
+    after = at.get("image")[1]
+    assert after.value != before and after.captions == ["10 Euler steps, CFG 3.0, seed 5"]
 
 
 def test_app_with_no_class_selected_shows_a_hint():

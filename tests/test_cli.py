@@ -12,13 +12,19 @@ def run(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProces
 def test_help_lists_commands():
     out = run("--help")
     assert out.returncode == 0
-    for command in ("train-vae", "train-teacher", "train-flow", "encode", "eval-models"):
+    for command in ("train-vae", "train-teacher", "train-flow", "train-diffusion", "encode", "distill",
+                    "evaluate", "bench", "bench-speed", "bench-engine", "eval-models"):
         assert command in out.stdout
 
 
 def test_every_command_takes_a_seed():
-    for command in ("train-vae", "train-teacher", "train-flow", "encode", "eval-models"):
-        assert "--seed" in run(command, "--help").stdout
+    from core.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # argparse keeps sub-parsers here
+    assert len(commands) >= 10
+    for name, sub in commands.items():
+        assert "--seed" in sub.format_help(), name
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):

@@ -31,6 +31,14 @@ def test_distill_writes_a_complete_folder(distill, tmp_path, method):
     assert manifest["models"]["vae_fingerprint"]
 
 
+def test_existing_output_is_refused_before_any_work(distill, tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "keep.txt").write_text("mine")
+    result = distill("--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "not empty" in result.stderr
+    assert (tmp_path / "o" / "keep.txt").read_text() == "mine"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--ipc", "6001"], "ipc=6001 is larger than these classes' sizes"),
     (["--classes", "Hat"], "unknown classes ['Hat']"),
@@ -41,14 +49,6 @@ def test_distill_writes_a_complete_folder(distill, tmp_path, method):
     (["--t-start", "0.9", "--t-stop", "0.2"], "t_start <= t_stop"),
     (["--steps", "0"], "steps must be an integer >= 1"),
 ])
-def test_existing_output_is_refused_before_any_work(distill, tmp_path):
-    (tmp_path / "o").mkdir()
-    (tmp_path / "o" / "keep.txt").write_text("mine")
-    result = distill("--out", str(tmp_path / "o"))
-    assert result.returncode == 2 and "not empty" in result.stderr
-    assert (tmp_path / "o" / "keep.txt").read_text() == "mine"
-
-
 def test_bad_input_is_a_clear_error_and_writes_nothing(distill, tmp_path, args, message):
     result = distill("--out", str(tmp_path / "o"), *args)
     assert result.returncode == 2
