@@ -80,7 +80,7 @@ def landing_report(engine: DistillEngine, strengths: list[float], ipc: int = 10,
     return out
 
 
-def solver_order_report(flow: torch.nn.Module, n: int = 32, steps: tuple[int, ...] = (4, 8, 16, 32),
+def solver_order_report(flow: torch.nn.Module, n: int = 16, steps: tuple[int, ...] = (8, 16, 32, 64, 128),
                         cfg_scale: float = 1.0, seed: int = 0, rtol: float = 1e-9) -> dict:
     """Error of each fixed-step solver against torchdiffeq dopri5 (rtol = atol = ``rtol``, float64), unguided.
 

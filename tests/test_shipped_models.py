@@ -58,11 +58,14 @@ def test_flow_rejects_data_of_another_shape(spec):
 
 
 def test_solvers_converge_at_their_order_on_the_shipped_flow(spec):
-    """Error against torchdiffeq dopri5 shrinks at each solver's order as steps double (unguided)."""
+    """Error against torchdiffeq dopri5 shrinks at each solver's order as steps double (unguided).
+
+    The trained field is stiff near the data end (t -> 1), so the asymptotic order shows from ~64 steps on
+    (`python -m core bench-engine` prints the whole curve from 8 steps)."""
     from core.reports import solver_order_report
 
     flow = load_flow_for(spec, (4, 8, 8), 10)
-    report = solver_order_report(flow, n=4, steps=(8, 16), rtol=1e-8)
+    report = solver_order_report(flow, n=4, steps=(64, 128), rtol=1e-9)
     for solver, r in report.items():
         assert r["rms_error"][1] < r["rms_error"][0], solver
         assert r["observed_order"][0] > r["nominal_order"] - 0.5, (solver, r)
