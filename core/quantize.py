@@ -19,6 +19,7 @@ Conventions
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -38,7 +39,8 @@ class QuantizeConfig:
     real latents (ddoq/d4m only); backend: "auto" (scikit-learn KMeans up to ``minibatch_above`` latents
     per class, MiniBatchKMeans above), "sklearn" or "minibatch"; compute_w2: exact OT distances;
     w2_max_points: at most this many real latents (a seeded subsample above it) enter the OT problem.
-    n_init / max_iter / tol go to k-means; batch_size to MiniBatchKMeans. threads: BLAS/OpenMP threads
+    n_init / max_iter / tol go to k-means; batch_size to MiniBatchKMeans. workers: classes quantized at once
+    (threads; the result does not depend on it). threads: BLAS/OpenMP threads
     while quantizing (None: the libraries' default, all cores); 1 is the robust default because OpenMP
     k-means slows down many-fold when its threads compete with other busy processes (e.g. training).
     """
@@ -56,6 +58,7 @@ class QuantizeConfig:
     minibatch_above: int = 50_000
     batch_size: int = 4096
     threads: int | None = 1
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # classes quantized in parallel
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -66,6 +69,8 @@ class QuantizeConfig:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not _is_int(self.workers) or self.workers < 1:
+            raise ValueError(f"workers must be an integer >= 1, got {self.workers!r}")
         if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
             raise ValueError(f"threads must be None or an integer >= 1, got {self.threads!r}")
         if not _is_int(self.seed) or self.seed < 0:
@@ -331,7 +336,21 @@ def quantize(latent_set, classes: list[int], config: QuantizeConfig) -> list[Cla
             raise ValueError(f"latents of {where} contain non-finite values (NaN or inf) in {bad_rows[c]} of "
                              f"{sizes[c]} rows; re-encode the dataset or drop those rows")
     shape = tuple(latent_set.latent_shape)
-    return [_quantize_matrix(_as_matrix(latent_set.of_class(int(c))), shape, int(c), config) for c in classes]
+
+    def one(c: int) -> ClassQuantization:
+        return _quantize_matrix_inner(_as_matrix(latent_set.of_class(int(c))), shape, int(c), config)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(config.threads):
+        if config.workers <= 1 or len(classes) == 1:
+            return [one(c) for c in classes]
+        # Classes are independent and scikit-learn's k-means and POT release the GIL, so one thread per
+        # core, each with one BLAS/OpenMP thread, keeps both cores busy (k-means alone uses them poorly).
+        with ThreadPoolExecutor(max_workers=config.workers) as pool:
+            return list(pool.map(one, classes))
 
 
 def allocate_by_weight(weights: np.ndarray, n: int) -> np.ndarray:

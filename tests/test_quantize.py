@@ -263,3 +263,17 @@ def test_chunked_paths_match_and_input_untouched(monkeypatch):
     assert torch.equal(x, before), "the caller's latents must not be modified"
     half = quantize_class(x.half(), 0, QuantizeConfig(ipc=3, compute_w2=False))
     assert half.prototypes.dtype == torch.float32
+
+
+def test_parallel_classes_give_the_same_result():
+    from core.latents import LatentSet
+
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(300, 2, 2, 2, generator=g)
+    labels = np.repeat(np.arange(3), 100)
+    data = LatentSet(latents, labels, ("a", "b", "c"), "x", "y")
+    serial = quantize(data, [0, 1, 2], QuantizeConfig(ipc=4, workers=1))
+    parallel = quantize(data, [0, 1, 2], QuantizeConfig(ipc=4, workers=3))
+    for a, b in zip(serial, parallel):
+        assert torch.equal(a.prototypes, b.prototypes) and np.array_equal(a.weights, b.weights)
+        assert a.w2_weighted == b.w2_weighted
