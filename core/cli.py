@@ -248,7 +248,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     config = EvalConfig(architecture=args.architecture, labels=args.labels, temperature=args.temperature,
                         epochs=args.epochs, use_weights=not args.no_weights, augment=args.augment,
-                        seeds=tuple(range(args.seed, args.seed + args.seeds)))
+                        seeds=tuple(range(args.seed, args.seed + args.seeds)), precision=args.precision)
     test = load_fashion_mnist("test", args.data_dir)
     images, labels, weights = read_distilled_folder(args.folder, test.class_names, test.image_shape)
     teacher = None
@@ -426,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", default="none", choices=["none", "dsa"])
     p.add_argument("--temperature", type=float, default=4.0, help="soft labels: teacher temperature")
     p.add_argument("--no-weights", action="store_true", help="ignore the manifest's per-image weights")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="student training precision (auto: bf16 mixed precision where supported)")
     p.add_argument("--teacher", default=str(TEACHER_DIR))
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
 

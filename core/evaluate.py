@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -44,6 +45,7 @@ class EvalConfig:
     augment: str = "none"            # none | dsa
     seeds: tuple[int, ...] = (0, 1, 2)
     test_batch_size: int = 1000
+    precision: str = "auto"          # auto | bf16 | fp32 (auto: bf16 autocast where the CPU/GPU supports it)
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -61,6 +63,21 @@ class EvalConfig:
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
         if not self.seeds:
             raise ValueError("seeds must name at least one seed")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
+
+    def autocast(self) -> torch.autocast:
+        """bf16 mixed precision (weights and optimiser stay fp32). On a CPU with AVX512-BF16/AMX it halves
+        the time of a ConvNet-3 step; ``auto`` uses it only where oneDNN reports bf16 support."""
+        enabled = self.precision == "bf16" or (self.precision == "auto" and bf16_supported())
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
+
+
+def bf16_supported() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 @dataclass
@@ -85,10 +102,11 @@ class EvalResult:
                 "num_images": self.num_images, "config": asdict(self.config), **self.extra}
 
 
-def test_accuracy(model: torch.nn.Module, test: LabelledImages, batch_size: int = 1000) -> float:
+def test_accuracy(model: torch.nn.Module, test: LabelledImages, batch_size: int = 1000,
+                  autocast: torch.autocast | None = None) -> float:
     model.eval()
     correct = 0
-    with torch.inference_mode():
+    with torch.inference_mode(), (autocast or nullcontext()):
         for i in range(0, len(test), batch_size):
             pred = model(test.batch(slice(i, i + batch_size))).argmax(1).numpy()
             correct += int((pred == test.labels[i:i + batch_size]).sum())
@@ -118,7 +136,9 @@ def train_student(images: torch.Tensor, labels: np.ndarray, num_classes: int, co
             x = images[idx]
             if config.augment == "dsa":
                 x = dsa_augment(x, generator)
-            logits = model(x)
+            with config.autocast():
+                logits = model(x)
+            logits = logits.float()
             if soft_targets is None:
                 per_sample = F.cross_entropy(logits, y[idx], reduction="none")
             else:
@@ -159,7 +179,7 @@ def evaluate_set(images: torch.Tensor, labels: np.ndarray, test: LabelledImages,
                 progress((k + fraction) / len(config.seeds), message)
 
         model = train_student(images, labels, test.num_classes, config, seed, weights, soft, seed_progress, should_stop)
-        accuracies.append(test_accuracy(model, test, config.test_batch_size))
+        accuracies.append(test_accuracy(model, test, config.test_batch_size, config.autocast()))
         seconds.append(time.perf_counter() - t0)
         if progress is not None:
             progress((k + 1) / len(config.seeds), f"seed {seed}: test accuracy {accuracies[-1]:.2%}")
