@@ -69,3 +69,19 @@ def test_solvers_converge_at_their_order_on_the_shipped_flow(spec):
     for solver, r in report.items():
         assert r["rms_error"][1] < r["rms_error"][0], solver
         assert r["observed_order"][0] > r["nominal_order"] - 0.5, (solver, r)
+
+
+def test_diffusion_counterpart_samples_are_recognisable(spec, test_split):
+    """Guards the DDIM first-step x̂_0 blow-up (ᾱ_999 ≈ 2e-9): samples must stay in range and classifiable."""
+    import torch
+
+    from core.diffusion import DiffusionSamplerConfig, load_diffusion, sample_diffusion
+
+    recorded = read_json(ASSETS / "metrics.json")["diffusion"]["10"]["conditional_accuracy"]
+    vae, teacher = load_vae(spec), load_teacher(spec)
+    model = load_diffusion(spec.diffusion, latent_shape=(4, 8, 8), num_classes=10)
+    labels = torch.arange(10).repeat_interleave(20)
+    latents = sample_diffusion(model, labels, None, DiffusionSamplerConfig(steps=10, cfg_scale=2.0, seed=0)).latents
+    assert latents.abs().max() < 10
+    accuracy = (teacher.logits(vae.decode(latents)).argmax(1) == labels).float().mean().item()
+    assert accuracy > 0.9 and accuracy == pytest.approx(recorded, abs=0.06)
