@@ -59,3 +59,18 @@ def test_interrupted_benchmark_keeps_finished_cells_and_resumes(bench_parts, mon
 def test_bench_config_rejects_unknown_methods():
     with pytest.raises(ValueError, match="unknown benchmark methods"):
         BenchConfig(methods=("pgfm", "magic"))
+
+
+def test_adding_a_label_protocol_evaluates_only_that(bench_parts, monkeypatch):
+    engine, teacher, test, out, config = bench_parts
+    from dataclasses import replace
+
+    hard_only = replace(config, methods=("d4m",), ipcs=(2,))
+    first = run_benchmark(Bench(engine, teacher, test, out, hard_only, log=lambda m: None))
+    calls = []
+    real_evaluate = benchmark.evaluate_set
+    monkeypatch.setattr(benchmark, "evaluate_set", lambda *a, **k: calls.append(a[3].labels) or real_evaluate(*a, **k))
+    both = run_benchmark(Bench(engine, teacher, test, out, replace(hard_only, labels=("hard", "soft")), log=lambda m: None))
+    assert calls == ["soft"]
+    cell = both["cells"]["main/d4m/ipc2"]
+    assert cell["hard"]["accuracies"] == first["cells"]["main/d4m/ipc2"]["hard"]["accuracies"] and "soft" in cell
