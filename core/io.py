@@ -29,6 +29,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; written files are ordinary, shareable files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -98,9 +99,15 @@ MODEL_WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "config.json"
 
 
-def save_model_folder(out: str | Path, kind: str, config: dict, state_dict: dict[str, torch.Tensor]) -> Path:
-    """Write ``config.json`` ({"kind", "config"}) and ``model.safetensors`` into folder ``out``."""
+def save_model_folder(out: str | Path, kind: str, config: dict, state_dict: dict[str, torch.Tensor],
+                      dtype: torch.dtype | None = None) -> Path:
+    """Write ``config.json`` ({"kind", "config"}) and ``model.safetensors`` into folder ``out``.
+
+    ``dtype`` (e.g. float16) stores floating-point weights at that precision to halve the file; loading
+    copies them into the float32 module (``load_state_dict`` casts)."""
     out = Path(out)
+    if dtype is not None:
+        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
     save_tensors(out / MODEL_WEIGHTS, state_dict, metadata={"kind": kind})
     write_json(out / MODEL_CONFIG, {"kind": kind, "config": config})
     return out

@@ -105,7 +105,7 @@ def train_latent_model(config: LatentModelTrainConfig, latents: LatentSet, out: 
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
             save_checkpoint(step + 1)
     seconds = time.perf_counter() - t0
-    save_model_folder(out, kind, ema.config_dict(), ema.eval().state_dict())
+    save_model_folder(out, kind, ema.config_dict(), ema.eval().state_dict(), dtype=torch.float16)
     write_json(out / "training.json", {"config": asdict(config), "train_seconds_this_run": round(seconds, 1),
                                        "final_loss_avg100": round(float(np.mean(losses[-100:])), 5) if losses else None,
                                        "provenance": provenance or {}, "torch": torch.__version__})

@@ -20,7 +20,8 @@ def test_epsilon_loss_decreases_and_model_round_trips(tmp_path):
     assert (tmp_path / "diff" / "scheduler_config.json").is_file()
     loaded = load_diffusion(tmp_path / "diff", latent_shape=(1, 4, 4), num_classes=3)
     x, t, lab = torch.randn(2, 1, 4, 4), torch.rand(2), torch.tensor([0, 2])
-    torch.testing.assert_close(loaded(x, t, lab), model(x, t, lab))
+    # weights are stored in float16: equal to that precision
+    torch.testing.assert_close(loaded(x, t, lab), model(x, t, lab), rtol=2e-2, atol=2e-3)
     with pytest.raises(CheckpointError, match="3 classes, the data has 10"):
         load_diffusion(tmp_path / "diff", num_classes=10)
 
