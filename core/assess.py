@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.metrics import ClassModes, diversity, fit_modes, mode_coverage, prdc, real_radii
+from core.metrics import ClassModes, CoverageResult, diversity, fit_modes, mode_coverage, prdc, real_radii
 from core.pipeline import DistillEngine, DistilledSet
 from core.quantize import wasserstein2
 
@@ -41,10 +41,12 @@ def build_reference(engine: DistillEngine, teacher, per_class: int = 1000, num_m
                          by_class, k)
 
 
-def assess(reference: RealReference, teacher, dset: DistilledSet, w2: bool = True) -> dict:
-    """Mode coverage, PRDC (teacher features), mean per-class W2 and diversity (latent), landing error."""
-    features = teacher.features(dset.images).numpy()
-    coverage = mode_coverage(reference.modes, features, dset.labels)
+def assess(reference: RealReference, teacher, dset: DistilledSet, w2: bool = True,
+           features: np.ndarray | None = None, coverage: CoverageResult | None = None) -> dict:
+    """Mode coverage, PRDC (teacher features), mean per-class W2 and diversity (latent), landing error.
+    ``features`` / ``coverage`` of ``dset`` may be passed when the caller has them already."""
+    features = teacher.features(dset.images).numpy() if features is None else features
+    coverage = mode_coverage(reference.modes, features, dset.labels) if coverage is None else coverage
     out = {"mode_coverage": round(coverage.overall, 4),
            "mode_coverage_per_class": {int(c): round(v, 4) for c, v in coverage.per_class.items()},
            "nfe_per_image": dset.nfe, "seconds_per_image": round(dset.timings["total_s"] / max(1, len(dset)), 5)}

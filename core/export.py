@@ -1,4 +1,5 @@
-"""Export a distilled set as an ImageFolder of PNGs + manifest.json + latents.safetensors.
+"""Export a distilled set as an ImageFolder of PNGs + manifest.json + latents.safetensors, as a folder
+or as a zip of that folder's contents.
 
 Layout of ``out/``: one folder per class named ``NN-<class name>`` (zero-padded id, so sorting the
 folders gives the class order; characters other than letters, digits, '-', '_' and '.' become '_'),
@@ -8,7 +9,10 @@ written next to its destination and renamed into place, so no half-written expor
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import re
+import tempfile
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +22,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from core import __version__
-from core.io import atomic_directory, write_json
+from core.io import atomic_directory, atomic_write, write_json
 from core.visualize import to_uint8
 
 MANIFEST = "manifest.json"
@@ -83,3 +87,39 @@ def export_imagefolder(dset, out: str | Path, selection: Sequence[int] | None = 
             tensors["prototypes"] = dset.prototypes[idx].float().contiguous()
         save_file(tensors, str(tmp / LATENTS))
     return out
+
+
+def _zip_folder(folder: Path, target) -> None:
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(folder).as_posix())
+
+
+def export_zip_bytes(dset, selection: Sequence[int] | None = None, extra: dict | None = None) -> bytes:
+    """The export of ``selection`` (default: all) as zip bytes (entries ``NN-class/*.png``, manifest, latents)."""
+    with tempfile.TemporaryDirectory(prefix="distill-export-") as tmp:
+        folder = export_imagefolder(dset, Path(tmp) / "set", selection, extra=extra)
+        buffer = io.BytesIO()
+        _zip_folder(folder, buffer)
+    return buffer.getvalue()
+
+
+def export_zip(dset, path: str | Path, selection: Sequence[int] | None = None, extra: dict | None = None) -> Path:
+    """Write the export as the zip file ``path``, atomically (a half-written zip is never visible)."""
+    data = export_zip_bytes(dset, selection, extra)
+    return atomic_write(path, lambda p: p.write_bytes(data))
+
+
+def resolve_inside(root: str | Path, name: str) -> Path:
+    """``root/name`` for a user-given relative ``name``; refuses anything that would land outside ``root``
+    (absolute paths, '..', symlinks pointing out)."""
+    if not name or not name.strip():
+        raise ValueError("give a folder name for the export")
+    if Path(name).is_absolute():
+        raise ValueError(f"the export folder must be relative to {root}, got the absolute path {name!r}")
+    base = Path(root).resolve()
+    target = (base / name).resolve()
+    if target == base or base not in target.parents:
+        raise ValueError(f"the export folder {name!r} would lie outside {base}; use a plain relative name")
+    return target

@@ -14,9 +14,11 @@ weighting is weight 1 everywhere and they can be used directly as per-sample los
 """
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -119,6 +121,11 @@ class DistillEngine:
     vae: LatentAutoencoder
     flow: torch.nn.Module | None = None
     diffusion: torch.nn.Module | None = None
+    # Quantizations are deterministic in (method, classes, ipc, medoid, seed): an interactive session that
+    # only changes sampler settings reuses them. Entries are never mutated; the lock makes concurrent
+    # sessions sharing one engine safe.
+    _quantizations: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def check(self, config: DistillConfig) -> tuple[int, ...]:
         """Validate ``config`` against the data and models before any work; returns the class ids."""
@@ -139,10 +146,22 @@ class DistillEngine:
         return classes
 
 
-def _quantize(engine: DistillEngine, classes: tuple[int, ...], config: DistillConfig, method: str) -> list[ClassQuantization]:
+def _quantize(engine: DistillEngine, classes: tuple[int, ...], config: DistillConfig, method: str,
+              keep: int = 16) -> list[ClassQuantization]:
+    """Quantize ``classes``; the last ``keep`` results are memoised on the engine."""
     qconfig = QuantizeConfig(method=method, ipc=config.ipc, medoid=config.medoid and method != "random",
                              seed=config.seed, compute_w2=False)
-    return quantize(engine.latents, list(classes), qconfig)
+    key = (classes, qconfig)
+    with engine._lock:
+        if key in engine._quantizations:
+            engine._quantizations.move_to_end(key)
+            return engine._quantizations[key]
+    result = quantize(engine.latents, list(classes), qconfig)
+    with engine._lock:
+        engine._quantizations[key] = result
+        while len(engine._quantizations) > keep:
+            engine._quantizations.popitem(last=False)
+    return result
 
 
 def distill(engine: DistillEngine, config: DistillConfig) -> DistilledSet:
@@ -208,7 +227,8 @@ def distill(engine: DistillEngine, config: DistillConfig) -> DistilledSet:
 
 
 def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None = None,
-                cache_dir: str | None = None, resolution: int = 32, channels: int = 3) -> DistillEngine:
+                cache_dir: str | None = None, resolution: int = 32, channels: int = 3,
+                progress: Callable[[float, str], None] | None = None) -> DistillEngine:
     """Load the training split, its cached latents, the VAE and whichever generators ``spec`` names.
 
     A generator folder that does not exist is left out (methods that need it then raise a clear error).
@@ -223,7 +243,7 @@ def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None 
     spec = spec or ModelSpec()
     data = load_dataset(dataset, "train", data_dir, resolution, channels)
     vae = load_vae(spec)
-    latents = encode_dataset(data, vae, cache_dir)
+    latents = encode_dataset(data, vae, cache_dir, progress=progress)
     shape, n = latents.latent_shape, latents.num_classes
     flow = load_flow(spec.flow, spec.device, shape, n) if is_model_folder(spec.flow) else None
     diffusion = (load_diffusion(spec.diffusion, spec.device, shape, n)

@@ -1,27 +1,115 @@
-"""The app opens on the embedded default and reacts to its widgets (Streamlit AppTest, no browser)."""
+"""The app on the embedded default, driven by Streamlit's AppTest (no browser): every page opens, the
+main widgets change the result, bad combinations show an inline error and keep the last good run."""
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGES = ["pages/sampling.py", "pages/latent_space.py", "pages/trajectories.py", "pages/coverage.py",
+         "pages/evaluate.py", "pages/export.py", "pages/dataset.py"]
 
 
-def test_app_opens_and_resamples_when_widgets_change():
-    at = AppTest.from_file(APP, default_timeout=120).run()
+@pytest.fixture(autouse=True)
+def _no_umap(monkeypatch, tmp_path):
+    monkeypatch.setenv("DISTILL_STUDIO_UMAP_AUTOSTART", "0")
+    monkeypatch.setenv("DISTILL_STUDIO_EXPORT_ROOT", str(tmp_path / "exports"))
+
+
+def open_app(**state) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=300)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
     assert not at.exception, at.exception
-    assert at.title[0].value == "Distill Studio"
-    assert len(at.get("image")) == 2  # real grid and generated grid
-    before = at.get("image")[1].value
-    at.slider(key="cfg").set_value(3.0).run()
-    assert not at.exception
-    at.number_input(key="seed").set_value(5).run()
-    assert not at.exception
-    after = at.get("image")[1]
-    assert after.value != before and after.captions == ["10 Euler steps, CFG 3.0, seed 5"]
+    return at
 
 
-def test_app_with_no_class_selected_shows_a_hint():
-    at = AppTest.from_file(APP, default_timeout=120).run()
-    at.multiselect(key="classes").set_value([]).run()
+def current(at: AppTest):
+    return at.session_state["run"]
+
+
+def test_every_page_opens_without_an_exception():
+    at = open_app(ipc=2)
+    assert len(at.get("image")) >= 2 * 10   # a tile per sample
+    assert {m.label for m in at.metric} >= {"Mode coverage", "Precision", "W2 (latent)", "NFE per image"}
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+        assert not at.error, (page, [e.value for e in at.error])
+
+
+def test_changing_guidance_reruns_and_changes_the_result():
+    at = open_app(ipc=2)
+    first = current(at)
+    at.slider(key="guidance").set_value(1.0).run()
+    second = current(at)
+    assert second.run_id == first.run_id + 1
+    assert second.config.sampler.guidance.strength == 1.0
+    assert second.metrics["landing_error_mean"] < first.metrics["landing_error_mean"]
+    at.selectbox(key="method").set_value("d4m").run()
+    assert current(at).config.method == "d4m" and not at.exception
+
+
+def test_values_survive_page_changes():
+    at = open_app(ipc=2)
+    at.slider(key="guidance").set_value(0.3).run()
+    at.switch_page("pages/coverage.py").run()
+    at.switch_page("pages/sampling.py").run()
+    assert at.slider(key="guidance").value == 0.3
+    assert current(at).config.sampler.guidance.strength == 0.3
+
+
+@pytest.mark.parametrize("change", [{"t_start": 0.9, "t_stop": 0.5}, {"ipc": 100_000}])
+def test_an_invalid_combination_shows_an_inline_error_and_keeps_the_last_good_run(change):
+    at = open_app(ipc=2)
+    good = current(at)
+    for key, value in change.items():
+        (at.slider if key.startswith("t_") else at.number_input)(key=key).set_value(value)
+    at.run()
     assert not at.exception
-    assert any("Pick at least one class" in i.value for i in at.info)
+    assert any("Not run" in e.value for e in at.sidebar.error)
+    assert current(at).run_id == good.run_id
+    assert len(at.get("image")) >= 20   # the gallery still shows the last good set
+
+
+def test_ticking_gallery_images_selects_them_for_export():
+    at = open_app(ipc=2)
+    run = current(at)
+    at.checkbox(key=f"pick_{run.run_id}_3").check().run()
+    at.checkbox(key=f"pick_{run.run_id}_5").check().run()
+    assert at.session_state["selected"] == [3, 5]
+    at.checkbox(key=f"pick_{run.run_id}_3").uncheck().run()
+    assert at.session_state["selected"] == [5]
+    at.switch_page("pages/export.py").run()
+    assert "**1** images" in " ".join(m.value for m in at.markdown)
+    at.text_input(key="export_folder").set_value("my-set").run()
+    next(b for b in at.button if b.label == "Export to folder").click().run()
+    assert not at.exception and any("Wrote 1 images" in s.value for s in at.success)
+
+
+def test_export_refuses_a_folder_outside_its_root():
+    at = open_app(ipc=2)
+    at.switch_page("pages/export.py").run()
+    at.text_input(key="export_folder").set_value("../escape").run()
+    next(b for b in at.button if b.label == "Export to folder").click().run()
+    assert any("outside" in e.value for e in at.error)
+
+
+def test_coverage_page_compares_two_runs():
+    at = open_app(ipc=2)
+    at.number_input(key="seed").set_value(3).run()
+    at.switch_page("pages/coverage.py").run()
+    assert not at.exception
+    assert at.selectbox(key="compare_a").value == 1 and at.selectbox(key="compare_b").value == 2
+    assert len(at.dataframe) == 2   # history and the side-by-side comparison
+
+
+def test_evaluate_page_trains_a_student_and_records_the_result():
+    at = open_app(ipc=2)
+    at.switch_page("pages/evaluate.py").run()
+    at.number_input(key="eval_epochs").set_value(2).run()
+    next(b for b in at.button if b.label == "Start evaluation").click().run()
+    assert not at.exception
+    assert any("test accuracy" in s.value for s in at.success)
+    assert current(at).evaluations and current(at).evaluations[0]["epochs"] == 2

@@ -1,0 +1,67 @@
+"""A background job with progress: run a long function in a daemon thread while the caller keeps going.
+
+Used by the app to fit UMAP once per process while PCA is already shown. ``fn(progress)`` receives a
+``progress(fraction, message)`` callback; the job exposes its latest progress, result or error.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+
+class BackgroundJob:
+    def __init__(self, fn: Callable[[Callable[[float, str], None]], Any], name: str = "job"):
+        self._fn, self.name = fn, name
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.fraction, self.message = 0.0, "not started"
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+
+    def start(self) -> "BackgroundJob":
+        """Start once; later calls do nothing."""
+        with self._lock:
+            if self._thread is None:
+                self.started_at = time.perf_counter()
+                self.message = "starting"
+                self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+                self._thread.start()
+        return self
+
+    def _progress(self, fraction: float, message: str) -> None:
+        self.fraction, self.message = float(fraction), message
+
+    def _work(self) -> None:
+        try:
+            self.result = self._fn(self._progress)
+            self._progress(1.0, "done")
+        except BaseException as exc:  # reported to the caller through .error
+            self.error = exc
+            self.message = f"failed: {exc}"
+        finally:
+            self.finished_at = time.perf_counter()
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    @property
+    def done(self) -> bool:
+        return self.finished_at is not None
+
+    @property
+    def elapsed(self) -> float:
+        if self.started_at is None:
+            return 0.0
+        return (self.finished_at or time.perf_counter()) - self.started_at
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until done; return the result or raise the job's error."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.result

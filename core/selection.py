@@ -1,0 +1,37 @@
+"""Selections of synthetic samples: plot selection events -> sample ids, and click-to-toggle.
+
+Conventions: a sample's id is its index in the run's DistilledSet (0..N-1). Plots put it first in each
+synthetic point's ``customdata``; points without customdata (real latents, prototypes) are ignored.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+
+def ids_from_plot_selection(event: Mapping | None, num_samples: int) -> list[int]:
+    """Sorted unique sample ids in a Plotly selection event (``st.plotly_chart(on_select=...)``'s return
+    value, or its ``selection`` part). Ids outside [0, num_samples) are dropped (a stale selection from an
+    earlier, larger run)."""
+    if not event:
+        return []
+    selection = event.get("selection", event)
+    ids = set()
+    for point in selection.get("points", []) or []:
+        custom = point.get("customdata")
+        if custom is None:
+            continue
+        value = custom[0] if isinstance(custom, (list, tuple)) else custom
+        try:
+            sample = int(value)
+        except (TypeError, ValueError):
+            continue
+        if 0 <= sample < num_samples:
+            ids.add(sample)
+    return sorted(ids)
+
+
+def toggle(selected: Iterable[int], sample: int) -> list[int]:
+    """The selection with ``sample`` added if absent, removed if present (sorted)."""
+    current = set(selected)
+    current ^= {int(sample)}
+    return sorted(current)

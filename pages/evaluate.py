@@ -1,0 +1,45 @@
+"""Evaluate: train students only on the current set and test them on the real test split (DESIGN.md
+protocol); the result joins the run history."""
+import streamlit as st
+
+from core.evaluate import EvalConfig, EvaluationCancelled
+from core.studio import evaluate_run
+from ui import state
+from ui.frame import page_frame
+from ui.widgets import require_run
+
+studio, _ = page_frame()
+run = require_run()
+st.title("Evaluate")
+st.caption(f"Run {run.run_id}: {len(run.dset)} images. Protocol: ConvNet-3 (width 128, instance norm), SGD lr 0.01, "
+           "momentum 0.9, wd 5e-4, lr × 0.1 at half. On 2 CPU cores IPC 10 × 300 epochs takes about a minute per seed.")
+cols = st.columns(5)
+labels = cols[0].radio("Labels", ("hard", "soft"), key="eval_labels")
+architecture = cols[1].selectbox("Student", ("convnet", "resnet"), key="eval_arch")
+epochs = cols[2].number_input("Epochs", 1, 1000, 300, key="eval_epochs")
+seeds = cols[3].number_input("Seeds", 1, 10, 1, key="eval_seeds")
+augment = cols[4].selectbox("Augmentation", ("none", "dsa"), key="eval_augment")
+use_weights = st.checkbox("Use the set's per-image weights (DDOQ cell masses)", True, key="eval_weights")
+
+start, cancel = st.columns([1, 1])
+if start.button("Start evaluation", type="primary"):
+    st.session_state["eval_cancelled"] = False
+    config = EvalConfig(labels=labels, architecture=architecture, epochs=int(epochs), seeds=tuple(range(int(seeds))),
+                        augment=augment, use_weights=use_weights)
+    # Cancelling: the button below triggers a rerun, which stops this script at its next progress update;
+    # the flag covers the case where the stop arrives between updates.
+    cancel.button("Cancel", on_click=lambda: st.session_state.update(eval_cancelled=True, eval_message="Evaluation cancelled."))
+    bar = st.progress(0.0, text="starting…")
+    try:
+        result = evaluate_run(studio, run, config, lambda f, m: bar.progress(min(1.0, f), text=m),
+                              should_stop=lambda: st.session_state.get("eval_cancelled", False))
+        st.session_state["eval_message"] = (f"Run {run.run_id}, {labels} labels: test accuracy "
+                                            f"{100 * result.mean:.2f} ± {100 * result.std:.2f}% over {len(result.accuracies)} seed(s).")
+    except EvaluationCancelled:
+        st.session_state["eval_message"] = "Evaluation cancelled."
+    bar.empty()
+if st.session_state.get("eval_message"):
+    st.success(st.session_state["eval_message"])
+if run.evaluations:
+    st.subheader(f"Evaluations of run {run.run_id}")
+    st.dataframe(run.evaluations, width="stretch")

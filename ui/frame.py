@@ -1,0 +1,20 @@
+"""What every page starts with: the shared resources, the shared sidebar and the current run."""
+from __future__ import annotations
+
+import streamlit as st
+
+from core.studio import Run, Studio
+from ui import sidebar, state
+from ui.projection import autostart_umap
+
+
+def page_frame() -> tuple[Studio, Run | None]:
+    """Load (once) the studio, render the sidebar, (re)run the distillation if its settings changed.
+    A bad combination shows an inline error and the last good run stays current."""
+    studio = state.get_studio()
+    autostart_umap(studio)
+    config = sidebar.render(studio)
+    run, error = state.update_run(studio, config)
+    if error:
+        st.sidebar.error(f"Not run: {error}. The pages keep showing the last good result.")
+    return studio, run

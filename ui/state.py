@@ -1,0 +1,74 @@
+"""Process-wide resources (loaded once, shared read-only by every browser session) and per-session state.
+
+Per session (``st.session_state``): the run history, the current run, the selection. Nothing a session
+owns is reachable from another session; models and the engine are shared and only ever read.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+
+import streamlit as st
+
+from core.jobs import BackgroundJob
+from core.pipeline import DistillConfig
+from core.studio import Run, RunHistory, Studio, load_studio, run_once
+
+
+@st.cache_resource(show_spinner=False)
+def _studio_job(data_dir: str | None) -> BackgroundJob:
+    return BackgroundJob(lambda progress: load_studio(data_dir=data_dir, progress=progress), name="load-studio").start()
+
+
+def get_studio() -> Studio:
+    """The shared Studio (one per process). The first call loads it in the background and shows its
+    progress (on a machine's very first start this includes encoding the dataset, about 30 s)."""
+    job = _studio_job(os.environ.get("FASHION_MNIST_DIR"))
+    if not job.done:
+        bar = st.progress(0.0, text="Starting…")
+        while not job.done:
+            bar.progress(min(1.0, job.fraction), text=f"Starting ({job.elapsed:.0f} s): {job.message}")
+            time.sleep(0.25)
+        bar.empty()
+    return job.wait()
+
+
+def history() -> RunHistory:
+    return st.session_state.setdefault("history", RunHistory())
+
+
+def config_key(config: DistillConfig) -> str:
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def update_run(studio: Studio, config: DistillConfig | None) -> tuple[Run | None, str | None]:
+    """Run ``config`` unless it is the current run's; on a bad combination keep the last good run and
+    return the error message."""
+    current: Run | None = st.session_state.get("run")
+    if config is None:
+        return current, None
+    key = config_key(config)
+    if current is not None and st.session_state.get("run_key") == key:
+        return current, None
+    try:
+        with st.spinner("Distilling and scoring…"):
+            run = history().add(run_once(studio, config))
+    except ValueError as exc:
+        return current, str(exc)
+    st.session_state["run"], st.session_state["run_key"] = run, key
+    st.session_state["selected"] = []
+    return run, None
+
+
+def current_run() -> Run | None:
+    return st.session_state.get("run")
+
+
+def selected_ids() -> list[int]:
+    return st.session_state.setdefault("selected", [])
+
+
+def set_selected(ids: list[int]) -> None:
+    st.session_state["selected"] = sorted(set(int(i) for i in ids))
