@@ -1,0 +1,148 @@
+"""The app's core layer without Streamlit: a run and its scores, the history, selection -> ids -> export,
+background jobs and the figures."""
+import io
+import json
+import threading
+import zipfile
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from core.assess import build_reference
+from core.export import MANIFEST, export_zip, export_zip_bytes, resolve_inside
+from core.figures import coverage_bars, distance_to_prototype, latent_scatter, mode_grid, trajectory_figure
+from core.jobs import BackgroundJob
+from core.networks import ConvNet, ConvNetConfig
+from core.pipeline import DistillConfig
+from core.selection import ids_from_plot_selection, toggle
+from core.studio import RunHistory, Studio, covering_counts, evaluate_run, run_once, run_row
+from core.evaluate import EvalConfig
+from core.teacher import Teacher
+
+
+@pytest.fixture(scope="module")
+def studio(engine) -> Studio:
+    teacher = Teacher(ConvNet(ConvNetConfig(1, 3, 32, width=8)))
+    reference = build_reference(engine, teacher, per_class=20, num_modes=3)
+    test = engine.dataset.subset(np.arange(0, 90, 3), "tiny-test")
+    return Studio(engine, teacher, reference, test)
+
+
+def pgfm(**changes) -> DistillConfig:
+    config = DistillConfig(method="pgfm", ipc=2)
+    return replace(config, **changes)
+
+
+def test_run_records_trajectories_metrics_and_decoded_prototypes(studio):
+    run = run_once(studio, pgfm())
+    n = len(run.dset)
+    assert n == 6 and run.dset.trajectories is not None
+    assert run.dset.trajectories.states.shape[:2] == (run.config.sampler.steps + 1, n)
+    assert run.prototype_images.shape == run.dset.images.shape
+    assert run.features.shape[0] == n and 0 <= run.metrics["mode_coverage"] <= 1
+    assert {"precision", "recall", "w2_latent_mean", "landing_error_mean", "nfe_per_image"} <= run.metrics.keys()
+    counts = covering_counts(run)
+    assert sum(int(c.sum()) for c in counts.values()) == int(run.coverage.sample_covered.sum())
+    assert all(np.array_equal(counts[c] > 0, run.coverage.covered[c]) for c in counts)
+
+
+def test_history_numbers_runs_keeps_a_bounded_list_and_compares(studio):
+    history = RunHistory(limit=2)
+    runs = [history.add(run_once(studio, pgfm(seed=s))) for s in range(3)]
+    assert [r.run_id for r in runs] == [1, 2, 3] and [r.run_id for r in history.runs] == [2, 3]
+    with pytest.raises(KeyError, match="run 1 is not in this session's history"):
+        history.get(1)
+    rows = {row["field"]: row for row in history.compare(2, 3)}
+    assert rows["seed"]["run 2"] == 1 and rows["seed"]["run 3"] == 2
+    assert "mode_coverage" in rows and "λ" in rows
+
+
+def test_quantization_is_reused_when_only_the_sampler_changes(studio):
+    first = run_once(studio, pgfm())
+    sampler = first.config.sampler
+    second = run_once(studio, pgfm(sampler=replace(sampler, guidance=replace(sampler.guidance, strength=1.0))))
+    assert second.dset.quantization is first.dset.quantization
+    assert not np.allclose(first.dset.latents.numpy(), second.dset.latents.numpy())
+
+
+def test_evaluating_a_run_records_the_result(studio):
+    run = run_once(studio, pgfm())
+    result = evaluate_run(studio, run, EvalConfig(epochs=1, seeds=(0,), width=8))
+    assert run.evaluations[-1]["accuracy_mean"] == result.mean
+    assert "accuracy (hard)" in run_row(run)
+
+
+def test_plot_selection_to_ids_ignores_points_without_ids_and_stale_ids():
+    event = {"selection": {"points": [{"customdata": [4, 1]}, {"customdata": [2, 0]}, {"x": 1.0},
+                                      {"customdata": [4, 1]}, {"customdata": [99, 0]}]}}
+    assert ids_from_plot_selection(event, num_samples=10) == [2, 4]
+    assert ids_from_plot_selection(None, 10) == [] and ids_from_plot_selection({"selection": {}}, 10) == []
+    assert toggle([2, 4], 4) == [2] and toggle([2], 7) == [2, 7]
+
+
+def test_selection_exports_as_a_complete_zip(studio, tmp_path):
+    run = run_once(studio, pgfm())
+    ids = ids_from_plot_selection({"points": [{"customdata": [1]}, {"customdata": [4]}]}, len(run.dset))
+    path = export_zip(run.dset, tmp_path / "set.zip", ids)
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        manifest = json.loads(archive.read(MANIFEST))
+    assert sorted(img["index"] for img in manifest["images"]) == [1, 4]
+    assert {f"{img['file']}" for img in manifest["images"]} <= set(names)
+    assert "latents.safetensors" in names and len([n for n in names if n.endswith(".png")]) == 2
+    assert list(tmp_path.iterdir()) == [path]   # no temporary leftovers
+    whole = zipfile.ZipFile(io.BytesIO(export_zip_bytes(run.dset)))
+    assert len([n for n in whole.namelist() if n.endswith(".png")]) == len(run.dset)
+
+
+def test_a_failed_zip_export_leaves_no_file(studio, tmp_path):
+    run = run_once(studio, pgfm())
+    with pytest.raises(ValueError, match="selection ids"):
+        export_zip(run.dset, tmp_path / "set.zip", [0, 1000])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["../outside", "/etc/x", "a/../../b", "", "."])
+def test_export_folders_must_stay_inside_the_root(tmp_path, name):
+    with pytest.raises(ValueError):
+        resolve_inside(tmp_path, name)
+    assert resolve_inside(tmp_path, "sets/one") == (tmp_path / "sets" / "one").resolve()
+
+
+def test_background_job_reports_progress_result_and_error():
+    gate = threading.Event()
+
+    def work(progress):
+        progress(0.5, "half")
+        gate.wait(5)
+        return 42
+
+    job = BackgroundJob(work).start()
+    assert job.start() is job   # a second start does nothing
+    assert not job.done
+    gate.set()
+    assert job.wait(5) == 42 and job.done and job.fraction == 1.0
+    failing = BackgroundJob(lambda progress: 1 / 0).start()
+    with pytest.raises(ZeroDivisionError):
+        failing.wait(5)
+    assert "failed" in failing.message
+
+
+def test_figures_carry_sample_ids_for_selection(studio):
+    run = run_once(studio, pgfm())
+    n = len(run.dset)
+    rng = np.random.default_rng(0)
+    fig = latent_scatter(rng.normal(size=(30, 2)), np.repeat(np.arange(3), 10), run.dset.class_names,
+                         rng.normal(size=(n, 2)), run.dset.labels, rng.normal(size=(n, 2)), run.dset.weights, [1])
+    synthetic = next(t for t in fig.data if t.name == "synthetic")
+    assert [int(c[0]) for c in synthetic.customdata] == list(range(n))
+    assert synthetic.marker.line.width[1] > synthetic.marker.line.width[0]   # selected sample is ringed
+    traj = trajectory_figure(rng.normal(size=(9, 2, 2)), run.dset.labels[:2], [0, 1], run.dset.class_names,
+                             rng.normal(size=(2, 2)))
+    assert len(traj.data) == 4
+    distance = distance_to_prototype(np.linspace(0, 1, 9), rng.random((9, n)), run.dset.labels, run.dset.class_names)
+    assert len(distance.data) == n + 3
+    assert len(coverage_bars({"a": [0.1, 0.2, 0.3], "b": [0.3, 0.2, 0.1]}, run.dset.class_names).data) == 2
+    grid = mode_grid(run.coverage.covered, covering_counts(run), run.dset.class_names)
+    assert np.asarray(grid.data[0].z).shape == (3, 3)
