@@ -6,11 +6,15 @@ the real latents of each class for W2. ``assess`` then scores a DistilledSet in 
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 
+from core.io import save_tensors, tensors_fingerprint
 from core.metrics import ClassModes, CoverageResult, diversity, fit_modes, mode_coverage, prdc, real_radii
 from core.pipeline import DistillEngine, DistilledSet
 from core.quantize import wasserstein2
@@ -39,6 +43,40 @@ def build_reference(engine: DistillEngine, teacher, per_class: int = 1000, num_m
     by_class = {c: latents[engine.latents.labels == c] for c in range(engine.latents.num_classes)}
     return RealReference(features, labels[index], real_radii(features, k), fit_modes(features, labels[index], num_modes, seed),
                          by_class, k)
+
+
+def _reference_tensors(ref: RealReference) -> dict[str, torch.Tensor]:
+    tensors = {"features": torch.from_numpy(ref.features), "labels": torch.from_numpy(ref.labels),
+               "radii": torch.from_numpy(ref.radii)}
+    for c in ref.modes.classes:
+        tensors[f"mode_centres_{c}"] = torch.from_numpy(ref.modes.centres[c])
+        tensors[f"mode_radii_{c}"] = torch.from_numpy(ref.modes.radii[c])
+    return tensors
+
+
+def load_or_build_reference(engine: DistillEngine, teacher, cache_file: Path | None, per_class: int = 1000,
+                            num_modes: int = 10, k: int = 5, seed: int = 0) -> RealReference:
+    """``build_reference``, stored in / read from the safetensors file ``cache_file`` (keyed by the data,
+    the teacher's weights and the parameters; a stale or unreadable file is rebuilt and replaced)."""
+    key = json.dumps({"data": engine.dataset.fingerprint, "teacher": tensors_fingerprint(teacher.net.state_dict()),
+                      "per_class": per_class, "num_modes": num_modes, "k": k, "seed": seed}, sort_keys=True)
+    latents = engine.latents.latents.flatten(1).numpy()
+    by_class = {c: latents[engine.latents.labels == c] for c in range(engine.latents.num_classes)}
+    if cache_file is not None and cache_file.is_file():
+        try:
+            with safe_open(str(cache_file), "np") as f:
+                if (f.metadata() or {}).get("key") == key:
+                    t = {name: f.get_tensor(name) for name in f.keys()}
+                    classes = sorted(int(n.rsplit("_", 1)[1]) for n in t if n.startswith("mode_centres_"))
+                    modes = ClassModes({c: t[f"mode_centres_{c}"] for c in classes},
+                                       {c: t[f"mode_radii_{c}"] for c in classes}, t["features"].shape[1])
+                    return RealReference(t["features"], t["labels"], t["radii"], modes, by_class, k)
+        except (OSError, ValueError, KeyError, SafetensorError):
+            pass  # rebuilt below
+    reference = build_reference(engine, teacher, per_class, num_modes, k, seed)
+    if cache_file is not None:
+        save_tensors(cache_file, _reference_tensors(reference), metadata={"key": key})
+    return reference
 
 
 def assess(reference: RealReference, teacher, dset: DistilledSet, w2: bool = True,

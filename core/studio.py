@@ -14,9 +14,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from core.assess import RealReference, assess, build_reference
+from core.assess import RealReference, assess, load_or_build_reference
 from core.data import LabelledImages
 from core.evaluate import EvalConfig, EvalResult, evaluate_set
+from core.latents import cache_dir
 from core.metrics import CoverageResult, mode_coverage
 from core.pipeline import DistillConfig, DistillEngine, DistilledSet, distill
 
@@ -43,8 +44,9 @@ def load_studio(spec=None, data_dir: str | None = None, reference_per_class: int
     report(0.0, "loading the dataset, its latents (encoded once, then cached) and the models…")
     engine = load_engine(spec, data_dir=data_dir, progress=lambda f, m: report(0.6 * f, m))
     teacher = load_teacher(spec)
-    report(0.6, f"teacher features and modes of {reference_per_class} real images per class…")
-    reference = build_reference(engine, teacher, reference_per_class)
+    report(0.6, f"teacher features and modes of {reference_per_class} real images per class (cached after the first time)…")
+    cache_file = cache_dir() / "reference" / f"{engine.dataset.fingerprint[:16]}.safetensors"
+    reference = load_or_build_reference(engine, teacher, cache_file, reference_per_class)
     test = load_fashion_mnist("test", data_dir)
     report(1.0, "ready")
     return Studio(engine, teacher, reference, test)

@@ -146,3 +146,24 @@ def test_figures_carry_sample_ids_for_selection(studio):
     assert len(coverage_bars({"a": [0.1, 0.2, 0.3], "b": [0.3, 0.2, 0.1]}, run.dset.class_names).data) == 2
     grid = mode_grid(run.coverage.covered, covering_counts(run), run.dset.class_names)
     assert np.asarray(grid.data[0].z).shape == (3, 3)
+
+
+def test_real_reference_is_cached_on_disk_and_rebuilt_when_stale(studio, tmp_path, monkeypatch):
+    import core.assess as assess_module
+    from core.assess import load_or_build_reference
+
+    cache = tmp_path / "reference.safetensors"
+    built = load_or_build_reference(studio.engine, studio.teacher, cache, per_class=20, num_modes=3)
+    assert cache.is_file()
+    monkeypatch.setattr(assess_module, "build_reference", lambda *a, **k: pytest.fail("rebuilt a valid cache"))
+    loaded = load_or_build_reference(studio.engine, studio.teacher, cache, per_class=20, num_modes=3)
+    np.testing.assert_array_equal(loaded.features, built.features)
+    np.testing.assert_array_equal(loaded.radii, built.radii)
+    for c in built.modes.classes:
+        np.testing.assert_array_equal(loaded.modes.centres[c], built.modes.centres[c])
+    monkeypatch.undo()
+    cache.write_bytes(b"corrupt")
+    again = load_or_build_reference(studio.engine, studio.teacher, cache, per_class=20, num_modes=3)
+    np.testing.assert_array_equal(again.features, built.features)
+    other = load_or_build_reference(studio.engine, studio.teacher, cache, per_class=10, num_modes=3)
+    assert len(other.features) == 30   # a different parameter rebuilds

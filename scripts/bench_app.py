@@ -1,0 +1,105 @@
+"""Measure the app's responsiveness on this machine and print it (issue #5 targets; no assertions).
+
+    python scripts/bench_app.py [--cold] [--repeats 5] [--json benchmarks/app_responsiveness.json]
+
+1. warm open: a fresh Python process (machine set up before: latents and UMAP cached) runs the app
+   until its first page is rendered (Streamlit AppTest: script time; the browser adds its page load);
+2. λ change: on each main page, set the guidance slider and re-run (sampling + metrics + figures);
+3. --cold: the very first start with an empty cache folder: encoding the dataset, the first page, then
+   fitting UMAP in the background until it is ready.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = ("pages/sampling.py", "pages/latent_space.py", "pages/trajectories.py", "pages/coverage.py")
+
+FIRST_PAGE = """
+import time, sys
+t0 = float(sys.argv[1])
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file("app.py", default_timeout=900).run()
+assert not at.exception, at.exception
+first = time.time() - t0
+umap = None
+if len(sys.argv) > 2:
+    from ui.projection import umap_job
+    from ui.state import _studio_job
+    job = umap_job(_studio_job(None).wait()).start()
+    job.wait()
+    umap = time.time() - t0
+print(first, umap)
+"""
+
+
+def fresh_process(env: dict, with_umap: bool = False) -> tuple[float, float | None]:
+    args = [sys.executable, "-c", FIRST_PAGE, repr(time.time())] + (["umap"] if with_umap else [])
+    out = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.split()
+    return float(out[-2]), None if out[-1] == "None" else float(out[-1])
+
+
+def lambda_changes(repeats: int) -> dict[str, list[float]]:
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=900).run()
+    timings = {}
+    values = [0.3, 0.5, 0.7, 0.9, 1.1, 0.4, 0.8, 1.0][:repeats]
+    for page in PAGES:
+        at.switch_page(page).run()
+        times = []
+        for lam in values:
+            t0 = time.perf_counter()
+            at.slider(key="guidance").set_value(lam).run()
+            times.append(time.perf_counter() - t0)
+            assert not at.exception, at.exception
+            assert at.session_state["run"].config.sampler.guidance.strength == lam
+        timings[page] = times
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cold", action="store_true", help="also measure the very first start (empty cache)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    os.chdir(ROOT)
+    report: dict = {"cpu_count": os.cpu_count()}
+
+    env = {**os.environ, "DISTILL_STUDIO_UMAP_AUTOSTART": "1"}
+    warm = [fresh_process(env)[0] for _ in range(2)]
+    report["warm_open_first_page_s"] = warm
+    print(f"open the app (set up before), fresh process -> first page rendered: "
+          f"{', '.join(f'{t:.1f}' for t in warm)} s (target <= 10 s)")
+
+    os.environ["DISTILL_STUDIO_UMAP_AUTOSTART"] = "0"
+    timings = lambda_changes(args.repeats)
+    report["lambda_change_s"] = timings
+    print("change λ -> re-sample, re-score, redraw (10 classes x IPC 10, 8 Euler steps; target <= 1.5 s):")
+    for page, times in timings.items():
+        print(f"  {Path(page).stem:<14} median {statistics.median(times):.2f} s, max {max(times):.2f} s")
+
+    if args.cold:
+        with tempfile.TemporaryDirectory(prefix="distill-cold-") as cache:
+            first, umap = fresh_process({**env, "DISTILL_CACHE": cache}, with_umap=True)
+        report["cold_start"] = {"first_page_s": first, "umap_ready_s": umap}
+        print(f"very first start (empty cache): first page after {first:.1f} s (encoding included), "
+              f"UMAP ready after {umap:.1f} s (target <= 180 s)")
+    if args.json:
+        from core.io import write_json
+
+        write_json(args.json, report)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
