@@ -4,7 +4,6 @@ import streamlit as st
 
 from core.evaluate import EvalConfig, EvaluationCancelled
 from core.studio import evaluate_run
-from ui import state
 from ui.frame import page_frame
 from ui.widgets import require_run
 

@@ -1,7 +1,6 @@
 """Sampling: the synthetic images grouped by class, each beside its decoded prototype, and the metrics."""
 import numpy as np
 import streamlit as st
-import torch
 
 from core.visualize import to_uint8
 from ui import state

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Distill Studio set-up and entry points. Idempotent: the expensive steps run only when needed.
 #   bash scripts/dev.sh app     set up if needed, then `streamlit run app.py`
-#   bash scripts/dev.sh test    set up if needed, then run the test suite
+#   bash scripts/dev.sh test    set up if needed (plus Debian's chromium for the browser tests), then run the test suite
 #   bash scripts/dev.sh setup   set up only (system packages, dataset, virtual environment)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,12 +42,16 @@ setup_python() {
   echo "$want" > "$VENV/.setup-stamp"
 }
 
+setup_test_system() {  # only the test path needs a browser: tests/e2e drives Debian's chromium with Playwright
+  apt_install chromium fonts-noto-color-emoji  # the font: the pages' emoji icons in screenshots
+}
+
 setup() { setup_system; setup_python; }
 
 cmd="${1:-app}"; shift || true
 case "$cmd" in
   setup) setup ;;
   app)   setup; exec "$VENV/bin/streamlit" run app.py "$@" ;;
-  test)  setup; exec "$PY" -m pytest -q "$@" ;;
+  test)  setup; setup_test_system; exec "$PY" -m pytest -q "$@" ;;
   *) echo "usage: bash scripts/dev.sh {app|test|setup} [args...]" >&2; exit 2 ;;
 esac
