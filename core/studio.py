@@ -30,6 +30,7 @@ class Studio:
     teacher: object
     reference: RealReference
     test: LabelledImages
+    decoded_prototypes: dict = field(default_factory=dict, repr=False)   # see _decoded_prototypes
 
 
 def load_studio(spec=None, data_dir: str | None = None, reference_per_class: int = 1000,
@@ -74,6 +75,19 @@ def covering_counts(run: Run) -> dict[int, np.ndarray]:
             for c, flags in cov.covered.items()}
 
 
+def _decoded_prototypes(studio: Studio, dset: DistilledSet) -> torch.Tensor:
+    """VAE decodes of the set's prototypes, remembered per quantization (reused while only the sampler
+    changes; the engine memoises quantizations, so the same list object comes back)."""
+    key = id(dset.quantization)
+    cached = studio.decoded_prototypes.get(key)
+    if cached is None or cached[0] is not dset.quantization:
+        cached = (dset.quantization, studio.engine.vae.decode(dset.prototypes))
+        studio.decoded_prototypes[key] = cached
+        while len(studio.decoded_prototypes) > 16:
+            studio.decoded_prototypes.pop(next(iter(studio.decoded_prototypes)))
+    return cached[1]
+
+
 def run_once(studio: Studio, config: DistillConfig) -> Run:
     """Distil ``config`` (trajectories recorded) and score it: coverage, PRDC, W2, landing error, NFE."""
     t0 = time.perf_counter()
@@ -83,7 +97,7 @@ def run_once(studio: Studio, config: DistillConfig) -> Run:
     metrics = assess(studio.reference, studio.teacher, dset, features=features, coverage=coverage)
     prototypes = None
     if dset.prototypes is not None:
-        prototypes = dset.images if config.method == "d4m" else studio.engine.vae.decode(dset.prototypes)
+        prototypes = dset.images if config.method == "d4m" else _decoded_prototypes(studio, dset)
     return Run(config, dset, features, coverage, metrics, prototypes, time.perf_counter() - t0)
 
 
