@@ -46,7 +46,12 @@ setup_test_system() {  # only the test path needs a browser: tests/e2e drives De
   apt_install chromium fonts-noto-color-emoji  # the font: the pages' emoji icons in screenshots
 }
 
-setup() { setup_system; setup_python; }
+setup() {  # one set-up at a time: two commands started together (app and tests) wait for each other
+  exec 9>"${TMPDIR:-/tmp}/distill-studio-setup-$(printf %s "$ROOT" | sha256sum | cut -c1-12).lock"
+  flock 9
+  setup_system; setup_python
+  flock -u 9
+}
 
 cmd="${1:-app}"; shift || true
 case "$cmd" in
