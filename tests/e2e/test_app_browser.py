@@ -5,8 +5,8 @@ import json
 import time
 import zipfile
 
-from helpers import (EXCEPTION, download, exceptions, goto_page, screenshot, set_slider, slider_value,
-                     wait_for_app_idle, wait_for_images)
+from helpers import (EXCEPTION, SLIDER_THUMB, download, exceptions, goto_page, screenshot, slider_value,
+                     wait_for_app_idle, wait_for_images, widget)
 
 MAIN_IMAGES = '[data-testid="stMainBlockContainer"] [data-testid="stImage"] img'
 PAGES = [("latent_space", "Latent space"), ("trajectories", "Trajectories"), ("coverage", "Coverage"),
@@ -16,6 +16,24 @@ PAGES = [("latent_space", "Latent space"), ("trajectories", "Trajectories"), ("c
 def image_sources(page) -> list[str]:
     # st.image serves each picture at /media/<hash of its bytes>: a new picture has a new address.
     return page.locator(MAIN_IMAGES).evaluate_all("imgs => imgs.map(img => img.getAttribute('src'))")
+
+
+def lambda_step_seconds(page) -> float:
+    """Press → once on the λ slider; seconds until every gallery image has been replaced and has loaded
+    (re-sample, re-score, redraw, as the browser shows it)."""
+    before = image_sources(page)
+    thumb = widget(page, "stSlider", "Guidance λ").locator(SLIDER_THUMB)
+    thumb.focus()
+    started = time.monotonic()
+    thumb.press("ArrowRight")
+    page.wait_for_function(
+        """([selector, before]) => {
+            const imgs = Array.from(document.querySelectorAll(selector));
+            return imgs.length === before.length && imgs.every((img, i) => img.getAttribute('src') !== before[i] && img.complete);
+        }""", arg=[MAIN_IMAGES, before], timeout=120_000, polling=20)
+    seconds = time.monotonic() - started
+    wait_for_app_idle(page)
+    return seconds
 
 
 def no_errors(page) -> None:
@@ -34,10 +52,9 @@ def test_pages_guidance_selection_and_export(streamlit_server, browser_page, tmp
     assert [float(v) for v in slider_value(page, "Guidance λ")] == [0.6]
     before = image_sources(page)
 
-    started = time.monotonic()
-    set_slider(page, "Guidance λ", 0.65)   # one step: one re-run
-    print(f"[e2e] λ 0.60 -> 0.65, re-sample, re-score and redraw until idle: {time.monotonic() - started:.1f} s")
-    wait_for_images(page)
+    steps = [lambda_step_seconds(page) for _ in range(3)]   # λ 0.60 -> 0.65 -> 0.70 -> 0.75
+    print(f"[e2e] λ step -> gallery replaced and loaded in the browser: {', '.join(f'{t:.2f}' for t in steps)} s")
+    assert [float(v) for v in slider_value(page, "Guidance λ")] == [0.75]
     assert image_sources(page) != before, "the gallery did not change with λ"
     no_errors(page)
     screenshot(page, "sampling.png")
@@ -66,4 +83,4 @@ def test_pages_guidance_selection_and_export(streamlit_server, browser_page, tmp
     pngs = [n for n in names if n.endswith(".png")]
     assert len(pngs) == 2 and "latents.safetensors" in names
     assert manifest["num_images"] == 2 and {img["file"] for img in manifest["images"]} == set(pngs)
-    assert manifest["config"]["sampler"]["guidance"]["strength"] == 0.65
+    assert manifest["config"]["sampler"]["guidance"]["strength"] == 0.75
