@@ -127,9 +127,9 @@ class Bench:
         base = self.config.distill.sampler
         g = base.guidance
         variants = {"default": base}
-        for lam in (0.3, 0.9):
+        for lam in sorted({0.3, 0.6, 1.2} - {g.strength}):
             variants[f"lambda={lam}"] = replace(base, guidance=replace(g, strength=lam))
-        for schedule in ("constant", "cosine"):
+        for schedule in sorted({"constant", "linear", "cosine"} - {g.schedule}):
             variants[f"schedule={schedule}"] = replace(base, guidance=replace(g, schedule=schedule))
         variants["window=[0,1]"] = replace(base, guidance=replace(g, t_stop=1.0))
         variants["window=[0,0.5]"] = replace(base, guidance=replace(g, t_stop=0.5))

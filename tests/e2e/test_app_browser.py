@@ -49,12 +49,12 @@ def test_pages_guidance_selection_and_export(streamlit_server, browser_page, tmp
     assert page.title() == "Distill Studio"
     no_errors(page)
     wait_for_images(page)
-    assert [float(v) for v in slider_value(page, "Guidance λ")] == [0.6]
+    assert [float(v) for v in slider_value(page, "Guidance λ")] == [0.9]
     before = image_sources(page)
 
-    steps = [lambda_step_seconds(page) for _ in range(3)]   # λ 0.60 -> 0.65 -> 0.70 -> 0.75
+    steps = [lambda_step_seconds(page) for _ in range(3)]   # λ 0.90 -> 0.95 -> 1.00 -> 1.05
     print(f"[e2e] λ step -> gallery replaced and loaded in the browser: {', '.join(f'{t:.2f}' for t in steps)} s")
-    assert [float(v) for v in slider_value(page, "Guidance λ")] == [0.75]
+    assert [float(v) for v in slider_value(page, "Guidance λ")] == [1.05]
     assert image_sources(page) != before, "the gallery did not change with λ"
     no_errors(page)
     screenshot(page, "sampling.png")
@@ -83,4 +83,4 @@ def test_pages_guidance_selection_and_export(streamlit_server, browser_page, tmp
     pngs = [n for n in names if n.endswith(".png")]
     assert len(pngs) == 2 and "latents.safetensors" in names
     assert manifest["num_images"] == 2 and {img["file"] for img in manifest["images"]} == set(pngs)
-    assert manifest["config"]["sampler"]["guidance"]["strength"] == 0.75
+    assert manifest["config"]["sampler"]["guidance"]["strength"] == 1.05
