@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from core.errors import DatasetNotFoundError
+from core.errors import DatasetNotFoundError, ImageReadError
 
 FASHION_MNIST_ENV = "FASHION_MNIST_DIR"
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -209,8 +209,8 @@ def load_image(path: Path, resolution: int, channels: int) -> np.ndarray:
             left, top = (w - resolution) // 2, (h - resolution) // 2
             im = im.crop((left, top, left + resolution, top + resolution))
             array = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{path}: unreadable image ({exc})") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from exc
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 

@@ -27,7 +27,7 @@ from core.flow import cfg_velocity as cfg_prediction  # the CFG mix is the same 
 from core.guidance import rms_distance
 from core.latent_mlp import LatentMLP, load_latent_mlp
 from core.latents import LatentSet
-from core.sampling import DTYPES, SampleResult, initial_noise
+from core.sampling import DTYPES, SampleResult, check_noise, initial_noise
 from core.training import LatentModelTrainConfig, train_latent_model
 
 KIND = "distill-studio/diffusion-mlp"
@@ -122,8 +122,12 @@ class DiffusionSamplerConfig:
 
 
 def sample_diffusion(model: torch.nn.Module, labels: torch.Tensor, prototypes: torch.Tensor | None = None,
-                     config: DiffusionSamplerConfig = DiffusionSamplerConfig()) -> SampleResult:
-    """DDIM samples (one per label); toward ``prototypes`` (B, *latent_shape) in modes d4m and mg."""
+                     config: DiffusionSamplerConfig = DiffusionSamplerConfig(),
+                     noise: torch.Tensor | None = None) -> SampleResult:
+    """DDIM samples (one per label); toward ``prototypes`` (B, *latent_shape) in modes d4m and mg.
+
+    ``noise`` (B, *latent_shape) replaces ``initial_noise(B, shape, config.seed)`` (see core.sampling.sample).
+    """
     shape = tuple(model.config.latent_shape)
     if config.mode != "plain":
         if prototypes is None or tuple(prototypes.shape) != (len(labels), *shape):
@@ -137,7 +141,7 @@ def sample_diffusion(model: torch.nn.Module, labels: torch.Tensor, prototypes: t
     timesteps = config.timesteps()
     guided_steps = math.floor(config.stop * len(timesteps)) if config.mode == "mg" else 0
     alphas = scheduler.alphas_cumprod
-    noise = initial_noise(len(labels), shape, config.seed)
+    noise = check_noise(noise, len(labels), shape) if noise is not None else initial_noise(len(labels), shape, config.seed)
     amp = torch.autocast(device.type, dtype=DTYPES[config.dtype]) if config.dtype != "float32" else nullcontext()
     t_begin = time.perf_counter()
     finals = []

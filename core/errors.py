@@ -15,3 +15,7 @@ class CheckpointError(DistillError):
 
 class CacheMismatchError(DistillError):
     """An on-disk cache entry does not match the dataset or model it claims to belong to."""
+
+
+class ImageReadError(DistillError, ValueError):
+    """An image file cannot be read or decoded (the message names the file)."""

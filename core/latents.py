@@ -88,6 +88,13 @@ def _read_entry(path: Path, dataset: LabelledImages, vae: LatentAutoencoder) -> 
     return LatentSet(latents.float(), dataset.labels, dataset.class_names, dataset.fingerprint, vae.fingerprint, path)
 
 
+def write_entry(path: Path, latents: torch.Tensor, dataset: LabelledImages, vae: LatentAutoencoder) -> Path:
+    """Store float16 ``latents`` (N, c, h, w) of ``dataset`` under ``vae`` as the cache entry ``path``."""
+    return save_tensors(path, {"latents": latents, "labels": torch.from_numpy(dataset.labels)},
+                        metadata={"dataset_fingerprint": dataset.fingerprint, "vae_fingerprint": vae.fingerprint,
+                                  "dataset": dataset.name, "vae": str(vae.source)})
+
+
 def encode_dataset(dataset: LabelledImages, vae: LatentAutoencoder, root: str | Path | None = None,
                    batch_size: int = 256, progress: Callable[[float, str], None] | None = None,
                    use_cache: bool = True) -> LatentSet:
@@ -118,8 +125,6 @@ def encode_dataset(dataset: LabelledImages, vae: LatentAutoencoder, root: str | 
         bar.close()
     latents = torch.cat(chunks)
     if use_cache:
-        save_tensors(path, {"latents": latents, "labels": torch.from_numpy(dataset.labels)},
-                     metadata={"dataset_fingerprint": dataset.fingerprint, "vae_fingerprint": vae.fingerprint,
-                               "dataset": dataset.name, "vae": str(vae.source)})
+        write_entry(path, latents, dataset, vae)
     return LatentSet(latents.float(), dataset.labels, dataset.class_names, dataset.fingerprint, vae.fingerprint,
                      path if use_cache else None)

@@ -88,6 +88,14 @@ def initial_noise(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed))
 
 
+def check_noise(noise: torch.Tensor, n: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """``noise`` as float32 after checking that it has shape (n, *shape)."""
+    if tuple(noise.shape) != (n, *shape):
+        raise ValueError(f"noise must have shape ({n}, {', '.join(map(str, shape))}) (one per sample), "
+                         f"got {tuple(noise.shape)}")
+    return noise.float()
+
+
 def _check_inputs(model: torch.nn.Module, labels: torch.Tensor, prototypes: torch.Tensor | None,
                   config: SamplerConfig) -> None:
     shape, num_classes = tuple(model.config.latent_shape), int(model.config.num_classes)
@@ -106,12 +114,18 @@ def _check_inputs(model: torch.nn.Module, labels: torch.Tensor, prototypes: torc
 
 
 def sample(model: torch.nn.Module, labels: torch.Tensor, prototypes: torch.Tensor | None = None,
-           config: SamplerConfig = SamplerConfig(), record: bool = False) -> SampleResult:
-    """Sample one latent per label, guided toward ``prototypes`` (B, *latent_shape) when λ > 0."""
+           config: SamplerConfig = SamplerConfig(), record: bool = False,
+           noise: torch.Tensor | None = None) -> SampleResult:
+    """Sample one latent per label, guided toward ``prototypes`` (B, *latent_shape) when λ > 0.
+
+    ``noise`` (B, *latent_shape): the initial noise to use instead of ``initial_noise(B, shape,
+    config.seed)``; a caller that samples rows of a larger batch (core.distributed) passes those rows of
+    the batch's noise, so that they come out as they would in the whole batch.
+    """
     _check_inputs(model, labels, prototypes, config)
     device = next(model.parameters()).device
     shape = tuple(model.config.latent_shape)
-    noise = initial_noise(len(labels), shape, config.seed)
+    noise = check_noise(noise, len(labels), shape) if noise is not None else initial_noise(len(labels), shape, config.seed)
     times = time_grid(config.steps, config.t0, config.time_shift)
     amp = (torch.autocast(device.type, dtype=DTYPES[config.dtype]) if config.dtype != "float32" else nullcontext())
     methods = config.step_methods()

@@ -277,3 +277,73 @@ def test_parallel_classes_give_the_same_result():
     for a, b in zip(serial, parallel):
         assert torch.equal(a.prototypes, b.prototypes) and np.array_equal(a.weights, b.weights)
         assert a.w2_weighted == b.w2_weighted
+
+
+# ---------------------------------------------------------------------------------------------
+# streaming k-means (classes too large for memory)
+# ---------------------------------------------------------------------------------------------
+
+def chunked(x: torch.Tensor, size: int):
+    """A re-iterable chunk source, as LatentStore.iter_class gives."""
+    return lambda: (x[i:i + size] for i in range(0, len(x), size))
+
+
+BIG = (600, 250, 100)  # 950 rows: more than the streaming sample below, so the mini-batch path runs
+
+
+def test_streaming_kmeans_matches_in_memory_on_separated_clusters():
+    x = clustered(3, sizes=BIG, spread=0.2)
+    config = QuantizeConfig(method="ddoq", ipc=3, seed=1, batch_size=64, w2_max_points=200)
+    memory = quantize_class(x, 2, config)
+    stream = q.quantize_class_streaming(chunked(x, 100), 2, config, passes=2, init_size=60)
+    assert isinstance(stream, ClassQuantization) and stream.label == 2 and stream.prototypes.shape == (3, 2, 2, 2)
+    assert stream.weights.sum() == pytest.approx(1.0, abs=1e-12) and np.all(np.diff(stream.weights) <= 0)
+    np.testing.assert_allclose(stream.weights, np.array(BIG) / sum(BIG))  # every cluster is one cell
+    np.testing.assert_array_equal(stream.weights, memory.weights)
+    torch.testing.assert_close(stream.prototypes, memory.prototypes, atol=0.03, rtol=0)
+    assign, sq = brute_nearest(x, stream.prototypes)
+    np.testing.assert_array_equal(stream.assignments, assign)
+    np.testing.assert_allclose(stream.masses, np.bincount(assign, minlength=3) / len(x))
+    assert stream.quantization_error == pytest.approx(np.sqrt(sq.mean()), rel=1e-5)
+    assert stream.quantization_error == pytest.approx(memory.quantization_error, rel=0.01)
+    assert stream.w2_points == 200 and stream.w2_weighted <= stream.w2_uniform + 1e-9
+    # deterministic, and the same for other chunk sizes (only the row order matters)
+    again = q.quantize_class_streaming(chunked(x, 37), 2, config, passes=2, init_size=60)
+    torch.testing.assert_close(again.prototypes, stream.prototypes, atol=0, rtol=0)
+    np.testing.assert_array_equal(again.assignments, stream.assignments)
+
+
+def test_streaming_small_class_equals_quantize_class_and_other_methods():
+    x = clustered(4)  # 95 rows fit the streaming sample: quantized in memory, identical
+    for method in ("ddoq", "d4m", "random"):
+        config = QuantizeConfig(method=method, ipc=4, seed=2)
+        a, b = quantize_class(x, 1, config), q.quantize_class_streaming(chunked(x, 10), 1, config)
+        torch.testing.assert_close(a.prototypes, b.prototypes, atol=0, rtol=0)
+        np.testing.assert_array_equal(a.weights, b.weights)
+        assert a.w2_weighted == pytest.approx(b.w2_weighted)
+    big = clustered(5, sizes=BIG)
+    config = QuantizeConfig(method="random", ipc=5, seed=3, compute_w2=False)
+    a, b = quantize_class(big, 0, config), q.quantize_class_streaming(chunked(big, 64), 0, config, init_size=50)
+    np.testing.assert_array_equal(a.source_indices, b.source_indices)  # the same seeded rows, gathered from the stream
+    torch.testing.assert_close(b.prototypes, big[b.source_indices], atol=0, rtol=0)
+    np.testing.assert_array_equal(a.assignments, b.assignments)
+    medoid = q.quantize_class_streaming(chunked(big, 64), 0, QuantizeConfig(ipc=3, medoid=True, compute_w2=False),
+                                        init_size=50)
+    assert len(set(medoid.source_indices.tolist())) == 3
+    torch.testing.assert_close(medoid.prototypes, big[medoid.source_indices], atol=0, rtol=0)
+
+
+def test_streaming_errors():
+    x = clustered()
+    with pytest.raises(TypeError, match="callable"):
+        q.quantize_class_streaming(iter([x]), 0, QuantizeConfig(ipc=2))
+    with pytest.raises(ValueError, match="ipc=200 is larger than class 0"):
+        q.quantize_class_streaming(chunked(x, 10), 0, QuantizeConfig(ipc=200))
+    bad = x.clone()
+    bad[50] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        q.quantize_class_streaming(chunked(bad, 10), 0, QuantizeConfig(ipc=2))
+    with pytest.raises(ValueError, match="different latent shapes"):
+        q.quantize_class_streaming(lambda: iter([x[:5], x[5:10].reshape(5, 8)]), 0, QuantizeConfig(ipc=2))
+    with pytest.raises(ValueError, match="no latents"):
+        q.quantize_class_streaming(lambda: iter([]), 0, QuantizeConfig(ipc=2))

@@ -12,9 +12,9 @@ def page_frame() -> tuple[Studio, Run | None]:
     """Load (once) the studio, render the sidebar, (re)run the distillation if its settings changed.
     A bad combination shows an inline error and the last good run stays current."""
     studio = state.get_studio()
-    autostart_umap(studio)
     config = sidebar.render(studio)
     run, error = state.update_run(studio, config)
+    autostart_umap(studio)   # after the first run, so fitting UMAP does not delay the first page
     if error:
         st.sidebar.error(f"Not run: {error}. The pages keep showing the last good result.")
     return studio, run
