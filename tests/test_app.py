@@ -113,3 +113,14 @@ def test_evaluate_page_trains_a_student_and_records_the_result():
     assert not at.exception
     assert any("test accuracy" in s.value for s in at.success)
     assert current(at).evaluations and current(at).evaluations[0]["epochs"] == 2
+
+
+def test_two_sessions_keep_their_own_runs_and_selections():
+    first, second = open_app(ipc=2), open_app(ipc=3)
+    first.button_group(key=f"pills_{current(first).run_id}_0").set_value([1]).run()
+    second.number_input(key="seed").set_value(4).run()
+    assert [r.config.ipc for r in first.session_state["history"].runs] == [2]
+    assert [(r.config.ipc, r.config.seed) for r in second.session_state["history"].runs] == [(3, 0), (3, 4)]
+    assert first.session_state["selected"] == [1] and second.session_state["selected"] == []
+    # both sessions share one engine (loaded once per process) and their sets still match their configs
+    assert len(current(first).dset) == 20 and len(current(second).dset) == 30
