@@ -187,6 +187,12 @@ def wasserstein2(real: np.ndarray | torch.Tensor, prototypes: np.ndarray | torch
     return float(np.sqrt(max(float(value), 0.0)))
 
 
+def _w2_weighted_uniform(cost: np.ndarray, weights: np.ndarray, method: str) -> tuple[float, float]:
+    """(weighted, uniform) W2 from a cost matrix; they coincide unless DDOQ weights are in play."""
+    uniform = wasserstein2(None, None, cost=cost)
+    return (wasserstein2(None, None, weights=weights, cost=cost) if method == "ddoq" else uniform), uniform
+
+
 def _distinct_nearest_rows(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """int64 (K,) distinct rows of x, one per centre, minimising the total squared distance.
 
@@ -299,8 +305,7 @@ def _quantize_matrix_inner(x: np.ndarray, shape: tuple[int, ...], label: int,
             pick = np.random.default_rng([seed, 1]).choice(n, config.w2_max_points, replace=False)
             cost = squared_distances(x[np.sort(pick)], protos)
         points = len(cost)
-        w2_u = wasserstein2(None, None, cost=cost)
-        w2_w = w2_u if config.method != "ddoq" else wasserstein2(None, None, weights=weights, cost=cost)
+        w2_w, w2_u = _w2_weighted_uniform(cost, weights, config.method)
     t3 = time.perf_counter()
 
     return ClassQuantization(
@@ -620,8 +625,7 @@ def _quantize_streaming(chunks, label: int, config: QuantizeConfig, passes: int,
     if config.compute_w2:
         cost = squared_distances(sample(w2_rows), protos)
         points = len(cost)
-        w2_u = wasserstein2(None, None, cost=cost)
-        w2_w = w2_u if config.method != "ddoq" else wasserstein2(None, None, weights=weights, cost=cost)
+        w2_w, w2_u = _w2_weighted_uniform(cost, weights, config.method)
     t3 = time.perf_counter()
 
     return ClassQuantization(
