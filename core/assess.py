@@ -41,10 +41,14 @@ def build_reference(engine: DistillEngine, teacher, per_class: int = 1000, num_m
                                                replace=False) for c in range(engine.dataset.num_classes)]))
     features = np.concatenate([teacher.features(engine.dataset.batch(index[i:i + 1000])).numpy()
                                for i in range(0, len(index), 1000)])
-    latents = engine.latents.latents.flatten(1).numpy()
-    by_class = {c: latents[engine.latents.labels == c] for c in range(engine.latents.num_classes)}
     return RealReference(features, labels[index], real_radii(features, k), fit_modes(features, labels[index], num_modes, seed),
-                         by_class, k)
+                         class_latents(engine), k)
+
+
+def class_latents(engine: DistillEngine) -> dict[int, np.ndarray]:
+    """class -> (N_c, d) flattened real latents (views into the engine's latents)."""
+    latents = engine.latents.latents.flatten(1).numpy()
+    return {c: latents[engine.latents.labels == c] for c in range(engine.latents.num_classes)}
 
 
 def _reference_tensors(ref: RealReference) -> dict[str, torch.Tensor]:
@@ -62,8 +66,7 @@ def load_or_build_reference(engine: DistillEngine, teacher, cache_file: Path | N
     the teacher's weights and the parameters; a stale or unreadable file is rebuilt and replaced)."""
     key = json.dumps({"data": engine.dataset.fingerprint, "teacher": tensors_fingerprint(teacher.net.state_dict()),
                       "per_class": per_class, "num_modes": num_modes, "k": k, "seed": seed}, sort_keys=True)
-    latents = engine.latents.latents.flatten(1).numpy()
-    by_class = {c: latents[engine.latents.labels == c] for c in range(engine.latents.num_classes)}
+    by_class = class_latents(engine)
     if cache_file is not None and cache_file.is_file():
         try:
             with safe_open(str(cache_file), "np") as f:
@@ -83,22 +86,28 @@ def load_or_build_reference(engine: DistillEngine, teacher, cache_file: Path | N
 
 def assess(reference: RealReference, teacher, dset: DistilledSet, w2: bool = True,
            features: np.ndarray | None = None, coverage: CoverageResult | None = None) -> dict:
-    """Mode coverage, PRDC (teacher features), mean per-class W2 and diversity (latent), landing error.
-    ``features`` / ``coverage`` of ``dset`` may be passed when the caller has them already."""
+    """Mode coverage and PRDC (teacher features) plus ``latent_scores``. ``features`` / ``coverage`` of
+    ``dset`` may be passed when the caller has them already."""
     features = teacher.features(dset.images).numpy() if features is None else features
     coverage = mode_coverage(reference.modes, features, dset.labels) if coverage is None else coverage
     out = {"mode_coverage": round(coverage.overall, 4),
-           "mode_coverage_per_class": {int(c): round(v, 4) for c, v in coverage.per_class.items()},
-           "nfe_per_image": dset.nfe, "seconds_per_image": round(dset.timings["total_s"] / max(1, len(dset)), 5)}
+           "mode_coverage_per_class": {int(c): round(v, 4) for c, v in coverage.per_class.items()}}
     if len(dset) > reference.k:
         out.update({key: round(value, 4) for key, value in
                     prdc(reference.features, features, reference.k, reference.radii).items()})
+    return {**out, **latent_scores(reference.latents_by_class, dset, w2)}
+
+
+def latent_scores(latents_by_class: dict[int, np.ndarray], dset: DistilledSet, w2: bool = True) -> dict:
+    """What needs no teacher: NFE and time per image, mean per-class W2 to the real latents (exact OT),
+    diversity and landing error (latent RMS units)."""
+    out = {"nfe_per_image": dset.nfe, "seconds_per_image": round(dset.timings["total_s"] / max(1, len(dset)), 5)}
     latents = dset.latents.flatten(1).numpy().astype(np.float64)
     classes = sorted(set(dset.labels.tolist()))
     if w2:
         def class_w2(c: int) -> float:
             mask = dset.labels == c
-            return wasserstein2(reference.latents_by_class[c], latents[mask], dset.weights[mask])
+            return wasserstein2(latents_by_class[c], latents[mask], dset.weights[mask])
 
         # POT's exact solver releases the GIL: classes run in parallel threads.
         with ThreadPoolExecutor(max_workers=min(len(classes), os.cpu_count() or 1)) as pool:

@@ -68,6 +68,8 @@ def epsilon_loss(model: torch.nn.Module, x0: torch.Tensor, y: torch.Tensor, gene
 
 def train_diffusion(config: LatentModelTrainConfig, latents: LatentSet, out: str | Path, resume: bool = True,
                     log: Callable[[str], None] = print, provenance: dict | None = None) -> LatentMLP:
+    if config.model != "mlp":
+        raise ValueError(f"train-diffusion trains the LatentMLP counterpart only (mlp-s, mlp-m), not {config.model!r}")
     model = train_latent_model(config, latents, out, epsilon_loss, KIND, "train-diffusion", resume, log, provenance)
     training_scheduler().save_config(str(out))
     return model

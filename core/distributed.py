@@ -435,39 +435,12 @@ def rank_device(ctx: DistContext, device: str) -> str:
 
 def main_distill(args) -> None:
     """``python -m core distill`` under torchrun / accelerate: every rank loads the engine (encoding split,
-    cache written by rank 0) and distils its share; rank 0 checks the output folder, exports and prints."""
-    from core.assets import ModelSpec
-    from core.cli import _portable, distill_config_from_args
-    from core.export import export_imagefolder
-    from core.pipeline import resolve_classes
+    cache written by rank 0; or the latent store, read by every rank) and distils its share; rank 0 checks
+    the output folder, exports and prints (``core.cli.run_distill`` with this process's context)."""
+    from core.cli import run_distill
 
     ctx = init_from_env()
     try:
-        config = distill_config_from_args(args)  # every rank checks every knob before loading anything
-        out = Path(args.out)
-        problem = None
-        if ctx.is_main and out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-            problem = f"{out} exists and is not empty; choose another folder or pass --overwrite"
-        problem = broadcast_object(ctx, problem)
-        if problem:
-            raise ValueError(problem)
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        spec = ModelSpec(vae=args.vae, flow=args.flow, diffusion=args.diffusion, device=rank_device(ctx, args.device))
-        engine = load_engine_distributed(ctx, spec, args.dataset, args.data_dir, args.cache_dir, args.resolution,
-                                         args.channels)
-        config = replace(config, classes=resolve_classes(config.classes, engine.latents.class_names))
-        dset = distill_distributed(engine, config, ctx)
-        if ctx.is_main:
-            models = {"vae": _portable(args.vae), "vae_fingerprint": engine.vae.fingerprint,
-                      "flow": _portable(args.flow), "diffusion": _portable(args.diffusion),
-                      "dataset": args.dataset, "dataset_fingerprint": engine.dataset.fingerprint}
-            export_imagefolder(dset, out, overwrite=args.overwrite, extra={"models": models})
-            landing = dset.landing_error[np.isfinite(dset.landing_error)] if len(dset) else []
-            print(f"{config.method}: {len(dset)} images ({config.ipc} per class, {len(set(dset.labels.tolist()))} "
-                  f"classes), NFE {dset.nfe}/image, {dset.timings['total_s']:.2f} s on {ctx.world_size} processes"
-                  + (f", landing error mean {np.mean(landing):.4f}" if len(landing) else ""))
-            print(f"written to {out} (ImageFolder PNGs, manifest.json, latents.safetensors)")
-        ctx.barrier()
+        run_distill(args, ctx)
     finally:
         ctx.shutdown()

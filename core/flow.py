@@ -18,6 +18,7 @@ from core.solvers import integrate, time_grid
 from core.training import LatentModelTrainConfig, train_latent_model
 
 KIND = "distill-studio/flow-mlp"
+SIT_KIND = "distill-studio/flow-sit"  # a SiT trained by train-flow --model sit-*: config.json + model.safetensors
 FIX = "train one for this VAE and dataset with `python -m core train-flow --out DIR`"
 
 
@@ -72,8 +73,21 @@ def save_flow(model: LatentMLP, out: str | Path) -> Path:
 
 
 def load_flow(path: str | Path, device: str | torch.device = "cpu", latent_shape: tuple[int, ...] | None = None,
-              num_classes: int | None = None) -> LatentMLP:
-    """Load a saved flow model; checks its latent shape and class count against the data's when given."""
+              num_classes: int | None = None) -> torch.nn.Module:
+    """Load a saved flow model; checks its latent shape and class count against the data's when given.
+
+    The project's LatentMLP folder gives a LatentMLP; a SiT folder written by ``train-flow --model sit-*``
+    (kind ``SIT_KIND``) gives a ``core.velocity_models.VelocityAdapter`` around the SiT (same call and
+    attributes)."""
+    from core.io import MODEL_CONFIG, read_json
+
+    config = Path(path) / MODEL_CONFIG
+    if config.is_file():
+        meta = read_json(config)
+        if isinstance(meta, dict) and meta.get("kind") == SIT_KIND:
+            from core.velocity_models import load_sit_flow
+
+            return load_sit_flow(path, device, latent_shape, num_classes)
     return load_latent_mlp(path, KIND, FIX, device, latent_shape, num_classes)
 
 
@@ -82,6 +96,10 @@ def load_flow(path: str | Path, device: str | torch.device = "cpu", latent_shape
 # -------------------------------------------------------------------------------------------------
 
 def train_flow(config: LatentModelTrainConfig, latents: LatentSet, out: str | Path, resume: bool = True,
-               log: Callable[[str], None] = print, provenance: dict | None = None) -> LatentMLP:
-    """Train a flow model on ``latents`` with the flow-matching loss; EMA weights are saved to ``out``."""
-    return train_latent_model(config, latents, out, flow_matching_loss, KIND, "train-flow", resume, log, provenance)
+               log: Callable[[str], None] = print, provenance: dict | None = None) -> torch.nn.Module:
+    """Train a flow model on ``latents`` with the flow-matching loss; EMA weights are saved to ``out``.
+
+    ``config.model``: "mlp" (a LatentMLP folder, kind ``KIND``) or a SiT preset (kind ``SIT_KIND``); both load
+    with ``load_flow`` and ``core.velocity_models.load_velocity_model``. Returns the EMA network itself."""
+    kind = KIND if config.model == "mlp" else SIT_KIND
+    return train_latent_model(config, latents, out, flow_matching_loss, kind, "train-flow", resume, log, provenance)

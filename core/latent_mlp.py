@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -72,6 +73,13 @@ class LatentMLP(nn.Module):
         for layer in (self.out_modulation, self.output):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        self.grad_checkpointing = False  # a run-time switch (see set_grad_checkpointing), not part of the config
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> "LatentMLP":
+        """Recompute each block's activations in the backward pass instead of storing them
+        (``torch.utils.checkpoint``): less memory, about one extra forward of compute; same gradients."""
+        self.grad_checkpointing = bool(enabled)
+        return self
 
     @property
     def null_class(self) -> int:
@@ -84,8 +92,9 @@ class LatentMLP(nn.Module):
         emb = nn.functional.silu(self.time_mlp(timestep_embedding(t, self.config.emb_dim).to(x.dtype))
                                  + self.class_embedding(y))
         h = self.input(x.flatten(1))
+        checkpointing = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            h = block(h, emb)
+            h = checkpoint(block, h, emb, use_reentrant=False) if checkpointing else block(h, emb)
         shift, scale = self.out_modulation(emb).chunk(2, dim=1)
         return self.output(self.out_norm(h) * (1 + scale) + shift).view_as(x)
 

@@ -254,29 +254,155 @@ def distill(engine: DistillEngine, config: DistillConfig, executor: LocalExecuto
                         tuple(engine.latents.class_names), config, nfe, timings, trajectories, quantization, source)
 
 
+def _generator_present(ref: str | None) -> bool:
+    """True when ``ref`` names something to load: an existing file, or a folder holding a model config
+    (its own ``config.json`` or a diffusers pipeline's ``transformer/config.json``). A folder without one
+    (e.g. only a training checkpoint) or a missing path is left out, as the embedded default's may be."""
+    from pathlib import Path
+
+    if not ref:
+        return False
+    path = Path(ref)
+    if path.is_dir():
+        return (path / "config.json").is_file() or (path / "transformer" / "config.json").is_file()
+    return path.is_file()
+
+
 def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None = None,
                 cache_dir: str | None = None, resolution: int = 32, channels: int = 3,
                 progress: Callable[[float, str], None] | None = None,
-                encode: Callable[..., LatentSet] | None = None) -> DistillEngine:
+                encode: Callable[..., LatentSet] | None = None, latent_store: str | None = None,
+                max_store_bytes: int | None = None) -> DistillEngine:
     """Load the training split, its cached latents, the VAE and whichever generators ``spec`` names.
 
-    A generator folder that does not exist is left out (methods that need it then raise a clear error).
+    A generator that does not exist (or is set to None / "") is left out (methods that need it then raise a
+    clear error). The flow is loaded by ``core.assets.load_flow_for``: any reference
+    ``core.velocity_models.load_velocity_model`` takes (the project's folder, a diffusers DiT folder, a SiT
+    ``.pt`` / ``.safetensors``), with ``spec.flow_convention`` / ``flow_num_heads`` / ``flow_class_map``.
     ``encode(dataset, vae, cache_dir, progress=...)`` replaces ``core.latents.encode_dataset`` (the
     distributed loader passes one that shards the encoding and lets one process write the cache).
+
+    ``latent_store``: a folder written by ``core.latent_store.encode_to_store`` (``python -m core encode
+    --store``) replaces the dataset and its encoding: its latents are checked against the VAE and held in
+    memory (up to ``max_store_bytes`` as float32, default ``core.latent_store.DEFAULT_MAX_BYTES``), and the real
+    images (needed by ``random`` only) are read on demand from its ImageFolder, ``data_dir`` or else the
+    folder the store was encoded from (``StoreImages``). ``dataset`` / ``resolution`` / ``channels`` /
+    ``cache_dir`` / ``encode`` are then unused.
     """
-    from core.assets import ModelSpec, load_vae
-    from core.data import load_dataset
+    from core.assets import ModelSpec, load_flow_for, load_vae
     from core.diffusion import load_diffusion
-    from core.flow import load_flow
     from core.io import is_model_folder
-    from core.latents import encode_dataset
 
     spec = spec or ModelSpec()
-    data = load_dataset(dataset, "train", data_dir, resolution, channels)
-    vae = load_vae(spec)
-    latents = (encode or encode_dataset)(data, vae, cache_dir, progress=progress)
+    if latent_store is not None:
+        vae = load_vae(spec)
+        data, latents = _store_data(latent_store, vae, data_dir, max_store_bytes)
+    else:
+        from core.data import load_dataset
+        from core.latents import encode_dataset
+
+        data = load_dataset(dataset, "train", data_dir, resolution, channels)
+        vae = load_vae(spec)
+        latents = (encode or encode_dataset)(data, vae, cache_dir, progress=progress)
     shape, n = latents.latent_shape, latents.num_classes
-    flow = load_flow(spec.flow, spec.device, shape, n) if is_model_folder(spec.flow) else None
+    flow = load_flow_for(spec, shape, n) if _generator_present(spec.flow) else None
     diffusion = (load_diffusion(spec.diffusion, spec.device, shape, n)
-                 if is_model_folder(spec.diffusion) else None)
+                 if spec.diffusion and is_model_folder(spec.diffusion) else None)
     return DistillEngine(data, latents, vae, flow, diffusion)
+
+
+def _store_data(store_dir: str, vae: LatentAutoencoder, data_dir: str | None,
+                max_bytes: int | None) -> tuple["StoreImages", LatentSet]:
+    from core.latent_store import DEFAULT_MAX_BYTES, LatentStore
+
+    store = LatentStore(store_dir).check(vae)
+    max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else int(max_bytes)
+    need = store.nbytes(None)
+    if need > max_bytes:
+        raise ValueError(
+            f"{store.path}: the latent store is too large for in-memory distillation ({len(store)} latents, "
+            f"{need / 2**30:.2f} GiB as float32, limit {max_bytes / 2**30:.2f} GiB). Raise the limit if the memory "
+            f"is there (--store-max-gib), distil fewer classes from a store of those classes (encode --classes), "
+            f"or quantize class by class with core.latent_store.quantize_store (streams classes that do not fit)")
+    return StoreImages(store, data_dir), store.as_latent_set(max_bytes=max_bytes)
+
+
+class StoreImages:
+    """The real images behind the rows of a latent store, read on demand from the ImageFolder it was encoded
+    from (the engine's ``dataset`` when distilling from a store; only ``random`` reads pixels).
+
+    ``root``: the ImageFolder (default: the folder recorded in the store). It is opened on first use with the
+    store's classes and resolution and must have the store's fingerprint (same files, sizes, mtimes), so that
+    row ``i`` of the store is file ``file_indices[i]``; a store encoded with ``max_per_class`` is matched by
+    reopening with the largest per-class count."""
+
+    def __init__(self, store, root: str | None = None):
+        self.store = store
+        self.root = str(root) if root else str(store.index.get("root") or "")
+        self.labels = store.labels()
+        self.file_indices = store.file_indices()
+        self.class_names = tuple(store.class_names)
+        self.fingerprint = store.dataset_fingerprint
+        self.name = str(store.index.get("dataset") or f"latent-store-{store.path.name}")
+        resolution = int(store.index.get("resolution", 0))
+        self.image_shape = (3, resolution, resolution)
+        self._folder = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=self.num_classes)
+
+    def _per_class_items(self) -> list[int]:
+        """Images per class of the dataset the store was encoded from (encoded + skipped)."""
+        counts = [int(c) for c in self.store.counts]
+        folders = {f: i for i, f in enumerate(self.store.class_ids)}
+        for rel in self.store.index.get("skipped_files", []):
+            label = folders.get(str(rel).split("/", 1)[0])
+            if label is not None:
+                counts[label] += 1
+        return counts
+
+    def folder(self):
+        """The StreamingImageFolder of the store's rows (opened and checked once)."""
+        if self._folder is not None:
+            return self._folder
+        from pathlib import Path
+
+        from core.errors import CacheMismatchError, DatasetNotFoundError
+        from core.imagefolder import StreamingImageFolder
+
+        classes, resolution = list(self.store.class_ids), self.image_shape[-1]
+        # the root itself, or its train/ or val/ split (as ``open_image_folder`` picks them when encoding)
+        roots = [Path(self.root) / sub for sub in ("", "train", "val")] if self.root else []
+        root = next((r for r in roots if r.is_dir() and all((r / c).is_dir() for c in classes)), None)
+        if root is None:
+            raise DatasetNotFoundError(
+                f"{self.store.path}: the real images of this latent store are needed (method 'random') but its "
+                f"ImageFolder {self.root or '(not recorded)'} is not there or lacks its class folders; pass the "
+                f"folder it was encoded from (--data-dir)")
+        self.root = str(root)
+        tried = []
+        for max_per_class in (None, max(self._per_class_items() or [1])):
+            folder = StreamingImageFolder(root, classes, resolution, max_per_class=max_per_class)
+            if folder.fingerprint == self.fingerprint:
+                self._folder = folder
+                return folder
+            tried.append(f"{len(folder)} images" + (f" (first {max_per_class} per class)" if max_per_class else ""))
+        raise CacheMismatchError(
+            f"{self.root}: this ImageFolder ({', '.join(tried)}) is not the one the latent store {self.store.path} was "
+            f"encoded from ({self.store.index.get('items')} images of {len(classes)} classes at {resolution} px; "
+            f"added, removed or modified files change it); pass the original folder (--data-dir) or encode anew")
+
+    def batch(self, index) -> torch.Tensor:
+        """Images of store rows ``index`` as float32 in [-1, 1], shape (B, 3, R, R)."""
+        rows = np.asarray(index, dtype=np.int64).reshape(-1)
+        batch = self.folder().load(self.file_indices[rows])
+        if len(batch.indices) != len(rows):
+            raise ValueError(f"{self.root}: {len(rows) - len(batch.indices)} of the requested images could not be read")
+        return batch.images

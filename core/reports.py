@@ -1,6 +1,8 @@
 """Measurements of the engine that the CLI prints: speed, W2 per class, landing errors, solver orders.
 
 Speed figures are medians of several repeats after a warm-up; they are shown, never asserted in tests.
+``speed_report`` gives the engine issue's three figures on the embedded default; ``throughput_report``
+gives images/s of encode, sample and decode for any VAE / flow on any device (``bench-speed``).
 """
 from __future__ import annotations
 
@@ -19,12 +21,20 @@ from core.sampling import SamplerConfig, sample
 from core.solvers import SOLVER_ORDER, SOLVERS, time_grid
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+def _median_seconds(fn: Callable[[], object], repeats: int, device: torch.device | None = None) -> float:
+    """Median wall time of ``fn`` over ``repeats`` runs after one warm-up run (which also triggers any
+    torch.compile code generation); on CUDA the device is synchronised around each run."""
+    def sync() -> None:
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     fn()  # warm-up
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -49,6 +59,65 @@ def speed_report(engine: DistillEngine, repeats: int = 5, seed: int = 0) -> dict
         "sample_100_guided_8_euler_cfg_trajectories_s": round(sample_s, 3), "decode_100_s": round(decode_s, 4),
         "threads": torch.get_num_threads(), "repeats": repeats, "statistic": "median",
     }
+
+
+def throughput_report(vae=None, flow: torch.nn.Module | None = None, resolution: int = 32, batch_size: int = 64,
+                      steps: int = 8, cfg_scale: float = 2.0, dtype: str = "float32", repeats: int = 5,
+                      seed: int = 0, compiled: bool = False) -> dict:
+    """Images per second of ``vae.encode``, flow sampling and ``vae.decode`` on one batch of ``batch_size``,
+    on the device the models live on (median of ``repeats`` after a warm-up; results include the copy back
+    to the CPU, as in the pipeline).
+
+    Inputs are synthetic, so any VAE / flow pair can be measured without a dataset: uniform images in
+    [-1, 1] at ``resolution`` (the VAE's channels), standard-normal latents, random class labels.
+    ``dtype`` ("float32", "bfloat16", "float16"): the flow runs under autocast in it (``SamplerConfig.dtype``),
+    and so do the VAE's encoder and decoder. Sampling is unguided Euler with ``steps`` steps and CFG
+    ``cfg_scale``: one model evaluation per step (conditional and null passes batched into one forward of
+    2·B rows when ``cfg_scale`` != 1); ``sample_image_nfe_per_s`` = images · NFE / s is the per-evaluation
+    rate, comparable across step counts. Either model may be None (its figures are left out)."""
+    from core.device import autocast
+    from core.sampling import DTYPES
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if batch_size < 1 or repeats < 1:
+        raise ValueError(f"batch_size and repeats must be >= 1, got {batch_size} and {repeats}")
+    low = DTYPES[dtype] if dtype != "float32" else None
+    g = torch.Generator().manual_seed(seed)
+    report: dict = {"batch_size": batch_size, "dtype": dtype, "repeats": repeats, "statistic": "median",
+                    "compiled": bool(compiled), "threads": torch.get_num_threads()}
+    latent_shape = None
+    if vae is not None:
+        device = torch.device(vae.device)
+        latent_shape = tuple(vae.latent_shape(resolution))
+        report.update(device=str(device), resolution=resolution, latent_shape=list(latent_shape), vae=str(vae.source))
+        images = torch.rand(batch_size, vae.image_channels, resolution, resolution, generator=g) * 2 - 1
+        with autocast(device, low):
+            encode_s = _median_seconds(lambda: vae.encode(images, batch_size), repeats, device)
+        report.update(encode_batch_s=round(encode_s, 5), encode_images_per_s=round(batch_size / encode_s, 2))
+    if flow is not None:
+        shape = tuple(int(s) for s in flow.config.latent_shape)
+        if latent_shape is not None and shape != latent_shape:
+            raise ValueError(f"the flow works on latents {shape}, the VAE makes {latent_shape} at {resolution} px; "
+                             f"pass the --resolution the flow was trained at")
+        device = next(flow.parameters()).device
+        labels = torch.randint(0, int(flow.config.num_classes), (batch_size,), generator=g)
+        config = SamplerConfig(solver="euler", steps=steps, cfg_scale=cfg_scale, seed=seed, dtype=dtype,
+                               batch_size=batch_size)
+        sample_s = _median_seconds(lambda: sample(flow, labels, None, config), repeats, device)
+        report.setdefault("device", str(device))
+        report.update(flow_latent_shape=list(shape), flow_kind=str(getattr(flow.config, "kind", "distill-studio/flow-mlp")),
+                      sample_steps=steps, sample_solver="euler", sample_cfg_scale=cfg_scale, sample_nfe=config.nfe,
+                      sample_batch_s=round(sample_s, 5), sample_images_per_s=round(batch_size / sample_s, 2),
+                      sample_image_nfe_per_s=round(batch_size * config.nfe / sample_s, 2))
+        latent_shape = latent_shape or shape
+    if vae is not None:
+        device = torch.device(vae.device)
+        latents = torch.randn(batch_size, *latent_shape, generator=g)
+        with autocast(device, low):
+            decode_s = _median_seconds(lambda: vae.decode(latents, batch_size), repeats, device)
+        report.update(decode_batch_s=round(decode_s, 5), decode_images_per_s=round(batch_size / decode_s, 2))
+    return report
 
 
 def w2_report(engine: DistillEngine, ipcs: list[int], seed: int = 0) -> dict:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from core.errors import CheckpointError
 
@@ -242,6 +243,14 @@ class SiT(nn.Module):
         self.blocks = nn.ModuleList(SiTBlock(c.hidden_size, c.num_heads, c.mlp_ratio) for _ in range(c.depth))
         self.final_layer = FinalLayer(c.hidden_size, c.patch_size, c.out_channels)
         self.initialize_weights()
+        self.grad_checkpointing = False  # a run-time switch (see set_grad_checkpointing), not part of the config
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> "SiT":
+        """Recompute each transformer block's activations in the backward pass instead of storing them
+        (``torch.utils.checkpoint``, non-reentrant, autocast state replayed): activation memory falls from
+        O(depth) blocks to one, for about one extra forward of compute; gradients are the same."""
+        self.grad_checkpointing = bool(enabled)
+        return self
 
     @property
     def null_class(self) -> int:
@@ -277,8 +286,9 @@ class SiT(nn.Module):
                              f"got {tuple(x.shape)}")
         h = self.x_embedder(x) + self.pos_embed.to(x.dtype)
         c = self.t_embedder(t) + self.y_embedder(y)
+        checkpointing = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            h = block(h, c)
+            h = checkpoint(block, h, c, use_reentrant=False) if checkpointing else block(h, c)
         return self.unpatchify(self.final_layer(h, c))
 
     def config_dict(self) -> dict:

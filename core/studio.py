@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from core.assess import RealReference, assess, load_or_build_reference
+from core.assess import RealReference, assess, class_latents, latent_scores, load_or_build_reference
 from core.data import LabelledImages
 from core.evaluate import EvalConfig, EvalResult, evaluate_set
 from core.latents import cache_dir
@@ -26,16 +26,31 @@ Progress = Callable[[float, str], None]
 
 @dataclass
 class Studio:
+    """``teacher`` / ``reference`` / ``test`` are None for data the shipped teacher does not fit (e.g. a latent
+    store of 256-px RGB images): runs then get the latent scores only and students cannot be evaluated."""
+
     engine: DistillEngine
-    teacher: object
-    reference: RealReference
-    test: LabelledImages
+    teacher: object | None
+    reference: RealReference | None
+    test: LabelledImages | None
+    latents_by_class: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     decoded_prototypes: dict = field(default_factory=dict, repr=False)   # see _decoded_prototypes
 
+    def __post_init__(self) -> None:
+        if not self.latents_by_class:
+            self.latents_by_class = self.reference.latents_by_class if self.reference else class_latents(self.engine)
 
-def load_studio(spec=None, data_dir: str | None = None, reference_per_class: int = 1000,
-                progress: Progress | None = None) -> Studio:
-    """Load data, latents (encoded and cached on first use), models and the real reference."""
+
+def _teacher_fits(teacher, data) -> bool:
+    return (tuple(data.image_shape) == (teacher.net.config.in_channels, teacher.net.config.image_size,
+                                        teacher.net.config.image_size)
+            and teacher.num_classes == data.num_classes)
+
+
+def load_studio(spec=None, data_dir: str | None = None, latent_store: str | None = None,
+                reference_per_class: int = 1000, progress: Progress | None = None) -> Studio:
+    """Load data, latents (encoded and cached on first use, or a latent store), models and, when the
+    teacher fits the data, the real reference of the metrics and the test split (Fashion-MNIST only)."""
     from core.assets import ModelSpec, load_teacher
     from core.data import load_fashion_mnist
     from core.pipeline import load_engine
@@ -43,24 +58,28 @@ def load_studio(spec=None, data_dir: str | None = None, reference_per_class: int
     spec = spec or ModelSpec()
     report = progress or (lambda fraction, message: None)
     report(0.0, "loading the dataset, its latents (encoded once, then cached) and the models…")
-    engine = load_engine(spec, data_dir=data_dir, progress=lambda f, m: report(0.6 * f, m))
-    teacher = load_teacher(spec)
+    engine = load_engine(spec, data_dir=data_dir, latent_store=latent_store, progress=lambda f, m: report(0.6 * f, m))
+    teacher = load_teacher(spec) if spec.teacher else None
+    if teacher is None or not _teacher_fits(teacher, engine.dataset):
+        report(1.0, "ready (no teacher for this data: latent scores only)")
+        return Studio(engine, None, None, None)
     report(0.6, f"teacher features and modes of {reference_per_class} real images per class (cached after the first time)…")
     cache_file = cache_dir() / "reference" / f"{engine.dataset.fingerprint[:16]}.safetensors"
     reference = load_or_build_reference(engine, teacher, cache_file, reference_per_class)
-    test = load_fashion_mnist("test", data_dir)
+    test = load_fashion_mnist("test", data_dir) if latent_store is None else None
     report(1.0, "ready")
     return Studio(engine, teacher, reference, test)
 
 
 @dataclass
 class Run:
-    """One distillation and its scores. ``features`` are the teacher features of ``dset.images``."""
+    """One distillation and its scores. ``features`` (teacher features of ``dset.images``) and ``coverage``
+    are None when the studio has no teacher."""
 
     config: DistillConfig
     dset: DistilledSet
-    features: np.ndarray
-    coverage: CoverageResult
+    features: np.ndarray | None
+    coverage: CoverageResult | None
     metrics: dict
     prototype_images: torch.Tensor | None      # decoded prototypes, aligned with dset (N, C, H, W)
     seconds: float
@@ -92,9 +111,13 @@ def run_once(studio: Studio, config: DistillConfig) -> Run:
     """Distil ``config`` (trajectories recorded) and score it: coverage, PRDC, W2, landing error, NFE."""
     t0 = time.perf_counter()
     dset = distill(studio.engine, replace(config, record_trajectories=True))
-    features = studio.teacher.features(dset.images).numpy()
-    coverage = mode_coverage(studio.reference.modes, features, dset.labels)
-    metrics = assess(studio.reference, studio.teacher, dset, features=features, coverage=coverage)
+    features = coverage = None
+    if studio.teacher is not None:
+        features = studio.teacher.features(dset.images).numpy()
+        coverage = mode_coverage(studio.reference.modes, features, dset.labels)
+        metrics = assess(studio.reference, studio.teacher, dset, features=features, coverage=coverage)
+    else:
+        metrics = latent_scores(studio.latents_by_class, dset)
     prototypes = None
     if dset.prototypes is not None:
         prototypes = dset.images if config.method == "d4m" else _decoded_prototypes(studio, dset)
@@ -104,6 +127,9 @@ def run_once(studio: Studio, config: DistillConfig) -> Run:
 def evaluate_run(studio: Studio, run: Run, config: EvalConfig, progress: Progress | None = None,
                  should_stop: Callable[[], bool] | None = None) -> EvalResult:
     """Train students on the run's images (DDOQ weights when the run has them); record the result."""
+    if studio.test is None:
+        raise ValueError("this data has no test split and teacher here: students can only be evaluated on the "
+                         "embedded default (use `python -m core evaluate` on an exported set of it)")
     weights = run.dset.weights if config.use_weights else None
     result = evaluate_set(run.dset.images, run.dset.labels, studio.test, config, weights, studio.teacher,
                           progress, should_stop)

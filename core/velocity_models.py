@@ -10,6 +10,7 @@ and reads ``model.config.latent_shape`` / ``model.config.num_classes``. ``load_v
 a module for
 
 1. the project's own folder (config.json with ``"kind": "distill-studio/flow-mlp"``): ``core.flow.load_flow``;
+   or a SiT trained by ``train-flow --model sit-*`` (``"kind": "distill-studio/flow-sit"``): ``load_sit_flow``;
 2. a raw SiT/DiT state dict (``.pt`` / ``.pth`` / ``.bin`` read with ``torch.load(weights_only=True)``, or
    ``.safetensors``), e.g. the SiT authors' ``SiT-XL-2-256x256.pt``: ``core.sit.SiT`` in a ``VelocityAdapter``
    with the SiT convention (the defaults below) unless ``convention`` says otherwise;
@@ -381,6 +382,36 @@ def _load_diffusers_dit(root: Path, folder: Path, convention, latent_shape, num_
                            backbone_config={k: v for k, v in cfg.items() if not k.startswith("_")})
 
 
+def load_sit_flow(path: str | Path, device: str | torch.device = "cpu", latent_shape: Sequence[int] | None = None,
+                  num_classes: int | None = None) -> VelocityAdapter:
+    """A SiT folder written by ``train-flow --model sit-*`` (config.json ``{"kind": "distill-studio/flow-sit",
+    "config": SiTConfig fields + "extra" provenance}``, float16 ``model.safetensors`` without the fixed
+    ``pos_embed``) as a VelocityAdapter in the project's convention (the SiT one: t = 0 noise, t = 1 data,
+    v = x_1 - x_0), checked against the data's latent shape and class count when given."""
+    from core.flow import FIX, SIT_KIND
+    from core.io import read_model_folder
+    from core.sit import SiTConfig
+
+    path = Path(path)
+    name = str(path)
+    config, state = read_model_folder(path, SIT_KIND, FIX)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path / 'config.json'}: \"config\" must be an object of SiTConfig fields; {FIX}")
+    config = dict(config)
+    config.pop("extra", None)
+    try:
+        sit = SiTConfig(**config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path / 'config.json'}: not a SiT config ({exc}); {FIX}") from exc
+    _check_data(name, sit.latent_shape, sit.num_classes, latent_shape, num_classes, None)
+    model = build_sit(_strip_prefixes(state), name, input_size=sit.input_size, num_heads=sit.num_heads, device=device)
+    if model.config != sit:
+        raise CheckpointError(f"{name}: the weights describe {model.config}, config.json says {sit}; {FIX}")
+    return VelocityAdapter(model, sit.latent_shape, sit.num_classes, CONVENTIONS["distill-studio"],
+                           learned_sigma=sit.learn_sigma, kind="distill-studio/flow-sit", source=name,
+                           backbone_config=model.config_dict()).eval().requires_grad_(False)
+
+
 def load_velocity_model(ref: str | Path, latent_shape: Sequence[int] | None = None, num_classes: int | None = None,
                         device: str | torch.device = "cpu",
                         convention: str | Mapping[str, Any] | VelocityConvention | None = None, *,
@@ -409,6 +440,13 @@ def load_velocity_model(ref: str | Path, latent_shape: Sequence[int] | None = No
                 meta = json.loads(own.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise CheckpointError(f"{own}: not valid JSON ({exc})") from exc
+        if isinstance(meta, dict) and meta.get("kind") == "distill-studio/flow-sit":  # core.flow.SIT_KIND
+            if convention is not None and resolve_convention(convention) != CONVENTIONS["distill-studio"]:
+                raise CheckpointError(f"{name}: the project's flow models follow DESIGN.md's convention; "
+                                      f"leave convention unset")
+            if class_map is not None:
+                raise CheckpointError(f"{name}: class_map applies to foreign models only")
+            return load_sit_flow(path, device, tuple(latent_shape) if latent_shape is not None else None, num_classes)
         if isinstance(meta, dict) and "kind" in meta:
             from core.flow import KIND, load_flow
 

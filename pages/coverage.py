@@ -13,16 +13,20 @@ studio, _ = page_frame()
 run = require_run()
 names = run.dset.class_names
 st.title("Coverage")
-st.caption(f"Run {run.run_id}. Modes: k-means ({len(next(iter(run.coverage.covered.values())))} per class) of the "
-           "teacher features of real training images; a sample covers its nearest mode when it lies within that "
-           "mode's 95th-percentile radius. Numbers in the grid: covering samples.")
-classes = list(dict.fromkeys(run.dset.labels.tolist()))
-covered = {c: run.coverage.covered[c] for c in classes}
-counts = covering_counts(run)
-st.metric("Mode coverage (mean over the run's classes)", f"{run.coverage.overall:.0%}")
-st.plotly_chart(mode_grid(covered, {c: counts[c] for c in classes}, names), width="stretch", key="mode_grid")
-
 history = state.history()
+if run.coverage is None:
+    st.info("Mode coverage needs a teacher for this data (the shipped one fits the embedded Fashion-MNIST only); "
+            "the run history below has the latent scores.")
+else:
+    st.caption(f"Run {run.run_id}. Modes: k-means ({len(next(iter(run.coverage.covered.values())))} per class) of the "
+               "teacher features of real training images; a sample covers its nearest mode when it lies within that "
+               "mode's 95th-percentile radius. Numbers in the grid: covering samples.")
+    classes = list(dict.fromkeys(run.dset.labels.tolist()))
+    counts = covering_counts(run)
+    st.metric("Mode coverage (mean over the run's classes)", f"{run.coverage.overall:.0%}")
+    st.plotly_chart(mode_grid({c: run.coverage.covered[c] for c in classes}, {c: counts[c] for c in classes}, names),
+                    width="stretch", key="mode_grid")
+
 st.subheader("Run history (this session)")
 st.dataframe(pd.DataFrame(history.rows()).set_index("run"), width="stretch")
 ids = [r.run_id for r in history.runs]
@@ -31,10 +35,12 @@ if len(ids) >= 2:
     a = a_col.selectbox("Compare run", ids, index=len(ids) - 2, key="compare_a")
     b = b_col.selectbox("with run", ids, index=len(ids) - 1, key="compare_b")
     runs = {f"run {i}": history.get(i) for i in dict.fromkeys([a, b])}
-    series = {name: [r.coverage.per_class.get(c, 0.0) for c in range(len(names))] for name, r in runs.items()}
-    st.plotly_chart(coverage_bars(series, names), width="stretch", key="coverage_bars")
+    series = {name: [r.coverage.per_class.get(c, 0.0) for c in range(len(names))]
+              for name, r in runs.items() if r.coverage is not None}
+    if series:
+        st.plotly_chart(coverage_bars(series, names), width="stretch", key="coverage_bars")
     st.dataframe(pd.DataFrame(history.compare(a, b)).set_index("field").astype(str), width="stretch")
-else:
+elif run.coverage is not None:
     st.plotly_chart(coverage_bars({f"run {run.run_id}": [run.coverage.per_class.get(c, 0.0) for c in range(len(names))]},
                                   names), width="stretch", key="coverage_bars")
     st.caption("Change a setting in the sidebar to add a second run, then compare the two here.")

@@ -10,6 +10,10 @@ from ui.widgets import require_run
 studio, _ = page_frame()
 run = require_run()
 st.title("Evaluate")
+if studio.test is None:
+    st.info("Students are tested on the real test split of the embedded default; this data has none here. "
+            "Export the set and score it with `python -m core evaluate` where its test split is available.")
+    st.stop()
 st.caption(f"Run {run.run_id}: {len(run.dset)} images. Protocol: ConvNet-3 (width 128, instance norm), SGD lr 0.01, "
            "momentum 0.9, wd 5e-4, lr × 0.1 at half. On 2 CPU cores IPC 10 × 300 epochs takes about a minute per seed.")
 cols = st.columns(5)

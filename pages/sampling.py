@@ -38,7 +38,8 @@ with gallery:
     pairs = dset.images if run.prototype_images is None else torch.cat([dset.images, run.prototype_images], dim=3)
     for c in classes:
         ids = np.flatnonzero(dset.labels == c)
-        st.markdown(f"**{names[c]}** · mode coverage {100 * run.coverage.per_class[c]:.0f}%")
+        coverage = "" if run.coverage is None else f" · mode coverage {100 * run.coverage.per_class[c]:.0f}%"
+        st.markdown(f"**{names[c]}**{coverage}")
         st.image(image_grid(pairs[torch.from_numpy(ids)], per_row, pad=4), width="stretch", clamp=True)
         st.session_state[pill_keys[c]] = [int(i) for i in ids if int(i) in selected]
         st.pills(f"select {names[c]}", [int(i) for i in ids], selection_mode="multi", key=pill_keys[c],

@@ -32,8 +32,8 @@ first = time.time() - t0
 umap = None
 if len(sys.argv) > 2:
     from ui.projection import umap_job
-    from ui.state import _studio_job
-    job = umap_job(_studio_job(None).wait()).start()
+    from ui.state import get_studio
+    job = umap_job(get_studio()).start()
     job.wait()
     umap = time.time() - t0
 print(first, umap)

@@ -8,6 +8,8 @@ from core.latent_mlp import LatentMLP, LatentMLPConfig
 from core.latents import encode_dataset
 from core.pipeline import DistillEngine
 
+pytest_plugins = ["scale_fixtures"]   # the `scale` fixture: tiny SD-VAE, ImageFolder, SiT, latent store
+
 
 @pytest.fixture(autouse=True)
 def _few_threads():

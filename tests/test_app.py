@@ -124,3 +124,38 @@ def test_two_sessions_keep_their_own_runs_and_selections():
     assert first.session_state["selected"] == [1] and second.session_state["selected"] == []
     # both sessions share one engine (loaded once per process) and their sets still match their configs
     assert len(current(first).dset) == 20 and len(current(second).dset) == 30
+
+
+def test_a_latent_store_with_a_sit_checkpoint_runs_through_the_app_and_exports(scale):
+    """The issue's end-to-end in the app: SD-shaped store -> pgfm with a raw SiT -> pages -> export."""
+    at = open_app()
+    at.radio(key="data_source").set_value("Latent store + models").run()
+    at.text_input(key="store_dir").set_value(str(scale.store))
+    at.text_input(key="vae_ref").set_value(str(scale.vae))
+    at.text_input(key="flow_ref").set_value(str(scale.sit))
+    at.number_input(key="flow_num_heads").set_value(2)
+    at.number_input(key="ipc").set_value(2)
+    at.button(key="load_source").click().run()
+    assert not at.exception, at.exception
+    run = current(at)
+    assert run.dset.images.shape == (6, 3, 256, 256) and run.dset.latents.shape[1:] == (4, 32, 32)
+    assert run.coverage is None and "w2_latent_mean" in run.metrics and "landing_error_mean" in run.metrics
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+    at.switch_page("pages/export.py").run()
+    at.radio(key="export_what").set_value("whole set").run()
+    at.text_input(key="export_folder").set_value("sd-set").run()
+    next(b for b in at.button if b.label == "Export to folder").click().run()
+    assert any("Wrote 6 images" in s.value for s in at.success)
+
+
+def test_bad_model_references_show_an_error_and_keep_the_embedded_default(tmp_path):
+    at = open_app(ipc=2)
+    at.radio(key="data_source").set_value("Latent store + models").run()
+    at.text_input(key="store_dir").set_value(str(tmp_path / "missing-store"))
+    at.text_input(key="vae_ref").set_value(str(tmp_path / "missing-vae"))
+    at.button(key="load_source").click().run()
+    assert not at.exception
+    assert any("Could not load" in e.value for e in at.sidebar.error)
+    assert current(at).dset.images.shape[1:] == (1, 32, 32)

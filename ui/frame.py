@@ -11,7 +11,13 @@ from ui.projection import autostart_umap
 def page_frame() -> tuple[Studio, Run | None]:
     """Load (once) the studio, render the sidebar, (re)run the distillation if its settings changed.
     A bad combination shows an inline error and the last good run stays current."""
-    studio = state.get_studio()
+    source = sidebar.render_source()
+    try:
+        studio = state.get_studio(source)
+    except Exception as exc:  # bad references or a foreign store: say so, fall back to the embedded default
+        st.sidebar.error(f"Could not load that dataset and models: {exc}")
+        st.session_state["source"] = None
+        studio = state.get_studio(None)
     config = sidebar.render(studio)
     run, error = state.update_run(studio, config)
     autostart_umap(studio)   # after the first run, so fitting UMAP does not delay the first page

@@ -28,19 +28,57 @@ DEFAULTS = {"method": "pgfm", "ipc": 10, "guidance": DEFAULT_PGFM_GUIDANCE.stren
             "diffusion_steps": DiffusionSamplerConfig().steps, "seed": 0, "projection": "PCA"}
 
 
+EMBEDDED, CUSTOM = "Fashion-MNIST (embedded)", "Latent store + models"
+SOURCE_DEFAULTS = {"data_source": EMBEDDED, "store_dir": "", "image_root": "", "vae_ref": "", "flow_ref": "",
+                   "flow_convention": "sit", "flow_class_map": "", "flow_num_heads": 0}
+
+
+def _keep(defaults: dict) -> None:
+    # Each page renders this sidebar, so its widgets belong to that page; re-assigning their values keeps
+    # them when the user switches pages (Streamlit otherwise resets a widget it has not seen on this page).
+    for key, value in defaults.items():
+        st.session_state[key] = st.session_state.get(key, value)
+
+
+def render_source() -> dict | None:
+    """Dataset and models: the embedded default, or a latent store (``python -m core encode --store``) with
+    a VAE and a flow model given by reference. Returns the applied source (None: embedded)."""
+    _keep(SOURCE_DEFAULTS)
+    with st.sidebar:
+        st.header("Data and models")
+        choice = st.radio("Dataset", (EMBEDDED, CUSTOM), key="data_source",
+                          help="The embedded default: Fashion-MNIST with the shipped VAE, flow, diffusion and teacher.")
+        if choice == EMBEDDED:
+            st.session_state["source"] = None
+        else:
+            st.text_input("Latent store folder", key="store_dir", help="written by `python -m core encode --store`")
+            st.text_input("Its ImageFolder (optional)", key="image_root", help="real images, for the random method")
+            st.text_input("VAE (folder or diffusers id)", key="vae_ref")
+            st.text_input("Flow model (project folder, diffusers DiT folder, SiT .pt / .safetensors)", key="flow_ref")
+            st.selectbox("Flow convention", ("sit", "diffusers-flow", "distill-studio"), key="flow_convention")
+            st.text_input("Flow class map (model class id per data class, comma-separated; optional)",
+                          key="flow_class_map")
+            st.number_input("Flow attention heads (0: from the preset or file)", 0, 64, step=1, key="flow_num_heads",
+                            help="only for a SiT whose width matches no preset")
+            if st.button("Load", key="load_source"):
+                s = st.session_state
+                st.session_state["source"] = {
+                    "models": {"vae": s.vae_ref.strip(), "flow": s.flow_ref.strip() or None, "diffusion": None,
+                               "flow_convention": s.flow_convention, "flow_class_map": s.flow_class_map.strip() or None,
+                               "flow_num_heads": int(s.flow_num_heads) or None},
+                    "latent_store": s.store_dir.strip(), "data_dir": s.image_root.strip() or None}
+    return st.session_state.get("source")
+
+
 def render(studio: Studio) -> DistillConfig | None:
     names = list(studio.engine.latents.class_names)
     state = st.session_state
-    # Each page renders this sidebar, so its widgets belong to that page; re-assigning their values keeps
-    # them when the user switches pages (Streamlit otherwise resets a widget it has not seen on this page).
-    for key, value in {**DEFAULTS, "classes": names}.items():
-        state[key] = state.get(key, value)
+    _keep({**DEFAULTS, "classes": names})
+    state["classes"] = [c for c in state["classes"] if c in names] or names   # after a change of dataset
     with st.sidebar:
-        st.header("Data and models")
-        st.selectbox("Dataset", ["Fashion-MNIST (embedded)"], key="dataset",
-                     help="The embedded default: Fashion-MNIST with the shipped VAE, flow, diffusion and teacher.")
-        st.caption(f"{len(studio.engine.dataset):,} training images · latents "
-                   f"{'×'.join(map(str, studio.engine.latents.latent_shape))}")
+        st.caption(f"{len(studio.engine.latents):,} training latents "
+                   f"{'×'.join(map(str, studio.engine.latents.latent_shape))} · {len(names)} classes"
+                   + ("" if studio.teacher else " · no teacher for this data: latent scores only"))
         st.header("Distillation")
         chosen = st.multiselect("Classes", names, key="classes")
         st.number_input("IPC (images per class)", min_value=1, max_value=100_000, step=1, key="ipc")

@@ -12,26 +12,36 @@ import time
 
 import streamlit as st
 
+from core.assets import ModelSpec
 from core.jobs import BackgroundJob
 from core.pipeline import DistillConfig
 from core.studio import Run, RunHistory, Studio, load_studio, run_once
 
 
-@st.cache_resource(show_spinner=False)
-def _studio_job(data_dir: str | None) -> BackgroundJob:
-    return BackgroundJob(lambda progress: load_studio(data_dir=data_dir, progress=progress), name="load-studio").start()
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _studio_job(source_json: str) -> BackgroundJob:
+    source = json.loads(source_json)
+    spec = ModelSpec(**source["models"]) if source["models"] else None
+    return BackgroundJob(lambda progress: load_studio(spec, data_dir=source["data_dir"],
+                                                      latent_store=source["latent_store"], progress=progress),
+                         name="load-studio").start()
 
 
-def get_studio() -> Studio:
-    """The shared Studio (one per process). The first call loads it in the background and shows its
-    progress (on a machine's very first start this includes encoding the dataset, about 30 s)."""
-    job = _studio_job(os.environ.get("FASHION_MNIST_DIR"))
+def get_studio(source: dict | None = None) -> Studio:
+    """The Studio of ``source`` (None: the embedded default), loaded once per process and shared by every
+    session; the first call shows the loading progress (on a machine's very first start this includes
+    encoding the dataset, about 30 s). Raises what loading raised (bad model references, a foreign store)."""
+    source = source or {"models": None, "latent_store": None, "data_dir": os.environ.get("FASHION_MNIST_DIR")}
+    key = json.dumps(source, sort_keys=True)
+    job = _studio_job(key)
     if not job.done:
         bar = st.progress(0.0, text="Starting…")
         while not job.done:
-            bar.progress(min(1.0, job.fraction), text=f"Starting ({job.elapsed:.0f} s): {job.message}")
+            bar.progress(min(1.0, job.fraction), text=f"Loading ({job.elapsed:.0f} s): {job.message}")
             time.sleep(0.25)
         bar.empty()
+    if job.error is not None:
+        _studio_job.clear(key)   # so that the same references can be tried again once fixed
     return job.wait()
 
 
@@ -49,7 +59,7 @@ def update_run(studio: Studio, config: DistillConfig | None) -> tuple[Run | None
     current: Run | None = st.session_state.get("run")
     if config is None:
         return current, None
-    key = config_key(config)
+    key = f"{id(studio)}-{config_key(config)}"   # the same settings on other data are another run
     if current is not None and st.session_state.get("run_key") == key:
         return current, None
     try:
