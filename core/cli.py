@@ -253,7 +253,10 @@ def _engine(args: argparse.Namespace, spec: ModelSpec | None = None, ctx=None):
     store = getattr(args, "latent_store", None)
     if store:
         max_bytes = int(args.store_max_gib * 2**30)
-        return load_engine(spec, data_dir=args.data_dir, latent_store=store, max_store_bytes=max_bytes)
+        # distill (the command with --stream) streams a store above the limit, or any with --stream; others refuse it
+        stream = (True if args.stream else None) if hasattr(args, "stream") else False
+        return load_engine(spec, data_dir=args.data_dir, latent_store=store, max_store_bytes=max_bytes,
+                           stream=stream, stream_init_size=getattr(args, "stream_init_size", None))
     if ctx is not None and ctx.is_distributed:
         from core.distributed import load_engine_distributed
 
@@ -325,6 +328,7 @@ def _store_classes(classes, engine):
 def _models_record(args: argparse.Namespace, engine) -> dict:
     """The ``models`` entry of a distill manifest: what was used, with fingerprints and the flow's provenance."""
     from core.assets import flow_record
+    from core.latent_store import StreamingLatents
 
     store = getattr(args, "latent_store", None)
     models = {"vae": _portable(args.vae), "vae_fingerprint": engine.vae.fingerprint,
@@ -337,6 +341,8 @@ def _models_record(args: argparse.Namespace, engine) -> dict:
         models["flow_model"]["source"] = _portable(models["flow_model"]["source"])
     if store:
         models["latent_store"] = _portable(store)
+    if isinstance(engine.latents, StreamingLatents):
+        models["latent_store_streaming"] = engine.latents.record()
     return models
 
 
@@ -351,6 +357,9 @@ def run_distill(args: argparse.Namespace, ctx=None) -> None:
 
     main = ctx is None or ctx.is_main
     config = distill_config_from_args(args)  # checks every knob before loading anything
+    init_size = getattr(args, "stream_init_size", None)
+    if init_size is not None and init_size < 1:
+        raise ValueError(f"--stream-init-size must be an integer >= 1, got {init_size}")
     device = args.device
     if ctx is not None:
         from core.distributed import broadcast_object, rank_device
@@ -763,10 +772,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the output folder when it is not empty")
     p.add_argument("--latent-store", default=None, metavar="DIR",
                    help="distil from a latent store written by `encode --store DIR` instead of --dataset (checked "
-                        "against --vae; held in memory). Method random reads its real images from --data-dir, by "
-                        "default the folder the store was encoded from")
+                        "against --vae; held in memory up to --store-max-gib, streamed class by class above it). "
+                        "Method random reads its real images from --data-dir, by default the folder the store was "
+                        "encoded from")
     p.add_argument("--store-max-gib", type=float, default=4.0,
-                   help="--latent-store: largest store (float32 GiB) to hold in memory (default 4)")
+                   help="--latent-store: largest store (float32 GiB) to hold in memory (default 4); a larger one is "
+                        "streamed: quantized class by class with at most this much of its latents in memory")
+    p.add_argument("--stream", action="store_true",
+                   help="--latent-store: stream the store even when it fits in memory: a class up to --store-max-gib "
+                        "/ quantize workers is loaded alone (the in-memory result), a larger one streamed in chunks "
+                        "(mini-batch k-means refined by Lloyd passes)")
+    p.add_argument("--stream-init-size", type=int, default=None, metavar="ROWS",
+                   help="streamed classes: rows of the seeded sample that initialises their k-means (default "
+                        "max(20 x IPC, 4096)); a streamed class of at most ROWS latents gets the in-memory result")
 
     p = add("bench", "Benchmark every method: distil, score (coverage, PRDC, W2, NFE, time), train students "
             "(hard and soft labels), sweep PGFM, compare NFE with diffusion; resumable.", _cmd_bench)

@@ -396,6 +396,63 @@ class LatentStore:
                          self.vae_fingerprint, self.path)
 
 
+class StreamingLatents:
+    """The parts of a LatentSet that distillation uses, for a store too large to hold in memory: labels,
+    class names, latent shape, fingerprints, and a per-class chunk iterator; never all latents at once.
+
+    ``quantize(classes, config)`` quantizes with ``quantize_store``: a class up to ``max_bytes /
+    config.workers`` (float32) is loaded alone and quantized exactly as in memory (``config.workers``
+    classes at a time), a larger one is streamed in chunks of ``chunk_size`` rows (``quantize_class_streaming``
+    with ``init_size``, ``passes``; identical to in memory when the class has at most its sample's rows). So
+    the latents in memory stay near ``max_bytes`` (plus k-means' working copies) whatever the number of
+    classes. ``labels``: the store's labels when already read (e.g. by ``core.pipeline.StoreImages``).
+    """
+
+    def __init__(self, store: LatentStore, max_bytes: int = DEFAULT_MAX_BYTES, chunk_size: int = 8192,
+                 init_size: int | None = None, passes: int = 3, labels: np.ndarray | None = None):
+        for name, value, low in (("chunk_size", chunk_size, 1), ("passes", passes, 0), ("max_bytes", max_bytes, 0)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if init_size is not None and (isinstance(init_size, bool) or not isinstance(init_size, (int, np.integer))
+                                      or init_size < 1):
+            raise ValueError(f"init_size must be None or an integer >= 1, got {init_size!r}")
+        self.store = store
+        self.labels = store.labels() if labels is None else np.asarray(labels, dtype=np.int64)
+        self.max_bytes, self.chunk_size, self.passes = int(max_bytes), int(chunk_size), int(passes)
+        self.init_size = None if init_size is None else int(init_size)
+        self.class_names = store.class_names
+        self.dataset_fingerprint, self.vae_fingerprint, self.path = (store.dataset_fingerprint, store.vae_fingerprint,
+                                                                     store.path)
+
+    def __repr__(self) -> str:
+        return f"StreamingLatents({self.store!r}, max_bytes={self.max_bytes}, init_size={self.init_size})"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return self.store.latent_shape
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def iter_class(self, label: int) -> Iterator[torch.Tensor]:
+        """Class ``label``'s latents (float32) in store order, ``chunk_size`` rows at a time."""
+        return self.store.iter_class(label, self.chunk_size)
+
+    def quantize(self, classes: Sequence[int], config) -> list:
+        """One ClassQuantization per class of ``classes`` (see the class docstring)."""
+        return quantize_store(self.store, classes, config, passes=self.passes, chunk_size=self.chunk_size,
+                              max_class_bytes=self.max_bytes // max(1, config.workers), init_size=self.init_size)
+
+    def record(self) -> dict:
+        """The streaming settings, for a manifest."""
+        return {"max_bytes": self.max_bytes, "chunk_size": self.chunk_size, "init_size": self.init_size,
+                "passes": self.passes}
+
+
 def quantize_store(store: LatentStore, classes: Sequence[int], config, passes: int = 3, chunk_size: int = 8192,
                    max_class_bytes: int = 1 << 30, **streaming) -> list:
     """Quantize ``classes`` of a store (one ClassQuantization each, in the order given).

@@ -27,6 +27,7 @@ from core.autoencoder import LatentAutoencoder
 from core.data import LabelledImages
 from core.diffusion import DiffusionSamplerConfig, sample_diffusion
 from core.guidance import GuidanceConfig
+from core.latent_store import StreamingLatents
 from core.latents import LatentSet
 from core.quantize import ClassQuantization, QuantizeConfig, quantize
 from core.sampling import SampleResult, SamplerConfig, Trajectories, sample
@@ -117,10 +118,13 @@ def resolve_classes(classes: str | Sequence[str | int] | None, class_names: Sequ
 
 @dataclass
 class DistillEngine:
-    """The resources a distillation needs: training data, its latents, the VAE and the generators."""
+    """The resources a distillation needs: training data, its latents, the VAE and the generators.
+
+    ``latents``: a LatentSet in memory, or for a latent store too large for memory a
+    ``core.latent_store.StreamingLatents`` (labels and shapes only; classes are quantized one at a time)."""
 
     dataset: LabelledImages
-    latents: LatentSet
+    latents: LatentSet | StreamingLatents
     vae: LatentAutoencoder
     flow: torch.nn.Module | None = None
     diffusion: torch.nn.Module | None = None
@@ -159,7 +163,10 @@ def _quantize(engine: DistillEngine, classes: tuple[int, ...], config: DistillCo
         if key in engine._quantizations:
             engine._quantizations.move_to_end(key)
             return engine._quantizations[key]
-    result = quantize(engine.latents, list(classes), qconfig)
+    if isinstance(engine.latents, StreamingLatents):  # class by class from the store
+        result = engine.latents.quantize(list(classes), qconfig)
+    else:
+        result = quantize(engine.latents, list(classes), qconfig)
     with engine._lock:
         engine._quantizations[key] = result
         while len(engine._quantizations) > keep:
@@ -215,10 +222,10 @@ def distill(engine: DistillEngine, config: DistillConfig, executor: LocalExecuto
     trajectories, nfe = None, 0
     y = torch.from_numpy(labels)
     t0 = time.perf_counter()
-    if config.method == "random":
+    if config.method == "random":  # the prototypes are the chosen real latents; ``source`` their rows
         per_class = [np.flatnonzero(engine.latents.labels == c) for c in classes]
         source = np.concatenate([idx[q.source_indices] for idx, q in zip(per_class, quantization)])
-        latents = engine.latents.latents[torch.from_numpy(source)]
+        latents = prototypes.clone()
     elif config.method == "d4m":
         latents = prototypes.clone()
     elif config.method in FLOW_METHODS:
@@ -272,7 +279,8 @@ def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None 
                 cache_dir: str | None = None, resolution: int = 32, channels: int = 3,
                 progress: Callable[[float, str], None] | None = None,
                 encode: Callable[..., LatentSet] | None = None, latent_store: str | None = None,
-                max_store_bytes: int | None = None) -> DistillEngine:
+                max_store_bytes: int | None = None, stream: bool | None = False,
+                stream_init_size: int | None = None) -> DistillEngine:
     """Load the training split, its cached latents, the VAE and whichever generators ``spec`` names.
 
     A generator that does not exist (or is set to None / "") is left out (methods that need it then raise a
@@ -287,7 +295,11 @@ def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None 
     memory (up to ``max_store_bytes`` as float32, default ``core.latent_store.DEFAULT_MAX_BYTES``), and the real
     images (needed by ``random`` only) are read on demand from its ImageFolder, ``data_dir`` or else the
     folder the store was encoded from (``StoreImages``). ``dataset`` / ``resolution`` / ``channels`` /
-    ``cache_dir`` / ``encode`` are then unused.
+    ``cache_dir`` / ``encode`` are then unused. ``stream``: False refuses a store above ``max_store_bytes``;
+    True, or None for a store above it, never loads the whole store: the engine's latents are then a
+    ``core.latent_store.StreamingLatents`` (``distill`` works; code reading ``engine.latents.latents``
+    does not), quantizing class by class with at most ``max_store_bytes`` of latents in memory, streamed
+    classes with a k-means sample of ``stream_init_size`` rows (default max(20 IPC, 4096)).
     """
     from core.assets import ModelSpec, load_flow_for, load_vae
     from core.diffusion import load_diffusion
@@ -296,7 +308,7 @@ def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None 
     spec = spec or ModelSpec()
     if latent_store is not None:
         vae = load_vae(spec)
-        data, latents = _store_data(latent_store, vae, data_dir, max_store_bytes)
+        data, latents = _store_data(latent_store, vae, data_dir, max_store_bytes, stream, stream_init_size)
     else:
         from core.data import load_dataset
         from core.latents import encode_dataset
@@ -311,20 +323,25 @@ def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None 
     return DistillEngine(data, latents, vae, flow, diffusion)
 
 
-def _store_data(store_dir: str, vae: LatentAutoencoder, data_dir: str | None,
-                max_bytes: int | None) -> tuple["StoreImages", LatentSet]:
+def _store_data(store_dir: str, vae: LatentAutoencoder, data_dir: str | None, max_bytes: int | None,
+                stream: bool | None = False,
+                init_size: int | None = None) -> tuple["StoreImages", LatentSet | StreamingLatents]:
     from core.latent_store import DEFAULT_MAX_BYTES, LatentStore
 
     store = LatentStore(store_dir).check(vae)
     max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else int(max_bytes)
     need = store.nbytes(None)
-    if need > max_bytes:
+    if need > max_bytes and stream is False:
         raise ValueError(
             f"{store.path}: the latent store is too large for in-memory distillation ({len(store)} latents, "
-            f"{need / 2**30:.2f} GiB as float32, limit {max_bytes / 2**30:.2f} GiB). Raise the limit if the memory "
-            f"is there (--store-max-gib), distil fewer classes from a store of those classes (encode --classes), "
-            f"or quantize class by class with core.latent_store.quantize_store (streams classes that do not fit)")
-    return StoreImages(store, data_dir), store.as_latent_set(max_bytes=max_bytes)
+            f"{need / 2**30:.2f} GiB as float32, limit {max_bytes / 2**30:.2f} GiB). Distil it class by class "
+            f"without loading it: `python -m core distill --latent-store DIR` streams a store above --store-max-gib "
+            f"(load_engine(..., stream=True)); or raise the limit if the memory is there, or encode a store of "
+            f"fewer classes (encode --classes)")
+    images = StoreImages(store, data_dir)
+    if stream or need > max_bytes:
+        return images, StreamingLatents(store, max_bytes, init_size=init_size, labels=images.labels)
+    return images, store.as_latent_set(max_bytes=max_bytes)
 
 
 class StoreImages:

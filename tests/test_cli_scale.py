@@ -126,6 +126,102 @@ def test_other_methods_from_the_same_store(scale, cli, tmp_path, no_teacher, met
             assert error[match] < 1e-5 and NAMES[real.labels[match]] in png.parent.name.replace("_", " ")
 
 
+# ---------------------------------------------------------------------------------------------
+# a store larger than --store-max-gib (or --stream): quantized class by class, never loaded whole
+# ---------------------------------------------------------------------------------------------
+
+def _refuse_whole_store(monkeypatch) -> list:
+    """From now on loading the whole store fails the test; returns the list of classes loaded alone."""
+    from core.latent_store import LatentStore
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the whole latent store was loaded")
+    loaded, load_class = [], LatentStore.load_class
+
+    def spy(self, label, *args, **kwargs):
+        loaded.append(label)
+        return load_class(self, label, *args, **kwargs)
+    monkeypatch.setattr(LatentStore, "as_latent_set", refuse)
+    monkeypatch.setattr(LatentStore, "load_class", spy)
+    return loaded
+
+
+def _streaming_args(method: str, scale) -> list:
+    flow = (["--flow", scale.sit, "--flow-convention", "sit", "--flow-num-heads", "2"]
+            if method in ("pgfm", "ddoq") else [])
+    return ["distill", "--method", method, "--latent-store", scale.store, "--vae", scale.vae, "--ipc", "2",
+            "--steps", "2", *flow]
+
+
+@pytest.mark.parametrize("method", ["pgfm", "d4m", "ddoq", "random"])
+def test_store_above_the_limit_is_streamed_with_the_in_memory_result(scale, cli, tmp_path, no_teacher, monkeypatch,
+                                                                     method):
+    """--store-max-gib below the store: classes are quantized one by one from the store, none loaded whole
+    (each is under the sample size, 4 latents, so the streaming k-means is the in-memory one): same export."""
+    r = cli(*_streaming_args(method, scale), "--out", tmp_path / "memory")
+    assert r.returncode == 0, r.stderr
+    loaded = _refuse_whole_store(monkeypatch)
+    r = cli(*_streaming_args(method, scale), "--store-max-gib", "1e-6", "--out", tmp_path / "streamed")
+    assert r.returncode == 0, r.stderr
+    assert loaded == []  # 1e-6 GiB: not even one class is loaded whole; all are streamed
+    streamed = _check_export(tmp_path / "streamed", method)
+    memory = json.loads((tmp_path / "memory" / "manifest.json").read_text())
+    assert streamed["models"]["latent_store_streaming"]["max_bytes"] == int(1e-6 * 2**30)
+    assert "latent_store_streaming" not in memory["models"]
+    assert streamed["images"] == memory["images"] and streamed["config"] == memory["config"]
+    a = load_file(str(tmp_path / "memory" / "latents.safetensors"))
+    b = load_file(str(tmp_path / "streamed" / "latents.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
+    pngs = sorted(p.relative_to(tmp_path / "memory") for p in (tmp_path / "memory").glob("*/*.png"))
+    for png in pngs:
+        assert (tmp_path / "memory" / png).read_bytes() == (tmp_path / "streamed" / png).read_bytes()
+
+
+def test_stream_with_classes_larger_than_the_sample(scale, cli, tmp_path, no_teacher, monkeypatch):
+    """--stream with a 3-row sample for 4-latent classes: the mini-batch + Lloyd k-means over the stream."""
+    from core.latent_store import LatentStore, StreamingLatents
+    from core.pipeline import DistillConfig, distill, load_engine
+    from core.quantize import QuantizeConfig, quantize
+
+    store = LatentStore(scale.store)
+    # random picks the same rows (the class seed's permutation) whether the class is streamed or in memory
+    config = QuantizeConfig(method="random", ipc=2, compute_w2=False)
+    for a, b in zip(quantize(store.as_latent_set(), [0, 1, 2], config),
+                    StreamingLatents(store, 0, init_size=1).quantize([0, 1, 2], config)):
+        np.testing.assert_array_equal(a.source_indices, b.source_indices)
+        torch.testing.assert_close(a.prototypes, b.prototypes, atol=0, rtol=0)
+
+    loaded = _refuse_whole_store(monkeypatch)
+    out = tmp_path / "ddoq"
+    r = cli(*_streaming_args("ddoq", scale), "--stream", "--store-max-gib", "1e-6", "--stream-init-size", "3",
+            "--out", out)
+    assert r.returncode == 0, r.stderr
+    manifest = _check_export(out, "ddoq")
+    assert manifest["models"]["latent_store_streaming"]["init_size"] == 3 and loaded == []
+    for c in range(3):  # ddoq weights are K x cell mass: mean 1 within each class
+        assert sum(im["weight"] for im in manifest["images"] if im["class_id"] == c) == pytest.approx(2.0)
+
+    from core.assets import ModelSpec
+
+    spec = ModelSpec(vae=str(scale.vae), flow=None, diffusion=None, teacher=None)
+    engine = load_engine(spec, latent_store=str(scale.store), stream=True, stream_init_size=3,
+                         max_store_bytes=0)
+    assert isinstance(engine.latents, StreamingLatents) and not hasattr(engine.latents, "latents")
+    dset = distill(engine, DistillConfig(method="d4m", ipc=2, classes=(0, 2)))
+    assert len(dset) == 4 and torch.isfinite(dset.prototypes).all() and dset.images.shape == (4, 3, 256, 256)
+    for q in dset.quantization:
+        x = torch.cat(list(store.iter_class(q.label))).reshape(int(store.counts[q.label]), -1)
+        d = torch.cdist(x, q.prototypes.reshape(2, -1))
+        np.testing.assert_array_equal(q.assignments, d.argmin(1).numpy())
+        np.testing.assert_allclose(q.masses, np.bincount(q.assignments, minlength=2) / len(x))
+        assert q.weights.sum() == pytest.approx(1.0) and q.prototypes.shape == (2, 4, 32, 32)
+    # a caller that did not ask for streaming is refused, with a pointer to it
+    with pytest.raises(ValueError, match=r"too large for in-memory distillation.*streams a store above"):
+        load_engine(spec, latent_store=str(scale.store), max_store_bytes=0)
+
+
 def test_distill_fm_with_a_diffusers_dit_folder(scale, cli, tmp_path, no_teacher):
     from diffusers import DiTTransformer2DModel
 
@@ -277,8 +373,8 @@ def test_bad_store_and_data_input(scale, cli, tmp_path):
          "method 'pgfm' needs a flow model"),
         ([*base, "--method", "random", "--vae", scale.vae, "--data-dir", tmp_path / "elsewhere"],
          "the real images of this latent store are needed"),
-        ([*base, "--method", "d4m", "--vae", scale.vae, "--store-max-gib", "1e-6"],
-         "too large for in-memory distillation"),
+        ([*base, "--method", "d4m", "--vae", scale.vae, "--stream", "--stream-init-size", "0"],
+         "--stream-init-size must be an integer >= 1"),
         ([*base, "--method", "d4m", "--vae", scale.vae, "--classes", "n09999999"], "unknown classes ['n09999999']"),
         (["encode", "--store", tmp_path / "s", "--vae", scale.vae], "--store writes a sharded latent store of an ImageFolder"),
         (["encode", "--dataset", "imagefolder", "--store", tmp_path / "s", "--vae", scale.vae], "--store needs the ImageFolder's root"),
@@ -307,7 +403,7 @@ def test_new_options_have_help_and_keep_the_embedded_default():
     new = {"encode": ["--store", "--classes", "--shard-size", "--batch-size", "--skip-bad", "--max-per-class",
                       "--workers", "--overwrite", "--splits"],
            "distill": ["--flow", "--flow-convention", "--flow-num-heads", "--flow-class-map", "--latent-store",
-                       "--store-max-gib", "--sample-batch-size", "--overwrite"]}
+                       "--store-max-gib", "--stream", "--stream-init-size", "--sample-batch-size", "--overwrite"]}
     for command, options in new.items():
         actions = {o: a for a in commands[command]._actions for o in a.option_strings}
         for option in options:
