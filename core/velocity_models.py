@@ -440,24 +440,18 @@ def load_velocity_model(ref: str | Path, latent_shape: Sequence[int] | None = No
                 meta = json.loads(own.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise CheckpointError(f"{own}: not valid JSON ({exc})") from exc
-        if isinstance(meta, dict) and meta.get("kind") == "distill-studio/flow-sit":  # core.flow.SIT_KIND
-            if convention is not None and resolve_convention(convention) != CONVENTIONS["distill-studio"]:
-                raise CheckpointError(f"{name}: the project's flow models follow DESIGN.md's convention; "
-                                      f"leave convention unset")
-            if class_map is not None:
-                raise CheckpointError(f"{name}: class_map applies to foreign models only")
-            return load_sit_flow(path, device, tuple(latent_shape) if latent_shape is not None else None, num_classes)
-        if isinstance(meta, dict) and "kind" in meta:
+        if isinstance(meta, dict) and "kind" in meta:   # the project's own formats (MLP or SiT)
             from core.flow import KIND, load_flow
 
-            if meta["kind"] != KIND:
+            if meta["kind"] not in (KIND, "distill-studio/flow-sit"):   # core.flow.SIT_KIND
                 raise CheckpointError(f"{own}: holds a {meta['kind']!r} model, not a velocity model ({KIND!r})")
             if convention is not None and resolve_convention(convention) != CONVENTIONS["distill-studio"]:
                 raise CheckpointError(f"{name}: the project's flow models follow DESIGN.md's convention; "
                                       f"leave convention unset")
             if class_map is not None:
                 raise CheckpointError(f"{name}: class_map applies to foreign models only")
-            return load_flow(path, device, tuple(latent_shape) if latent_shape is not None else None, num_classes)
+            load = load_flow if meta["kind"] == KIND else load_sit_flow
+            return load(path, device, tuple(latent_shape) if latent_shape is not None else None, num_classes)
         folder = _diffusers_folder(path)
         if folder is not None:
             return _load_diffusers_dit(path, folder, convention, latent_shape, num_classes, class_map, device)
