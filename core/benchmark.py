@@ -141,7 +141,14 @@ class Bench:
         ipc = self.config.sweep_ipc
         return {name: self.distill_config("pgfm", ipc, sampler=s) for name, s in variants.items()}
 
+    def prune_stale_sweep(self) -> None:
+        """Drop sweep cells of variants the current default no longer has (e.g. after the default moved)."""
+        current = {f"sweep/{name}" for name in self.sweep_variants()}
+        for name in [k for k in self.results["cells"] if k.startswith("sweep/") and k not in current]:
+            del self.results["cells"][name]
+
     def run_sweep(self) -> None:
+        self.prune_stale_sweep()
         for name, dc in self.sweep_variants().items():
             self.log(f"[sweep {name}]")
             self.cell(f"sweep/{name}", "pgfm", dc, ("hard",), self.config.sweep_seeds)

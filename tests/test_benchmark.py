@@ -74,3 +74,11 @@ def test_adding_a_label_protocol_evaluates_only_that(bench_parts, monkeypatch):
     assert calls == ["soft"]
     cell = both["cells"]["main/d4m/ipc2"]
     assert cell["hard"]["accuracies"] == first["cells"]["main/d4m/ipc2"]["hard"]["accuracies"] and "soft" in cell
+
+
+def test_sweep_cells_of_an_earlier_default_are_dropped(bench_parts):
+    engine, teacher, test, out, config = bench_parts
+    bench = Bench(engine, teacher, test, out, config, log=lambda m: None)
+    bench.results = {"cells": {"sweep/lambda=0.9": {}, "sweep/default": {}, "main/d4m/ipc1": {}}}
+    bench.prune_stale_sweep()
+    assert set(bench.results["cells"]) == {"sweep/default", "main/d4m/ipc1"}
