@@ -60,6 +60,13 @@ def _reference_tensors(ref: RealReference) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def reference_cache_file(engine: DistillEngine) -> Path:
+    """Where the reference of ``engine``'s dataset is cached (the key inside the file decides reuse)."""
+    from core.latents import cache_dir
+
+    return cache_dir() / "reference" / f"{engine.dataset.fingerprint[:16]}.safetensors"
+
+
 def load_or_build_reference(engine: DistillEngine, teacher, cache_file: Path | None, per_class: int = 1000,
                             num_modes: int = 10, k: int = 5, seed: int = 0) -> RealReference:
     """``build_reference``, stored in / read from the safetensors file ``cache_file`` (keyed by the data,

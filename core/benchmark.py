@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 
-from core.assess import RealReference, assess, build_reference, teacher_accuracy_of
+from core.assess import RealReference, assess, load_or_build_reference, reference_cache_file, teacher_accuracy_of
 from core.evaluate import EvalConfig, evaluate_set
 from core.guidance import GuidanceConfig
 from core.io import read_json, write_json
@@ -91,7 +91,8 @@ class Bench:
             return row
         if self.reference is None:
             self.log("computing teacher features, PRDC radii and modes of the real training subsample…")
-            self.reference = build_reference(self.engine, self.teacher, self.config.real_per_class, seed=self.config.seed)
+            self.reference = load_or_build_reference(self.engine, self.teacher, reference_cache_file(self.engine),
+                                                     self.config.real_per_class, seed=self.config.seed)
         t0 = time.perf_counter()
         dset = distill(self.engine, distill_config)
         if row is None:

@@ -352,7 +352,7 @@ def run_distill(args: argparse.Namespace, ctx=None) -> None:
     and prints."""
     from dataclasses import replace
 
-    from core.export import export_imagefolder
+    from core.export import export_imagefolder, export_zip
     from core.pipeline import StoreImages, distill, resolve_classes
 
     main = ctx is None or ctx.is_main
@@ -368,8 +368,9 @@ def run_distill(args: argparse.Namespace, ctx=None) -> None:
     spec = _distill_spec(args, config.method, device)
     out = Path(args.out)
     problem = None
-    if main and out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        problem = f"{out} exists and is not empty; choose another folder or pass --overwrite"
+    as_zip = out.suffix == ".zip"
+    if main and out.exists() and (as_zip or not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        problem = f"{out} exists{'' if as_zip else ' and is not empty'}; choose another path or pass --overwrite"
     if ctx is not None and ctx.is_distributed:
         problem = broadcast_object(ctx, problem)
     if problem:
@@ -385,13 +386,17 @@ def run_distill(args: argparse.Namespace, ctx=None) -> None:
     else:
         dset = distill(engine, config)
     if main:
-        export_imagefolder(dset, out, overwrite=args.overwrite, extra={"models": _models_record(args, engine)})
+        extra = {"models": _models_record(args, engine)}
+        if as_zip:  # the same archive the app's Export page offers
+            export_zip(dset, out, extra=extra)
+        else:
+            export_imagefolder(dset, out, overwrite=args.overwrite, extra=extra)
         landing = dset.landing_error[np.isfinite(dset.landing_error)] if len(dset) else []
         where = f" on {ctx.world_size} processes" if ctx is not None and ctx.is_distributed else ""
         print(f"{config.method}: {len(dset)} images ({config.ipc} per class, {len(set(dset.labels.tolist()))} classes), "
               f"NFE {dset.nfe}/image, {dset.timings['total_s']:.2f} s{where}"
               + (f", landing error mean {np.mean(landing):.4f}" if len(landing) else ""))
-        print(f"written to {out} (ImageFolder PNGs, manifest.json, latents.safetensors)")
+        print(f"written to {out} (ImageFolder PNGs, manifest.json, latents.safetensors{', zipped' if as_zip else ''})")
     if ctx is not None:
         ctx.barrier()
 
@@ -768,7 +773,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("distill", "Distil a dataset: quantize, sample, decode, export an ImageFolder + manifest + latents.",
             _cmd_distill)
     add_distill_options(p)
-    p.add_argument("--out", required=True, help="output folder (must be empty or new unless --overwrite)")
+    p.add_argument("--out", required=True, help="output folder (must be empty or new unless --overwrite), "
+                   "or a path ending in .zip for the same export as one zip file")
     p.add_argument("--overwrite", action="store_true", help="replace the output folder when it is not empty")
     p.add_argument("--latent-store", default=None, metavar="DIR",
                    help="distil from a latent store written by `encode --store DIR` instead of --dataset (checked "

@@ -1,11 +1,11 @@
-"""Selections of synthetic samples: plot selection events -> sample ids, and click-to-toggle.
+"""Selections of synthetic samples: plot selection events -> sample ids.
 
 Conventions: a sample's id is its index in the run's DistilledSet (0..N-1). Plots put it first in each
 synthetic point's ``customdata``; points without customdata (real latents, prototypes) are ignored.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Mapping
 
 
 def ids_from_plot_selection(event: Mapping | None, num_samples: int) -> list[int]:
@@ -29,9 +29,3 @@ def ids_from_plot_selection(event: Mapping | None, num_samples: int) -> list[int
             ids.add(sample)
     return sorted(ids)
 
-
-def toggle(selected: Iterable[int], sample: int) -> list[int]:
-    """The selection with ``sample`` added if absent, removed if present (sorted)."""
-    current = set(selected)
-    current ^= {int(sample)}
-    return sorted(current)

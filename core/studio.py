@@ -14,10 +14,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from core.assess import RealReference, assess, class_latents, latent_scores, load_or_build_reference
+from core.assess import (RealReference, assess, class_latents, latent_scores, load_or_build_reference,
+                         reference_cache_file)
 from core.data import LabelledImages
 from core.evaluate import EvalConfig, EvalResult, evaluate_set
-from core.latents import cache_dir
 from core.metrics import CoverageResult, mode_coverage
 from core.pipeline import DistillConfig, DistillEngine, DistilledSet, distill
 
@@ -64,8 +64,7 @@ def load_studio(spec=None, data_dir: str | None = None, latent_store: str | None
         report(1.0, "ready (no teacher for this data: latent scores only)")
         return Studio(engine, None, None, None)
     report(0.6, f"teacher features and modes of {reference_per_class} real images per class (cached after the first time)…")
-    cache_file = cache_dir() / "reference" / f"{engine.dataset.fingerprint[:16]}.safetensors"
-    reference = load_or_build_reference(engine, teacher, cache_file, reference_per_class)
+    reference = load_or_build_reference(engine, teacher, reference_cache_file(engine), reference_per_class)
     test = load_fashion_mnist("test", data_dir) if latent_store is None else None
     report(1.0, "ready")
     return Studio(engine, teacher, reference, test)

@@ -10,7 +10,8 @@ from core.teacher import Teacher
 
 
 @pytest.fixture
-def bench_parts(engine, tmp_path):
+def bench_parts(engine, tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))   # the reference cache goes there
     teacher = Teacher(ConvNet(ConvNetConfig(1, 3, 32, width=8)))
     test = engine.dataset.subset(np.arange(0, 90, 3), "tiny-test")
     config = BenchConfig(ipcs=(1, 2), seeds=1, methods=("random", "d4m", "ddoq-unweighted"), labels=("hard",),

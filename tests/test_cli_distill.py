@@ -54,3 +54,17 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(distill, tmp_path, args, 
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_distill_to_a_zip_path_writes_the_zipped_export(tmp_path, capsys):
+    import zipfile
+
+    from core.cli import main
+
+    out = tmp_path / "set.zip"
+    assert main(["distill", "--method", "d4m", "--ipc", "1", "--classes", "0,1", "--out", str(out)]) == 0
+    with zipfile.ZipFile(out) as archive:
+        names = archive.namelist()
+    assert "manifest.json" in names and len([n for n in names if n.endswith(".png")]) == 2
+    assert main(["distill", "--method", "d4m", "--ipc", "1", "--classes", "0", "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from core.figures import coverage_bars, distance_to_prototype, latent_scatter, m
 from core.jobs import BackgroundJob
 from core.networks import ConvNet, ConvNetConfig
 from core.pipeline import DistillConfig
-from core.selection import ids_from_plot_selection, toggle
+from core.selection import ids_from_plot_selection
 from core.studio import RunHistory, Studio, covering_counts, evaluate_run, run_once, run_row
 from core.evaluate import EvalConfig
 from core.teacher import Teacher
@@ -78,7 +78,6 @@ def test_plot_selection_to_ids_ignores_points_without_ids_and_stale_ids():
                                       {"customdata": [4, 1]}, {"customdata": [99, 0]}]}}
     assert ids_from_plot_selection(event, num_samples=10) == [2, 4]
     assert ids_from_plot_selection(None, 10) == [] and ids_from_plot_selection({"selection": {}}, 10) == []
-    assert toggle([2, 4], 4) == [2] and toggle([2], 7) == [2, 7]
 
 
 def test_selection_exports_as_a_complete_zip(studio, tmp_path):
