@@ -65,6 +65,7 @@ class Bench:
     out: Path
     config: BenchConfig
     log: Callable[[str], None] = print
+    progress_interval_s: float = 60.0
     reference: RealReference | None = None
     results: dict = field(default_factory=dict)
 
@@ -104,13 +105,25 @@ class Bench:
             eval_config = EvalConfig(labels=label, epochs=self.config.epochs,
                                      seeds=tuple(range(self.config.seed, self.config.seed + seeds)),
                                      use_weights=method != "ddoq-unweighted")
-            result = evaluate_set(dset.images, dset.labels, self.test, eval_config, dset.weights, self.teacher)
+            result = evaluate_set(dset.images, dset.labels, self.test, eval_config, dset.weights, self.teacher,
+                                  self._throttled_progress(f"{name} {label}"))
             row[label] = result.to_dict()
             self.log(f"  {name} {label}: {100 * result.mean:.2f} ± {100 * result.std:.2f}")
         row["wall_seconds"] = round(row.get("wall_seconds", 0.0) + time.perf_counter() - t0, 1)
         self.results["cells"][name] = row
         self.save()
         return row
+
+    def _throttled_progress(self, prefix: str) -> Callable[[float, str], None]:
+        """A progress callback that logs at most once per ``progress_interval_s`` (students take minutes)."""
+        last = time.perf_counter()
+
+        def progress(fraction: float, message: str) -> None:
+            nonlocal last
+            if time.perf_counter() - last >= self.progress_interval_s:
+                last = time.perf_counter()
+                self.log(f"    {prefix} {100 * fraction:.0f}%: {message}")
+        return progress
 
     def distill_config(self, method: str, ipc: int, **changes) -> DistillConfig:
         base = "ddoq" if method == "ddoq-unweighted" else method

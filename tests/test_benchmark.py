@@ -83,3 +83,14 @@ def test_sweep_cells_of_an_earlier_default_are_dropped(bench_parts):
     bench.results = {"cells": {"sweep/lambda=0.9": {}, "sweep/default": {}, "main/d4m/ipc1": {}}}
     bench.prune_stale_sweep()
     assert set(bench.results["cells"]) == {"sweep/default", "main/d4m/ipc1"}
+
+
+def test_long_student_training_reports_progress_in_the_log(bench_parts):
+    engine, teacher, test, out, config = bench_parts
+    from dataclasses import replace
+
+    messages = []
+    run_benchmark(Bench(engine, teacher, test, out, replace(config, methods=("d4m",), ipcs=(1,)),
+                        log=messages.append, progress_interval_s=0.0))
+    progress = [m for m in messages if m.startswith("    main/d4m/ipc1 hard")]
+    assert any("epoch 2/2" in m for m in progress) and any("test accuracy" in m for m in progress)
