@@ -80,7 +80,7 @@ class Bench:
     def cell(self, name: str, method: str, distill_config: DistillConfig, labels: tuple[str, ...], seeds: int) -> dict:
         """Distil, assess and evaluate one configuration. A cell already in results.json with the same
         parameters is kept; only label protocols it lacks are evaluated (the set is re-distilled, which
-        is deterministic for the seed)."""
+        is deterministic for the seed). results.json is rewritten after each label protocol."""
         spec = {"method": method, "distill": distill_config.to_dict(), "seeds": seeds, "epochs": self.config.epochs}
         key = _key_hash(json.loads(json.dumps(spec, default=str)))
         row = self.results["cells"].get(name)
@@ -109,9 +109,11 @@ class Bench:
                                   self._throttled_progress(f"{name} {label}"))
             row[label] = result.to_dict()
             self.log(f"  {name} {label}: {100 * result.mean:.2f} ± {100 * result.std:.2f}")
-        row["wall_seconds"] = round(row.get("wall_seconds", 0.0) + time.perf_counter() - t0, 1)
-        self.results["cells"][name] = row
-        self.save()
+            # saved after each label protocol: an interrupted IPC 50 cell keeps its finished half
+            row["wall_seconds"] = round(row.get("wall_seconds", 0.0) + time.perf_counter() - t0, 1)
+            t0 = time.perf_counter()
+            self.results["cells"][name] = row
+            self.save()
         return row
 
     def _throttled_progress(self, prefix: str) -> Callable[[float, str], None]:

@@ -94,3 +94,22 @@ def test_long_student_training_reports_progress_in_the_log(bench_parts):
                         log=messages.append, progress_interval_s=0.0))
     progress = [m for m in messages if m.startswith("    main/d4m/ipc1 hard")]
     assert any("epoch 2/2" in m for m in progress) and any("test accuracy" in m for m in progress)
+
+
+def test_a_cell_interrupted_between_label_protocols_keeps_the_finished_one(bench_parts, monkeypatch):
+    engine, teacher, test, out, config = bench_parts
+    from dataclasses import replace
+
+    real_evaluate = benchmark.evaluate_set
+
+    def crash_on_soft(*args, **kwargs):
+        if args[3].labels == "soft":
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(benchmark, "evaluate_set", crash_on_soft)
+    both = replace(config, methods=("d4m",), ipcs=(2,), labels=("hard", "soft"))
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(Bench(engine, teacher, test, out, both, log=lambda m: None))
+    cell = json.loads((out / "results.json").read_text())["cells"]["main/d4m/ipc2"]
+    assert "hard" in cell and "soft" not in cell
