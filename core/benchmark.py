@@ -272,9 +272,12 @@ def write_report(results: dict, out: Path) -> Path:
         for k, c in eff.items():
             lines.append(f"| {k[11:]} | {c['metrics']['nfe_per_image']} | {c['metrics']['seconds_per_image']:.4f} | "
                          f"{_acc(c, 'hard')} |")
+    total = sum(c.get("wall_seconds", 0.0) for c in cells.values())
+    lines += ["", f"Compute time of all {len(cells)} cells (distil, score, train and test every student, summed over "
+                  f"resumed runs): {total / 60:.1f} min."]
     if meta.get("last_run_seconds") is not None:
-        lines += ["", f"Last run of the command took {meta['last_run_seconds'] / 60:.1f} min (cells already in "
-                      "results.json are skipped)."]
+        lines += [f"Last run of the command took {meta['last_run_seconds'] / 60:.1f} min (cells already in "
+                  "results.json are skipped)."]
     plots = write_plots(results, out)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]

@@ -29,6 +29,7 @@ def test_benchmark_writes_results_table_and_plots(bench_parts):
     assert results["cells"]["main/ddoq-unweighted/ipc2"]["hard"]["config"]["use_weights"] is False
     table = (out / "RESULTS.md").read_text()
     assert "| d4m |" in table and "published:* DSA" in table and "70.6 ± 0.6" in table and "90.00%" in table
+    assert "Compute time of all 6 cells" in table
     assert (out / "accuracy_vs_ipc.png").is_file()
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["cells"].keys() == results["cells"].keys()
