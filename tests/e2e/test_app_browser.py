@@ -1,11 +1,11 @@
 """The app in a real browser (Debian's chromium via Playwright): every page loads, the guidance slider
-re-samples, pills select images, and the Export page's download is a complete zip. Screenshots of the
-main pages go to $DISTILL_STUDIO_SCREENSHOTS (the README's: docs/screenshots)."""
+re-samples, pills select images, the Export page's download is a complete zip, and Cancel stops a student
+evaluation. Screenshots of the main pages go to $DISTILL_STUDIO_SCREENSHOTS (the README's: docs/screenshots)."""
 import json
 import time
 import zipfile
 
-from helpers import (EXCEPTION, SLIDER_THUMB, download, exceptions, goto_page, screenshot, slider_value,
+from helpers import (EXCEPTION, SLIDER_THUMB, button, download, exceptions, goto_page, screenshot, slider_value,
                      wait_for_app_idle, wait_for_images, widget)
 
 MAIN_IMAGES = '[data-testid="stMainBlockContainer"] [data-testid="stImage"] img'
@@ -84,3 +84,20 @@ def test_pages_guidance_selection_and_export(streamlit_server, browser_page, tmp
     assert len(pngs) == 2 and "latents.safetensors" in names
     assert manifest["num_images"] == 2 and {img["file"] for img in manifest["images"]} == set(pngs)
     assert manifest["config"]["sampler"]["guidance"]["strength"] == 1.05
+
+
+def test_evaluation_can_be_cancelled_while_a_student_trains(streamlit_server, browser_page):
+    page = browser_page
+    goto_page(page, streamlit_server, "evaluate", title="Evaluate", timeout=300)
+    no_errors(page)
+    button(page, "Start evaluation").click()
+    progress = page.locator('[data-testid="stProgress"]')
+    progress.filter(has_text="epoch").wait_for(timeout=120_000)   # a student is training (300 epochs)
+    started = time.monotonic()
+    button(page, "Cancel").click()
+    page.get_by_text("Evaluation cancelled.").wait_for(timeout=60_000)
+    print(f"\n[e2e] Cancel -> evaluation stopped in {time.monotonic() - started:.1f} s")
+    wait_for_app_idle(page)
+    assert progress.count() == 0
+    assert page.get_by_text("Evaluations of run").count() == 0, "a cancelled evaluation was recorded"
+    no_errors(page)
