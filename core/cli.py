@@ -574,6 +574,16 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     from core.data import load_fashion_mnist
     from core.io import read_json
 
+    if args.report_only:
+        results_file = Path(args.out) / "results.json"
+        if not results_file.is_file():
+            raise SystemExit(f"no {results_file} to report on; run `python -m core bench --out {args.out}` first")
+        from core.benchmark import write_report
+
+        results = read_json(results_file)
+        print(results_summary(results))
+        print(f"table written to {write_report(results, Path(args.out))}")
+        return
     config = BenchConfig(ipcs=tuple(args.ipc), seeds=args.seeds, methods=tuple(args.methods), labels=tuple(args.labels),
                          epochs=args.epochs, sweep=not args.no_sweep, efficiency=not args.no_efficiency,
                          seed=args.seed, distill=distill_config_from_args(args, "pgfm", 10))
@@ -802,6 +812,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", nargs="+", default=["hard", "soft"], choices=["hard", "soft"])
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument("--no-efficiency", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="only rewrite RESULTS.md and the plots from the results.json in --out (e.g. of a partial run)")
     p.add_argument("--teacher", default=str(TEACHER_DIR))
     p.add_argument("--out", default="benchmarks", help="output folder (default benchmarks/)")
 

@@ -114,3 +114,17 @@ def test_a_cell_interrupted_between_label_protocols_keeps_the_finished_one(bench
         run_benchmark(Bench(engine, teacher, test, out, both, log=lambda m: None))
     cell = json.loads((out / "results.json").read_text())["cells"]["main/d4m/ipc2"]
     assert "hard" in cell and "soft" not in cell
+
+
+def test_report_only_rewrites_the_table_from_results_json(bench_parts):
+    engine, teacher, test, out, config = bench_parts
+    from dataclasses import replace
+
+    from core.cli import main
+
+    run_benchmark(Bench(engine, teacher, test, out, replace(config, methods=("random",), ipcs=(1,)), log=lambda m: None))
+    (out / "RESULTS.md").unlink()
+    assert main(["bench", "--report-only", "--out", str(out)]) in (0, None)
+    assert "| random |" in (out / "RESULTS.md").read_text()
+    with pytest.raises(SystemExit, match="no .*results.json to report on"):
+        main(["bench", "--report-only", "--out", str(out / "elsewhere")])
