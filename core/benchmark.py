@@ -18,9 +18,13 @@ from core.assess import RealReference, assess, load_or_build_reference, referenc
 from core.evaluate import EvalConfig, evaluate_set
 from core.guidance import GuidanceConfig
 from core.io import read_json, write_json
-from core.pipeline import DistillConfig, DistillEngine, distill
+from core.pipeline import DistillConfig, DistillEngine, LocalExecutor, distill
 
-BENCH_METHODS = ("random", "d4m", "ddoq", "ddoq-unweighted", "fm", "pgfm", "diffusion-d4m", "diffusion-mg")
+BENCH_METHODS = ("random", "random-vae", "d4m", "ddoq", "ddoq-unweighted", "fm", "pgfm", "diffusion-d4m",
+                 "diffusion-mg")
+# Benchmark-only variants of a distill method. random-vae: the random real images after a VAE round trip
+# (encode -> decode), i.e. what the VAE alone costs any latent-space method at that IPC.
+BASE_METHOD = {"ddoq-unweighted": "ddoq", "random-vae": "random"}
 
 # DESIGN.md section 5: published Fashion-MNIST ConvNet-3 hard-label accuracies (KIP paper, Tables 1-2).
 PUBLISHED = {
@@ -96,6 +100,8 @@ class Bench:
                                                      self.config.real_per_class, seed=self.config.seed)
         t0 = time.perf_counter()
         dset = distill(self.engine, distill_config)
+        if method == "random-vae":
+            dset = replace(dset, images=LocalExecutor().decode(self.engine.vae, dset.latents))
         if row is None:
             row = {"hash": key, "method": method, "ipc": distill_config.ipc, "spec": spec,
                    "metrics": assess(self.reference, self.teacher, dset),
@@ -128,8 +134,7 @@ class Bench:
         return progress
 
     def distill_config(self, method: str, ipc: int, **changes) -> DistillConfig:
-        base = "ddoq" if method == "ddoq-unweighted" else method
-        return replace(self.config.distill, method=base, ipc=ipc, seed=self.config.seed, **changes)
+        return replace(self.config.distill, method=BASE_METHOD.get(method, method), ipc=ipc, seed=self.config.seed, **changes)
 
     def run_main(self) -> None:
         for ipc in self.config.ipcs:
@@ -228,7 +233,8 @@ def write_report(results: dict, out: Path) -> Path:
              f"instance norm), SGD lr 0.01, momentum 0.9, wd 5e-4, {config.get('epochs', '?')} epochs, lr ×0.1 at half, "
              f"{config.get('seeds', '?')} seeds (mean ± std of test accuracy, %). `hard`: cross-entropy on the set's "
              "labels; `soft`: KL to the teacher's temperature-4 outputs. DDOQ weights are per-sample loss weights "
-             "(`ddoq-unweighted`: the same images without them).", ""]
+             "(`ddoq-unweighted`: the same images without them). `random-vae`: the `random` real images after a "
+             "VAE round trip (encode → decode), the ceiling the VAE sets for a latent-space method.", ""]
     header = "| method | " + " | ".join(f"IPC {i} hard | IPC {i} soft" for i in ipcs) + " |"
     lines += [header, "|" + "---|" * (1 + 2 * len(ipcs))]
     for m in methods:

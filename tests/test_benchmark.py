@@ -128,3 +128,23 @@ def test_report_only_rewrites_the_table_from_results_json(bench_parts):
     assert "| random |" in (out / "RESULTS.md").read_text()
     with pytest.raises(SystemExit, match="no .*results.json to report on"):
         main(["bench", "--report-only", "--out", str(out / "elsewhere")])
+
+
+def test_random_vae_trains_on_the_vae_round_trip_of_the_random_real_images(bench_parts, monkeypatch):
+    engine, teacher, test, out, config = bench_parts
+    from dataclasses import replace
+
+    import torch
+
+    from core.pipeline import distill
+
+    trained_on = []
+    real_evaluate = benchmark.evaluate_set
+    monkeypatch.setattr(benchmark, "evaluate_set", lambda images, *a, **k: trained_on.append(images) or real_evaluate(images, *a, **k))
+    bench = Bench(engine, teacher, test, out, replace(config, methods=("random", "random-vae"), ipcs=(2,)), log=lambda m: None)
+    run_benchmark(bench)
+    real, round_trip = trained_on
+    picked = distill(engine, bench.distill_config("random-vae", 2))
+    assert torch.equal(real, picked.images)                               # the same real picks...
+    assert torch.equal(round_trip, engine.vae.decode(picked.latents))     # ...decoded from their latents
+    assert not torch.allclose(real, round_trip)
