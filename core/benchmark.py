@@ -23,7 +23,7 @@ from core.pipeline import DistillConfig, DistillEngine, LocalExecutor, distill
 BENCH_METHODS = ("random", "random-vae", "d4m", "ddoq", "ddoq-unweighted", "fm", "pgfm", "diffusion-d4m",
                  "diffusion-mg")
 # Benchmark-only variants of a distill method. random-vae: the random real images after a VAE round trip
-# (encode -> decode), i.e. what the VAE alone costs any latent-space method at that IPC.
+# (encode -> decode): what the VAE alone costs real images, beside the latent-space methods.
 BASE_METHOD = {"ddoq-unweighted": "ddoq", "random-vae": "random"}
 
 # DESIGN.md section 5: published Fashion-MNIST ConvNet-3 hard-label accuracies (KIP paper, Tables 1-2).
@@ -234,7 +234,7 @@ def write_report(results: dict, out: Path) -> Path:
              f"{config.get('seeds', '?')} seeds (mean ± std of test accuracy, %). `hard`: cross-entropy on the set's "
              "labels; `soft`: KL to the teacher's temperature-4 outputs. DDOQ weights are per-sample loss weights "
              "(`ddoq-unweighted`: the same images without them). `random-vae`: the `random` real images after a "
-             "VAE round trip (encode → decode), the ceiling the VAE sets for a latent-space method.", ""]
+             "VAE round trip (encode → decode): what the VAE alone costs real images.", ""]
     header = "| method | " + " | ".join(f"IPC {i} hard | IPC {i} soft" for i in ipcs) + " |"
     lines += [header, "|" + "---|" * (1 + 2 * len(ipcs))]
     for m in methods:
