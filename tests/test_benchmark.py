@@ -1,4 +1,6 @@
 import json
+import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -148,3 +150,12 @@ def test_random_vae_trains_on_the_vae_round_trip_of_the_random_real_images(bench
     assert torch.equal(real, picked.images)                               # the same real picks...
     assert torch.equal(round_trip, engine.vae.decode(picked.latents))     # ...decoded from their latents
     assert not torch.allclose(real, round_trip)
+
+
+def test_random_vae_time_per_image_includes_the_decode(bench_parts, monkeypatch):
+    engine, teacher, test, out, config = bench_parts
+    real_decode = benchmark.LocalExecutor.decode
+    monkeypatch.setattr(benchmark.LocalExecutor, "decode", lambda self, vae, z: time.sleep(0.5) or real_decode(self, vae, z))
+    results = run_benchmark(Bench(engine, teacher, test, out, replace(config, methods=("random-vae",), ipcs=(2,)),
+                                  log=lambda m: None))
+    assert results["cells"]["main/random-vae/ipc2"]["distill_seconds"] >= 0.5
