@@ -4,10 +4,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 import core.benchmark as benchmark
 from core.benchmark import Bench, BenchConfig, run_benchmark
+from core.cli import main
 from core.networks import ConvNet, ConvNetConfig
+from core.pipeline import distill
 from core.teacher import Teacher
 
 
@@ -67,8 +70,6 @@ def test_bench_config_rejects_unknown_methods():
 
 def test_adding_a_label_protocol_evaluates_only_that(bench_parts, monkeypatch):
     engine, teacher, test, out, config = bench_parts
-    from dataclasses import replace
-
     hard_only = replace(config, methods=("d4m",), ipcs=(2,))
     first = run_benchmark(Bench(engine, teacher, test, out, hard_only, log=lambda m: None))
     calls = []
@@ -90,8 +91,6 @@ def test_sweep_cells_of_an_earlier_default_are_dropped(bench_parts):
 
 def test_long_student_training_reports_progress_in_the_log(bench_parts):
     engine, teacher, test, out, config = bench_parts
-    from dataclasses import replace
-
     messages = []
     run_benchmark(Bench(engine, teacher, test, out, replace(config, methods=("d4m",), ipcs=(1,)),
                         log=messages.append, progress_interval_s=0.0))
@@ -101,8 +100,6 @@ def test_long_student_training_reports_progress_in_the_log(bench_parts):
 
 def test_a_cell_interrupted_between_label_protocols_keeps_the_finished_one(bench_parts, monkeypatch):
     engine, teacher, test, out, config = bench_parts
-    from dataclasses import replace
-
     real_evaluate = benchmark.evaluate_set
 
     def crash_on_soft(*args, **kwargs):
@@ -120,10 +117,6 @@ def test_a_cell_interrupted_between_label_protocols_keeps_the_finished_one(bench
 
 def test_report_only_rewrites_the_table_from_results_json(bench_parts):
     engine, teacher, test, out, config = bench_parts
-    from dataclasses import replace
-
-    from core.cli import main
-
     run_benchmark(Bench(engine, teacher, test, out, replace(config, methods=("random",), ipcs=(1,)), log=lambda m: None))
     (out / "RESULTS.md").unlink()
     assert main(["bench", "--report-only", "--out", str(out)]) in (0, None)
@@ -134,12 +127,6 @@ def test_report_only_rewrites_the_table_from_results_json(bench_parts):
 
 def test_random_vae_trains_on_the_vae_round_trip_of_the_random_real_images(bench_parts, monkeypatch):
     engine, teacher, test, out, config = bench_parts
-    from dataclasses import replace
-
-    import torch
-
-    from core.pipeline import distill
-
     trained_on = []
     real_evaluate = benchmark.evaluate_set
     monkeypatch.setattr(benchmark, "evaluate_set", lambda images, *a, **k: trained_on.append(images) or real_evaluate(images, *a, **k))
