@@ -81,6 +81,18 @@ def test_adding_a_label_protocol_evaluates_only_that(bench_parts, monkeypatch):
     assert cell["hard"]["accuracies"] == first["cells"]["main/d4m/ipc2"]["hard"]["accuracies"] and "soft" in cell
 
 
+def test_a_resumed_cell_measures_its_set_again(bench_parts):
+    engine, teacher, test, out, config = bench_parts
+    hard_only = replace(config, methods=("d4m",), ipcs=(2,))
+    run_benchmark(Bench(engine, teacher, test, out, hard_only, log=lambda m: None))
+    saved = json.loads((out / "results.json").read_text())
+    saved["cells"]["main/d4m/ipc2"].update(metrics={"stale": True}, distill_seconds=-1.0)
+    (out / "results.json").write_text(json.dumps(saved))
+    both = run_benchmark(Bench(engine, teacher, test, out, replace(hard_only, labels=("hard", "soft")), log=lambda m: None))
+    cell = both["cells"]["main/d4m/ipc2"]
+    assert "stale" not in cell["metrics"] and "mode_coverage" in cell["metrics"] and cell["distill_seconds"] >= 0
+
+
 def test_sweep_cells_of_an_earlier_default_are_dropped(bench_parts):
     engine, teacher, test, out, config = bench_parts
     bench = Bench(engine, teacher, test, out, config, log=lambda m: None)
@@ -145,4 +157,6 @@ def test_random_vae_time_per_image_includes_the_decode(bench_parts, monkeypatch)
     monkeypatch.setattr(benchmark.LocalExecutor, "decode", lambda self, vae, z: time.sleep(0.5) or real_decode(self, vae, z))
     results = run_benchmark(Bench(engine, teacher, test, out, replace(config, methods=("random-vae",), ipcs=(2,)),
                                   log=lambda m: None))
-    assert results["cells"]["main/random-vae/ipc2"]["distill_seconds"] >= 0.5
+    cell = results["cells"]["main/random-vae/ipc2"]
+    assert cell["distill_seconds"] >= 0.5
+    assert cell["metrics"]["seconds_per_image"] * cell["hard"]["num_images"] >= 0.5
