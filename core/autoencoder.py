@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL
 from core.data import LabelledImages, load_fashion_mnist
 from core.device import pick_device, seed_everything
 from core.errors import CheckpointError
-from core.io import atomic_directory, tensors_fingerprint, write_json
+from core.io import atomic_directory, require_finite_module, tensors_fingerprint, write_json
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
@@ -55,6 +55,7 @@ class LatentAutoencoder:
         except (OSError, ValueError, RuntimeError, EnvironmentError) as exc:
             raise CheckpointError(f"{path_or_id}: could not load an AutoencoderKL ({exc}); "
                                   "check the folder or hub id, or re-create it with `python -m core train-vae`") from exc
+        require_finite_module(vae, path_or_id, "re-create it with `python -m core train-vae`")
         return cls(vae, str(path_or_id), pick_device(device), dtype)
 
     # -- convention ------------------------------------------------------------------------------
@@ -181,6 +182,20 @@ def measure_vae(ae: LatentAutoencoder, test: LabelledImages, batch_size: int = 2
     }
 
 
+def is_vae_folder(path: Path) -> bool:
+    """True for an empty folder or a VAE folder this project wrote (what ``train-vae --out`` may replace)."""
+    import json
+
+    if path.is_symlink() or not path.is_dir():
+        return False
+    if not any(path.iterdir()):
+        return True
+    try:
+        return json.loads((path / "config.json").read_text()).get("_class_name") == "AutoencoderKL"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def train_tiny_vae(config: TinyVAEConfig, out: str | Path, data_dir: str | None = None,
                    log: Callable[[str], None] = print) -> dict:
     """Train the embedded VAE on Fashion-MNIST train, set its latent scaling, save it, return metrics.
@@ -229,7 +244,7 @@ def train_tiny_vae(config: TinyVAEConfig, out: str | Path, data_dir: str | None 
     ae = LatentAutoencoder(vae)
     metrics = measure_vae(ae, test)
     out = Path(out)
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, replaceable=is_vae_folder) as tmp:
         vae.save_pretrained(tmp, safe_serialization=True)
     record = {"config": asdict(config), "metrics": metrics, "train_seconds": round(train_seconds, 1),
               "steps": steps, "dataset": "fashion-mnist train (60k)", "evaluated_on": "fashion-mnist test (10k)",

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from core.assets import ASSETS, DIFFUSION_DIR, FLOW_DIR, TEACHER_DIR, VAE_DIR, ModelSpec
-from core.errors import DistillError
+from core.errors import DistillError, OutputError
 from core.guidance import SCHEDULES
 from core.benchmark import BENCH_METHODS
 from core.pipeline import DEFAULT_PGFM_GUIDANCE, METHODS
@@ -18,8 +18,12 @@ from core.solvers import SOLVERS
 
 
 def _cmd_train_vae(args: argparse.Namespace) -> None:
-    from core.autoencoder import TinyVAEConfig, train_tiny_vae
+    from core.autoencoder import TinyVAEConfig, is_vae_folder, train_tiny_vae
 
+    out = Path(args.out)
+    if out.exists() and not is_vae_folder(out):
+        raise OutputError(f"--out {out} exists and is not a VAE folder (config.json of an AutoencoderKL); train-vae "
+                          "replaces its output folder whole, so give a new folder or a previous VAE folder")
     config = TinyVAEConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                            threads=args.threads)
     train_tiny_vae(config, args.out, args.data_dir)
@@ -352,7 +356,7 @@ def run_distill(args: argparse.Namespace, ctx=None) -> None:
     and prints."""
     from dataclasses import replace
 
-    from core.export import export_imagefolder, export_zip
+    from core.export import check_export_target, export_imagefolder, export_zip
     from core.pipeline import StoreImages, distill, resolve_classes
 
     main = ctx is None or ctx.is_main
@@ -366,15 +370,17 @@ def run_distill(args: argparse.Namespace, ctx=None) -> None:
 
         device = rank_device(ctx, args.device)
     spec = _distill_spec(args, config.method, device)
-    out = Path(args.out)
     problem = None
-    as_zip = out.suffix == ".zip"
-    if main and out.exists() and (as_zip or not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        problem = f"{out} exists{'' if as_zip else ' and is not empty'}; choose another path or pass --overwrite"
+    if main:  # the output is checked before any model is loaded (it is checked again when written)
+        try:
+            out = check_export_target(args.out, args.overwrite)
+        except DistillError as exc:
+            problem = str(exc)
     if ctx is not None and ctx.is_distributed:
         problem = broadcast_object(ctx, problem)
     if problem:
-        raise ValueError(problem)
+        raise OutputError(problem)
+    as_zip = main and out.suffix.lower() == ".zip"
     engine = _engine(args, spec, ctx)
     if config.method == "random" and isinstance(engine.dataset, StoreImages):
         engine.dataset.folder()  # the real images must be there before any work
@@ -388,7 +394,7 @@ def run_distill(args: argparse.Namespace, ctx=None) -> None:
     if main:
         extra = {"models": _models_record(args, engine)}
         if as_zip:  # the same archive the app's Export page offers
-            export_zip(dset, out, extra=extra)
+            export_zip(dset, out, extra=extra, overwrite=args.overwrite)
         else:
             export_imagefolder(dset, out, overwrite=args.overwrite, extra=extra)
         landing = dset.landing_error[np.isfinite(dset.landing_error)] if len(dset) else []
@@ -535,7 +541,12 @@ def _evaluate(args: argparse.Namespace, ctx=None) -> None:
                         epochs=args.epochs, use_weights=not args.no_weights, augment=args.augment,
                         seeds=tuple(range(args.seed, args.seed + args.seeds)), precision=args.precision)
     test = load_fashion_mnist("test", args.data_dir)
-    images, labels, weights = read_distilled_folder(args.folder, test.class_names, test.image_shape)
+    images, labels, weights, classes = read_distilled_folder(args.folder, test.class_names, test.image_shape)
+    if len(classes) < test.num_classes:  # an export of some classes is tested on those classes' test images
+        test = test.subset(np.flatnonzero(np.isin(test.labels, classes)))
+        if main:
+            print(f"{args.folder}: classes {', '.join(test.class_names[c] for c in classes)} (as its manifest "
+                  f"records): tested on their {len(test)} test images")
     teacher = None
     if config.labels == "soft":
         from core.assets import load_teacher
@@ -611,14 +622,31 @@ def _set_option(p: argparse.ArgumentParser, dest: str, **changes) -> None:
     raise KeyError(dest)
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line ``error: ...`` (exit 2) for bad options, like every other refusal."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core", description="Distill Studio engine (headless).")
+    parser = _Parser(prog="python -m core", description="Distill Studio engine (headless).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str, func, data: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-        p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+        p.add_argument("--threads", type=_non_negative_int, default=0, help="torch CPU threads (0: default)")
         p.add_argument("--data-dir", default=None, help="dataset folder (Fashion-MNIST IDX files: default "
                        "$FASHION_MNIST_DIR or /usr/share/datasets/fashion-mnist; imagefolder: its root)")
         p.set_defaults(func=func)
@@ -785,7 +813,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_distill_options(p)
     p.add_argument("--out", required=True, help="output folder (must be empty or new unless --overwrite), "
                    "or a path ending in .zip for the same export as one zip file")
-    p.add_argument("--overwrite", action="store_true", help="replace the output folder when it is not empty")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out when it is a previous export of this tool (its manifest.json says so); "
+                        "anything else is refused. The old export is swapped out atomically and removed last")
     p.add_argument("--latent-store", default=None, metavar="DIR",
                    help="distil from a latent store written by `encode --store DIR` instead of --dataset (checked "
                         "against --vae; held in memory up to --store-max-gib, streamed class by class above it). "
@@ -872,11 +902,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every command's --out folder and --json file can be written, checked before any work (distill checks
+    its export target itself: core.export.check_export_target)."""
+    from core.io import check_writable_target
+
+    if args.command == "distill":
+        return
+    for option in ("out", "json"):
+        value = getattr(args, option, None)
+        if value:
+            target = check_writable_target(value, f"--{option}", replaces=False)
+            if option == "json" and target.is_dir():
+                raise OutputError(f"--json {target} is a folder; give a file path, e.g. {target / 'result.json'}")
+            if option == "out" and target.exists() and not target.is_dir():
+                raise OutputError(f"--out {target} is a file, not a folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_outputs(args)
         args.func(args)
     except (DistillError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the file system refused something while working (disk full, permissions, ...)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0

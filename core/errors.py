@@ -19,3 +19,11 @@ class CacheMismatchError(DistillError):
 
 class ImageReadError(DistillError, ValueError):
     """An image file cannot be read or decoded (the message names the file)."""
+
+
+class OutputError(DistillError, ValueError):
+    """An output path cannot be written as asked (checked before any work; nothing was touched)."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """An output path is taken by something this tool may not replace."""

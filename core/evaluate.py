@@ -13,7 +13,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -144,7 +144,7 @@ def train_student(images: torch.Tensor, labels: np.ndarray, num_classes: int, co
             else:
                 t = config.temperature
                 per_sample = F.kl_div(F.log_softmax(logits / t, 1), soft_targets[idx], reduction="none").sum(1) * t * t
-            loss = (per_sample * w[idx]).sum() / w[idx].sum()
+            loss = (per_sample * w[idx]).sum() / w[idx].sum().clamp_min(1e-12)  # a batch of weight-0 images: no step
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -165,6 +165,12 @@ def evaluate_set(images: torch.Tensor, labels: np.ndarray, test: LabelledImages,
         raise ValueError(f"need one label per image and at least one image, got {len(labels)} labels for {len(images)}")
     if weights is not None and (len(weights) != len(images) or not np.all(np.isfinite(weights)) or np.any(np.asarray(weights) < 0)):
         raise ValueError("weights must be one finite non-negative number per image")
+    if weights is not None and config.use_weights:
+        sums = np.bincount(labels, weights=np.asarray(weights, dtype=np.float64), minlength=test.num_classes)
+        zero = [test.class_names[c] for c in np.unique(labels) if sums[c] <= 0]
+        if zero:
+            raise ValueError(f"the images of class {', '.join(zero)} all have weight 0, so no loss could be trained "
+                             "on them; give them weights > 0 (or evaluate unweighted: --no-weights)")
     soft = None
     if config.labels == "soft":
         if teacher is None:
@@ -186,31 +192,98 @@ def evaluate_set(images: torch.Tensor, labels: np.ndarray, test: LabelledImages,
     return EvalResult(accuracies, seconds, config, len(images))
 
 
-def read_distilled_folder(path: str | Path, class_names: tuple[str, ...], image_shape: tuple[int, int, int]
-                          ) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None]:
-    """Images, labels and (if a manifest gives them) weights of an exported set or any ImageFolder.
+class DistilledFolder(NamedTuple):
+    """A set read from disk: images float32 in [-1, 1] (N, C, H, W), labels int64 (N,), weights (N,) from
+    the manifest (None without one), and the class ids the set covers (ascending)."""
 
-    Class folders are matched to ``class_names`` by the manifest, by ``NN-name`` prefixes or by name. Every
-    problem found (missing or unknown class folders, empty classes, unreadable or mis-sized images) is
-    collected and reported in one ValueError.
-    """
+    images: torch.Tensor
+    labels: np.ndarray
+    weights: np.ndarray | None
+    classes: tuple[int, ...]
+
+
+def read_manifest(root: str | Path) -> dict | None:
+    """``root/manifest.json`` checked strictly (None when there is none): an object whose ``images`` is a list
+    of entries, each with a ``file`` (``CLASS_FOLDER/IMAGE`` inside ``root``, present on disk) and a finite
+    ``weight`` >= 0 (1 when absent). Every problem is named with its entry, in one ValueError."""
     import json
+    from pathlib import PurePosixPath
 
+    from core.export import MANIFEST
+
+    root = Path(root)
+    path = root / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); restore it, or delete it to evaluate the folder as a "
+                         "plain ImageFolder (unweighted)") from exc
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: must be a JSON object with a list \"images\", found {type(manifest).__name__}")
+    entries = manifest.get("images")
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: \"images\" must be a list of {{\"file\", \"weight\"}} entries, found "
+                         f"{type(entries).__name__ if 'images' in manifest else 'nothing'}")
+    problems = []
+    for k, entry in enumerate(entries):
+        where = f"{MANIFEST} images[{k}]"
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: must be an object with \"file\" and \"weight\", found {type(entry).__name__}")
+            continue
+        file, weight = entry.get("file"), entry.get("weight", 1.0)
+        if not isinstance(file, str) or not file:
+            problems.append(f"{where}: \"file\" must be a path string, found {json.dumps(file)[:40]}")
+            continue
+        parts = PurePosixPath(file).parts
+        if len(parts) != 2 or PurePosixPath(file).is_absolute() or ".." in parts:
+            problems.append(f"{where}: \"file\" {file!r} must be CLASS_FOLDER/IMAGE inside the folder")
+        elif not (root / file).is_file():
+            problems.append(f"{where}: \"file\" {file!r} is listed but not on disk")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            problems.append(f"{where} ({file}): \"weight\" must be a finite number >= 0, found {json.dumps(weight)[:40]}")
+    if problems:
+        raise ValueError(f"{path}: invalid manifest:\n  - " + "\n  - ".join(problems[:20])
+                         + (f"\n  - ... and {len(problems) - 20} more" if len(problems) > 20 else ""))
+    return manifest
+
+
+def _manifest_classes(manifest: dict, num_classes: int) -> tuple[int, ...]:
+    """The classes a manifest records (its config's ``classes``; all when it names none)."""
+    classes = (manifest.get("config") or {}).get("classes") if isinstance(manifest.get("config"), dict) else None
+    if classes is None:
+        return tuple(range(num_classes))
+    if not isinstance(classes, list) or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < num_classes
+                                                for c in classes) or not classes:
+        raise ValueError(f"manifest.json: config.classes must be a list of class ids in [0, {num_classes}), "
+                         f"found {classes!r}")
+    return tuple(sorted(set(classes)))
+
+
+def read_distilled_folder(path: str | Path, class_names: tuple[str, ...], image_shape: tuple[int, int, int]
+                          ) -> DistilledFolder:
+    """Images, labels, weights (from a manifest) and classes of an exported set or any ImageFolder.
+
+    Class folders are matched to ``class_names`` by the manifest, by ``NN-name`` prefixes or by name. An
+    export covers the classes its manifest records (``--classes 0,1``: those two); any other ImageFolder
+    must have every class. Every problem found (missing or unknown class folders, empty classes, unreadable
+    or mis-sized images, an invalid manifest) is collected and reported in one ValueError.
+    """
     from PIL import Image, UnidentifiedImageError
 
     from core.data import IMAGE_EXTENSIONS
-    from core.export import MANIFEST, class_folder_name
+    from core.export import class_folder_name
 
     root = Path(path)
     if not root.is_dir():
         raise ValueError(f"{root}: not a directory")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    manifest = json.loads((root / MANIFEST).read_text()) if (root / MANIFEST).is_file() else None
+    manifest = read_manifest(root)
+    expected = _manifest_classes(manifest, len(class_names)) if manifest else tuple(range(len(class_names)))
     by_name = {class_folder_name(i, n): i for i, n in enumerate(class_names)}
     by_name.update({n: i for i, n in enumerate(class_names)})
-    weight_of = {}
-    if manifest:
-        weight_of = {im["file"]: float(im.get("weight", 1.0)) for im in manifest.get("images", [])}
+    weight_of = {im["file"]: float(im.get("weight", 1.0)) for im in manifest["images"]} if manifest else {}
     problems, images, labels, weights = [], [], [], []
     seen = set()
     for folder in folders:
@@ -237,10 +310,14 @@ def read_distilled_folder(path: str | Path, class_names: tuple[str, ...], image_
             images.append(arr)
             labels.append(label)
             weights.append(weight_of.get(f"{folder.name}/{f.name}", 1.0))
-    missing = [class_names[i] for i in range(len(class_names)) if i not in seen]
+    missing = [class_names[i] for i in expected if i not in seen]
     if missing:
         problems.append(f"missing class folders: {', '.join(missing)}")
+    extra = sorted(seen - set(expected))
+    if extra:
+        problems.append(f"class folders of {', '.join(class_names[i] for i in extra)} are not among the classes "
+                        f"manifest.json records ({', '.join(class_names[i] for i in expected)})")
     if problems:
         raise ValueError(f"{root}: cannot evaluate this folder:\n  - " + "\n  - ".join(problems))
     x = torch.from_numpy(np.stack(images)).float().div_(127.5).sub_(1.0)
-    return x, np.asarray(labels, dtype=np.int64), (np.asarray(weights) if manifest else None)
+    return DistilledFolder(x, np.asarray(labels, dtype=np.int64), np.asarray(weights) if manifest else None, expected)

@@ -1,15 +1,24 @@
-"""Atomic writes and safe, checked reads of JSON and safetensors files.
+"""Atomic writes, safe replacement of folders and files, and safe, checked reads of JSON and safetensors.
 
-Every write goes to a temporary file in the target directory and is renamed into place, so a crash
-never leaves a half-written file behind. Weights are read with safetensors only (no pickle).
+Every write goes to a temporary sibling of its target (a file or a whole folder) and is renamed into
+place, so a crash never leaves a half-written target behind. Replacing an existing target swaps the two
+in one atomic exchange (Linux ``renameat2(RENAME_EXCHANGE)``; two renames elsewhere) and removes the old
+one last, and only after checking that it is something this tool wrote. Temporary siblings are named
+``.<name>-<digest>.new-<pid>-<random>``; those of a process that no longer runs are removed by the next
+write to the same target. New files and folders get the ordinary permissions of the umask (0644 / 0755
+under umask 022). Weights are read with safetensors only (no pickle).
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
+import logging
+import math
 import os
+import secrets
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -18,39 +27,217 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from core.errors import CheckpointError
+from core.errors import CheckpointError, OutputError, OutputExistsError
+
+NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
+
+
+# -------------------------------------------------------------------------------------------------
+# Temporary siblings and the atomic swap
+# -------------------------------------------------------------------------------------------------
+
+def _sibling_prefix(target: Path) -> str:
+    """``.<first 64 characters of the name>-<8 hex digits of its hash>.``: short enough for any name."""
+    digest = hashlib.sha256(os.fsencode(target.name)).hexdigest()[:8]
+    return f".{target.name[:64]}-{digest}."
+
+
+def _sibling_name(target: Path) -> Path:
+    return target.parent / f"{_sibling_prefix(target)}new-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _new_sibling(target: Path, folder: bool) -> Path:
+    """Create an empty temporary folder (or file) beside ``target``, with the umask's permissions."""
+    for _ in range(100):
+        path = _sibling_name(target)
+        try:
+            if folder:
+                os.mkdir(path, 0o777)
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{target.parent}: could not create a temporary sibling of {target.name}")
+
+
+def new_sibling_file(target: str | Path) -> Path:
+    """An empty temporary file beside ``target`` (for ``publish``), with the umask's permissions."""
+    return _new_sibling(Path(target), folder=False)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_siblings(target: str | Path) -> list[Path]:
+    """Remove the temporary siblings of ``target`` left by processes that no longer run (a killed write);
+    returns the paths removed. Siblings of live processes (a write in progress) are left alone."""
+    target = Path(target)
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    prefix = _sibling_prefix(target) + "new-"
+    for path in target.parent.iterdir():
+        if not path.name.startswith(prefix):
+            continue
+        pid = path.name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        _remove(path)
+        removed.append(path)
+        logging.getLogger(__name__).warning("removed %s, left behind by a killed write to %s", path, target)
+    return removed
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap ``a`` and ``b`` atomically (both must exist); False where the system cannot.
+
+    Hand-written because neither the standard library nor a maintained package exposes Linux's
+    ``renameat2(RENAME_EXCHANGE)``, the one call that swaps two paths with no instant where either is absent."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _swap(a: Path, b: Path) -> None:
+    """Swap two existing paths: atomically where the system can, else by three renames."""
+    if not _exchange(a, b):
+        aside = _sibling_name(b)
+        os.rename(b, aside)
+        os.rename(a, b)
+        os.rename(aside, a)
+
+
+def publish(new: Path, target: Path, replaceable: Callable[[Path], bool] | None = None) -> None:
+    """Move the finished ``new`` (a sibling of ``target``) onto ``target``.
+
+    ``replaceable`` None: ``target`` must not exist (an empty folder counts as absent), also if it appeared
+    while ``new`` was being written; FileExistsError otherwise and nothing is touched. Else an existing
+    ``target`` is swapped with ``new`` in one step, and the old one, now at ``new``'s path, is checked with
+    ``replaceable`` and removed; when the check fails the swap is undone and FileExistsError raised.
+    ``new`` is removed whenever this raises."""
+    try:
+        if replaceable is None or not os.path.lexists(target):
+            _publish_new(new, target)
+            return
+        _swap(new, target)
+        if not replaceable(new):
+            _swap(new, target)
+            raise OutputExistsError(f"{target}: changed while this run was writing and is no longer something "
+                                  "this tool wrote; left as it is")
+        _remove(new)
+    finally:
+        if os.path.lexists(new):
+            _remove(new)
+
+
+def _publish_new(new: Path, target: Path) -> None:
+    appeared = (f"{target} exists (it appeared while this run was writing: another export to the same path?); "
+                "nothing was replaced; choose another path or pass --overwrite")
+    if new.is_dir():
+        try:
+            os.rename(new, target)  # replaces an empty folder only; fails on anything else
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise OutputExistsError(appeared) from exc
+            raise
+        return
+    try:
+        os.link(new, target)  # never replaces an existing name
+    except FileExistsError as exc:
+        raise OutputExistsError(appeared) from exc
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):  # no hard links on this file system
+            raise
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # claim the name
+        os.replace(new, target)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` and rename the result onto ``path`` atomically."""
+    """Call ``write(tmp_path)`` on a temporary sibling and rename the result onto ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _new_sibling(path, folder=False)
     try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; written files are ordinary, shareable files
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
 
 @contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder to fill; on success it replaces ``path`` (removed on failure)."""
+def atomic_directory(path: str | Path, replaceable: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """Yield a temporary sibling folder to fill; on success it takes the place of ``path``.
+
+    An existing, non-empty ``path`` is replaced only when ``replaceable(path)`` says it may be (see
+    ``publish``); the temporary folder is removed on failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    remove_stale_siblings(path)
+    tmp = _new_sibling(path, folder=True)
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
+        publish(tmp, path, replaceable)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+# -------------------------------------------------------------------------------------------------
+# Checking an output path before any work
+# -------------------------------------------------------------------------------------------------
+
+def check_writable_target(target: str | Path, what: str = "output", replaces: bool = True) -> Path:
+    """The absolute ``target``, after checking that a file or folder can be created there: every name at
+    most NAME_MAX bytes; the nearest existing parent is a folder this process can write in (probed by
+    creating and removing a folder); with ``replaces`` (a target that is replaced whole, as an export) not
+    ``/``, the home folder, the current folder or one of its parents. Raises OutputError naming the problem;
+    touches nothing."""
+    target = Path(os.path.abspath(os.path.expanduser(str(target))))
+    resolved, cwd = target.resolve(), Path.cwd().resolve()
+    forbidden = {Path("/"): "the root folder", Path.home().resolve(): "your home folder", cwd: "the current folder"}
+    if replaces and (resolved in forbidden or resolved in cwd.parents):
+        name = forbidden.get(resolved, "a parent of the current folder")
+        raise OutputError(f"{what} {target} is {name}; give a new or previously exported folder, e.g. {target / 'distilled'}")
+    for part in target.parts[1:]:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise OutputError(f"{what}: the name {part[:40]!r}... is {len(os.fsencode(part))} bytes long; file "
+                             f"systems allow at most {NAME_MAX}")
+    existing = target.parent
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{what} {target}: {existing} is a file, not a folder, so nothing can be created under it")
+    try:
+        _new_sibling(existing / ".write-probe", folder=True).rmdir()
+    except OSError as exc:
+        raise OutputError(f"{what} {target}: cannot write in {existing} ({exc.strerror or exc}); choose a folder "
+                         "you can write to") from exc
+    return target
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
@@ -127,7 +314,89 @@ def read_model_folder(path: str | Path, kind: str, fix: str) -> tuple[dict, dict
     if not isinstance(meta, dict) or meta.get("kind") != kind:
         found = meta.get("kind") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{path / MODEL_CONFIG}: holds a {found!r} model, expected {kind!r}; {fix}")
-    return meta["config"], load_tensors(path / MODEL_WEIGHTS, fix)
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{path / MODEL_CONFIG}: field \"config\" must be an object of the model's settings; {fix}")
+    weights = path / MODEL_WEIGHTS
+    return meta["config"], require_finite(load_tensors(weights, fix), weights, fix)
+
+
+def require_finite(tensors: dict[str, torch.Tensor], source: str | Path, fix: str = "") -> dict[str, torch.Tensor]:
+    """``tensors`` unchanged; CheckpointError naming ``source`` and the first tensors holding NaN or ±inf."""
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"{source}: weights hold NaN or infinite values ({', '.join(sorted(bad)[:5])}"
+                              f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}); the model cannot produce "
+                              f"valid outputs{'; ' + fix if fix else ''}")
+    return tensors
+
+
+def require_finite_module(module: torch.nn.Module, source: str | Path, fix: str = "") -> torch.nn.Module:
+    """``module`` unchanged, after ``require_finite`` on its parameters and buffers."""
+    require_finite(dict(module.state_dict()), source, fix)
+    return module
+
+
+def config_from_json(cls: type, data: Any, path: str | Path, fix: str = ""):
+    """``cls(**data)`` for a config dataclass read from ``path``, after checking that ``data`` is an object
+    whose fields are fields of ``cls`` with values of the annotated types (int, float, bool, str, tuples
+    and lists of ints, dicts, optional ones). A mismatch raises CheckpointError naming the file and field."""
+    import dataclasses
+    import typing
+
+    hint = f"; {fix}" if fix else ""
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: the model config must be a JSON object, found {type(data).__name__}{hint}")
+    types = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise CheckpointError(f"{path}: unknown config fields {unknown} (a {cls.__name__} has {sorted(names)}){hint}")
+    for name, value in data.items():
+        if not _json_value_fits(value, types[name]):
+            raise CheckpointError(f"{path}: config field {name!r} must be {_type_text(types[name])}, got "
+                                  f"{json.dumps(value)[:60]}{hint}")
+    try:
+        return cls(**data)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: invalid model config ({exc}){hint}") from exc
+
+
+def _json_value_fits(value: Any, annotation: Any) -> bool:
+    import types
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_json_value_fits(value, a) for a in args)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if annotation is str:
+        return isinstance(value, str)
+    if annotation is dict or origin is dict:
+        return isinstance(value, dict)
+    if origin in (tuple, list) or annotation in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if not args:
+            return True
+        if origin is tuple and Ellipsis not in args:
+            return len(value) == len(args) and all(_json_value_fits(v, a) for v, a in zip(value, args))
+        return all(_json_value_fits(v, args[0]) for v in value)
+    return True  # an annotation this check does not know: left to the dataclass
+
+
+def _type_text(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if not getattr(annotation, "__args__", None) else None
+    return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+            "dict": "an object"}.get(text or "", str(annotation).replace("typing.", ""))
 
 
 def load_state_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path, fix: str) -> None:

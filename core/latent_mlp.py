@@ -9,6 +9,7 @@ shift, gate per block) as DiT does. Inputs: x (B, C, H, W), t (B,) float (flow: 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -106,10 +107,10 @@ def load_latent_mlp(path, kind: str, fix: str, device: str | torch.device = "cpu
                     latent_shape: tuple[int, ...] | None = None, num_classes: int | None = None) -> LatentMLP:
     """Load a saved LatentMLP of ``kind``; checks its latent shape and class count against the data's."""
     from core.errors import CheckpointError
-    from core.io import load_state_checked, read_model_folder
+    from core.io import MODEL_CONFIG, config_from_json, load_state_checked, read_model_folder
 
     config, state = read_model_folder(path, kind, fix)
-    config = LatentMLPConfig(**config)
+    config = config_from_json(LatentMLPConfig, config, Path(path) / MODEL_CONFIG, fix)
     if latent_shape is not None and tuple(latent_shape) != config.latent_shape:
         raise CheckpointError(f"{path}: model was trained on latents of shape {config.latent_shape}, the data's are "
                               f"{tuple(latent_shape)}; {fix}")

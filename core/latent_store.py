@@ -226,6 +226,44 @@ def encode_to_store(folder_dataset, vae: LatentAutoencoder, store_dir: str | Pat
     return LatentStore(store_dir)
 
 
+def _check_index(index: dict, index_path: Path) -> None:
+    """The shard list of a complete index is consistent: shard i is the plain file ``shard_name(i)`` inside
+    the store, with its row range, a count and per-class counts that add up to the index's totals."""
+    def bad(message: str) -> CacheMismatchError:
+        return CacheMismatchError(f"{index_path}: {message}; the index was edited or damaged: re-create the store "
+                                  "(encode --store DIR --overwrite)")
+
+    def is_count(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    for key in ("items", "shard_size", "num_shards", "num_latents"):
+        if not is_count(index.get(key)):
+            raise bad(f"{key!r} must be an integer >= 0, found {index.get(key)!r}")
+    shards, classes = index.get("shards"), index.get("class_ids")
+    if not isinstance(shards, list) or len(shards) != index["num_shards"]:
+        raise bad(f"'shards' must list {index['num_shards']} shards")
+    if not isinstance(classes, list) or not isinstance(index.get("counts"), list) or len(index["counts"]) != len(classes):
+        raise bad("'counts' must give one count per class of 'class_ids'")
+    totals = np.zeros(len(classes), dtype=np.int64)
+    for i, record in enumerate(shards):
+        where = f"shards[{i}]"
+        if not isinstance(record, dict) or record.get("file") != shard_name(i):
+            found = record.get("file") if isinstance(record, dict) else record
+            raise bad(f"{where}.file must be {shard_name(i)!r}, a file inside the store, found {found!r}")
+        start, stop = i * index["shard_size"], min((i + 1) * index["shard_size"], index["items"])
+        if record.get("start") != start or record.get("stop") != stop:
+            raise bad(f"{where} must cover rows [{start}, {stop}), found [{record.get('start')}, {record.get('stop')})")
+        per_class = record.get("classes")
+        if (not is_count(record.get("count")) or not isinstance(per_class, dict)
+                or not all(k.isdigit() and int(k) < len(classes) and is_count(v) for k, v in per_class.items())
+                or sum(per_class.values()) != record["count"] or record["count"] > stop - start):
+            raise bad(f"{where}: 'count' and per-class 'classes' counts disagree or are not counts")
+        for k, v in per_class.items():
+            totals[int(k)] += v
+    if totals.tolist() != index["counts"] or int(totals.sum()) != index["num_latents"]:
+        raise bad(f"the shards' class counts {totals.tolist()} do not add up to 'counts' {index['counts']}")
+
+
 def _read_shard(path: Path, labels_only: bool = False, rows: slice | None = None) -> ShardData:
     from safetensors import safe_open
 
@@ -262,8 +300,10 @@ class LatentStore:
         if not index.get("complete"):
             raise CheckpointError(f"{self.path}: latent store is incomplete (interrupted encode?); run the same "
                                   "encode again to finish it (completed shards are kept)")
+        _check_index(index, index_path)
         self.index = index
         self.counts = np.asarray(index["counts"], dtype=np.int64)
+        self._verified: set[str] = set()  # shards whose header and class counts were checked against the index
 
     def __repr__(self) -> str:
         return f"LatentStore({str(self.path)!r}, {len(self)} latents {self.latent_shape}, {self.num_classes} classes)"
@@ -315,7 +355,23 @@ class LatentStore:
         if not path.is_file():
             raise CheckpointError(f"{path}: latent shard missing from a complete store; run the encode again "
                                   "to re-create it")
+        if record["file"] not in self._verified:
+            self._verify_shard(path, record)
+            self._verified.add(record["file"])
         return _read_shard(path, labels_only, rows)
+
+    def _verify_shard(self, path: Path, record: dict) -> None:
+        """The shard's own header (number, row range, fingerprints) and its class counts match the index."""
+        i = int(record["file"][len("shard-"):-len(".safetensors")])
+        _check_shard(path, _shard_meta(path), self.index, i)
+        labels = _read_shard(path, labels_only=True).labels
+        values, counts = np.unique(labels, return_counts=True)
+        found = {str(int(v)): int(c) for v, c in zip(values, counts)}
+        recorded = {k: v for k, v in record["classes"].items() if v}
+        if len(labels) != record["count"] or found != recorded:
+            raise CacheMismatchError(f"{path}: holds {len(labels)} latents with class counts {found}, but "
+                                     f"{INDEX_NAME} records {record['count']} with {recorded} for it (a shard "
+                                     "replaced or changed?); delete it and run the encode again")
 
     def _cast(self, latents: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
         return latents if dtype is None else latents.to(dtype)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from core.data import LabelledImages, load_fashion_mnist
 from core.device import seed_everything
-from core.io import load_state_checked, read_model_folder, save_model_folder, write_json
+from core.io import MODEL_CONFIG, config_from_json, load_state_checked, read_model_folder, save_model_folder, write_json
 from core.networks import ConvNet, ConvNetConfig
 
 KIND = "distill-studio/teacher-convnet"
@@ -45,7 +45,7 @@ class Teacher:
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Teacher":
         config, state = read_model_folder(path, KIND, FIX)
-        net = ConvNet(ConvNetConfig(**config))
+        net = ConvNet(config_from_json(ConvNetConfig, config, Path(path) / MODEL_CONFIG, FIX))
         load_state_checked(net, state, path, FIX)
         return cls(net, device)
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -230,15 +231,14 @@ def _load_torch_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        text = str(exc)
-        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().split("\n")[0].strip()[:200]
-        if "Unsupported global" not in text:
-            raise CheckpointError(f"{path}: not a readable torch checkpoint ({detail})") from exc
+        text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())  # torch's whole reason, on one line
+        if "unsupported global" not in text.lower():
+            raise CheckpointError(f"{path}: not a readable torch checkpoint ({text})") from exc
         raise CheckpointError(
-            f"{path}: holds pickled Python objects besides tensors ({detail.split(' was not')[0]}; a training "
-            f"checkpoint with e.g. its argparse Namespace?), which are never unpickled here. Extract the EMA "
-            f"weights once, in a Python where you trust the file: torch.save(torch.load('{path.name}', "
-            f"weights_only=False)['ema'], '{path.stem}-ema.pt'), and load that file") from exc
+            f"{path}: holds pickled Python objects besides tensors (a training checkpoint with e.g. its argparse "
+            f"Namespace?), which are never unpickled here. Extract the EMA weights once, in a Python where you "
+            f"trust the file: torch.save(torch.load('{path.name}', weights_only=False)['ema'], "
+            f"'{path.stem}-ema.pt'), and load that file. torch's safe loader says: {text}") from exc
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({str(exc).splitlines()[0][:200]})") from exc
     if isinstance(obj, Mapping):
@@ -271,14 +271,14 @@ def _safetensors_metadata(path: Path) -> dict[str, str]:
 
 def load_sit_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """A SiT state dict and its metadata (safetensors header metadata; {} for torch files), safely."""
-    from core.io import load_tensors
+    from core.io import load_tensors, require_finite
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     if path.suffix == ".safetensors":
-        return _strip_prefixes(load_tensors(path)), _safetensors_metadata(path)
-    return _strip_prefixes(_load_torch_state(path)), {}
+        return require_finite(_strip_prefixes(load_tensors(path)), path), _safetensors_metadata(path)
+    return require_finite(_strip_prefixes(_load_torch_state(path)), path), {}
 
 
 def build_sit(state: dict[str, torch.Tensor], name: str, input_size: int | None = None,
@@ -376,7 +376,9 @@ def _load_diffusers_dit(root: Path, folder: Path, convention, latent_shape, num_
     if problems:
         detail = "; ".join(f"{k.replace('_', ' ')} {list(v)[:6]}" for k, v in problems.items())
         raise CheckpointError(f"{folder}: weights do not fit its config.json ({detail})")
-    backbone = backbone.float().to(device).eval().requires_grad_(False)
+    from core.io import require_finite_module
+
+    backbone = require_finite_module(backbone, folder).float().to(device).eval().requires_grad_(False)
     return VelocityAdapter(backbone, shape, int(model_classes), conv, learned_sigma=int(out_ch) == 2 * in_ch,
                            backbone_call="diffusers", class_map=class_map, kind="diffusers-dit", source=str(root),
                            backbone_config={k: v for k, v in cfg.items() if not k.startswith("_")})
@@ -389,20 +391,15 @@ def load_sit_flow(path: str | Path, device: str | torch.device = "cpu", latent_s
     ``pos_embed``) as a VelocityAdapter in the project's convention (the SiT one: t = 0 noise, t = 1 data,
     v = x_1 - x_0), checked against the data's latent shape and class count when given."""
     from core.flow import FIX, SIT_KIND
-    from core.io import read_model_folder
+    from core.io import MODEL_CONFIG, config_from_json, read_model_folder
     from core.sit import SiTConfig
 
     path = Path(path)
     name = str(path)
     config, state = read_model_folder(path, SIT_KIND, FIX)
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path / 'config.json'}: \"config\" must be an object of SiTConfig fields; {FIX}")
     config = dict(config)
     config.pop("extra", None)
-    try:
-        sit = SiTConfig(**config)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path / 'config.json'}: not a SiT config ({exc}); {FIX}") from exc
+    sit = config_from_json(SiTConfig, config, path / MODEL_CONFIG, FIX)
     _check_data(name, sit.latent_shape, sit.num_classes, latent_shape, num_classes, None)
     model = build_sit(_strip_prefixes(state), name, input_size=sit.input_size, num_heads=sit.num_heads, device=device)
     if model.config != sit:

@@ -46,5 +46,5 @@ if st.button("Export to folder"):
         out = export_imagefolder(run.dset, resolve_inside(EXPORT_ROOT, folder), ids,
                                  extra={"run": run.run_id, "metrics": run.metrics})
         st.success(f"Wrote {count} images, manifest.json and latents.safetensors to {out}")
-    except (ValueError, FileExistsError) as exc:
+    except (ValueError, OSError) as exc:  # refused paths, and what the file system refuses (e.g. a 300-character name)
         st.error(str(exc))

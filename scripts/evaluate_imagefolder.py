@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     size = Image.open(first).size[0]
-    images, labels, weights = read_distilled_folder(args.folder, test.class_names, (3, size, size))
+    images, labels, weights, _ = read_distilled_folder(args.folder, test.class_names, (3, size, size))
     if size != args.resolution:
         images = F.interpolate(images, size=(args.resolution,) * 2, mode="bicubic", antialias=True).clamp_(-1, 1)
     config = EvalConfig(architecture=args.architecture, epochs=args.epochs, use_weights=not args.no_weights,

@@ -92,5 +92,5 @@ def test_read_folder_uses_manifest_weights(tmp_path):
         Image.fromarray(np.full((16, 16), 50 * i, np.uint8)).save(tmp_path / name / "x.png")
     (tmp_path / "manifest.json").write_text(json.dumps({"images": [{"file": "00-a/x.png", "weight": 1.5},
                                                                    {"file": "01-b/x.png", "weight": 0.5}]}))
-    x, y, w = read_distilled_folder(tmp_path, ("a", "b"), (1, 16, 16))
+    x, y, w, classes = read_distilled_folder(tmp_path, ("a", "b"), (1, 16, 16))
     assert x.shape == (2, 1, 16, 16) and y.tolist() == [0, 1] and w.tolist() == [1.5, 0.5]
