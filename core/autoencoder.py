@@ -22,6 +22,7 @@ from core.errors import CheckpointError
 from core.io import atomic_directory, require_finite_module, tensors_fingerprint, write_json
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+TRAINING_RECORD = "training.json"
 
 
 class LatentAutoencoder:
@@ -183,15 +184,20 @@ def measure_vae(ae: LatentAutoencoder, test: LabelledImages, batch_size: int = 2
 
 
 def is_vae_folder(path: Path) -> bool:
-    """True for an empty folder or a VAE folder this project wrote (what ``train-vae --out`` may replace)."""
+    """True for an empty folder or a VAE folder that ``train-vae`` wrote (its config.json, weights and
+    training.json with the train-vae command, nothing else): what ``train-vae --out`` may replace."""
     import json
 
     if path.is_symlink() or not path.is_dir():
         return False
-    if not any(path.iterdir()):
+    names = {p.name for p in path.iterdir()}
+    if not names:
         return True
     try:
-        return json.loads((path / "config.json").read_text()).get("_class_name") == "AutoencoderKL"
+        record = json.loads((path / TRAINING_RECORD).read_text())
+        return (names <= {"config.json", WEIGHTS_NAME, TRAINING_RECORD}
+                and json.loads((path / "config.json").read_text()).get("_class_name") == "AutoencoderKL"
+                and "core train-vae" in str(record.get("command", "")))
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -244,12 +250,12 @@ def train_tiny_vae(config: TinyVAEConfig, out: str | Path, data_dir: str | None 
     ae = LatentAutoencoder(vae)
     metrics = measure_vae(ae, test)
     out = Path(out)
-    with atomic_directory(out, replaceable=is_vae_folder) as tmp:
-        vae.save_pretrained(tmp, safe_serialization=True)
     record = {"config": asdict(config), "metrics": metrics, "train_seconds": round(train_seconds, 1),
               "steps": steps, "dataset": "fashion-mnist train (60k)", "evaluated_on": "fashion-mnist test (10k)",
               "torch": torch.__version__, "command": f"python -m core train-vae --out {out} --seed {config.seed}"}
-    write_json(out / "training.json", record)
+    with atomic_directory(out, replaceable=is_vae_folder) as tmp:
+        vae.save_pretrained(tmp, safe_serialization=True)
+        write_json(tmp / TRAINING_RECORD, record)
     log(f"VAE saved to {out} (test PSNR {metrics['test_psnr_db']:.2f} dB, "
         f"encode {metrics['encode_images_per_s']:.0f} img/s, trained in {train_seconds / 60:.1f} min)")
     return record

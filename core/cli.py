@@ -22,8 +22,9 @@ def _cmd_train_vae(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     if out.exists() and not is_vae_folder(out):
-        raise OutputError(f"--out {out} exists and is not a VAE folder (config.json of an AutoencoderKL); train-vae "
-                          "replaces its output folder whole, so give a new folder or a previous VAE folder")
+        raise OutputError(f"--out {out} exists and is not a VAE folder that train-vae wrote (config.json, weights and "
+                          "training.json, nothing else); train-vae replaces its output folder whole, so give a new "
+                          "folder or one it wrote before")
     config = TinyVAEConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                            threads=args.threads)
     train_tiny_vae(config, args.out, args.data_dir)

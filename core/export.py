@@ -59,24 +59,44 @@ def build_manifest(dset, indices: np.ndarray, files: Sequence[str], extra: dict 
 
 
 def is_export(path: str | Path) -> bool:
-    """True when ``path`` is what ``--overwrite`` may replace: an empty folder, or a folder or zip written by
-    this tool (its ``manifest.json`` has this tool's format). Symbolic links never are."""
+    """True when ``path`` is what ``--overwrite`` may replace: an empty folder, or a folder or zip that holds
+    exactly what this tool writes: its ``manifest.json`` (of this tool's format), ``latents.safetensors``
+    and the image files the manifest lists, nothing else (a file added by hand makes it the user's).
+    Symbolic links never are."""
     path = Path(path)
-    if path.is_symlink():
-        return False
     try:
+        if path.is_symlink():
+            return False
         if path.is_dir():
-            if not any(path.iterdir()):
+            entries = list(path.rglob("*"))
+            if not entries:
                 return True
+            if any(e.is_symlink() for e in entries):
+                return False
             manifest = json.loads((path / MANIFEST).read_bytes())
+            names = {e.relative_to(path).as_posix() for e in entries if e.is_file()}
+            folders = {e.relative_to(path).as_posix() for e in entries if e.is_dir()}
         elif zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
                 manifest = json.loads(archive.read(MANIFEST))
+                names = {n for n in archive.namelist() if not n.endswith("/")}
+            folders = set()
         else:
             return False
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            return False
+        listed = {im["file"] for im in manifest.get("images", []) if isinstance(im, dict) and isinstance(im.get("file"), str)}
+        return names <= listed | {MANIFEST, LATENTS} and folders <= {f.split("/")[0] for f in listed}
+    except Exception:  # noqa: BLE001 - anything unreadable (corrupt zip, odd JSON, permissions) is not ours
         return False
-    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
+def _is_export_folder(path: Path) -> bool:
+    return path.is_dir() and is_export(path)
+
+
+def _is_export_zip(path: Path) -> bool:
+    return path.is_file() and is_export(path)
 
 
 def check_export_target(out: str | Path, overwrite: bool = False) -> Path:
@@ -101,8 +121,9 @@ def check_export_target(out: str | Path, overwrite: bool = False) -> Path:
         raise OutputExistsError(f"{target} exists{'' if as_zip else ' and is not empty'}; choose another path or "
                                 "pass --overwrite (which replaces a previous export only)")
     if not is_export(target):
-        raise OutputExistsError(f"{target} is not an export of this tool (no {MANIFEST} of format {FORMAT} in it); "
-                                "--overwrite replaces only previous exports, so nothing was touched; choose another path")
+        raise OutputExistsError(f"{target} is not an export of this tool (no {MANIFEST} of format {FORMAT} in it, or "
+                                "files in it that the export did not write); --overwrite replaces only previous "
+                                "exports, so nothing was touched; choose another path")
     return target
 
 
@@ -157,7 +178,7 @@ def export_imagefolder(dset, out: str | Path, selection: Sequence[int] | None = 
     instant the whole old export or the whole new one, and the old one is removed last."""
     indices = _indices(dset, selection)
     out = check_export_target(out, overwrite)
-    with atomic_directory(out, replaceable=is_export if overwrite else None) as tmp:
+    with atomic_directory(out, replaceable=_is_export_folder if overwrite else None) as tmp:
         for name, data in _export_entries(dset, indices, extra):
             path = tmp / name
             path.parent.mkdir(exist_ok=True)
@@ -193,7 +214,7 @@ def export_zip(dset, path: str | Path, selection: Sequence[int] | None = None, e
     try:
         with open(tmp, "wb") as f:
             _write_zip(dset, indices, extra, f)
-        publish(tmp, path, replaceable=is_export if overwrite else None)
+        publish(tmp, path, replaceable=_is_export_zip if overwrite else None)
     finally:
         tmp.unlink(missing_ok=True)
     return path

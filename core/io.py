@@ -4,8 +4,8 @@ Every write goes to a temporary sibling of its target (a file or a whole folder)
 place, so a crash never leaves a half-written target behind. Replacing an existing target swaps the two
 in one atomic exchange (Linux ``renameat2(RENAME_EXCHANGE)``; two renames elsewhere) and removes the old
 one last, and only after checking that it is something this tool wrote. Temporary siblings are named
-``.<name>-<digest>.new-<pid>-<random>``; those of a process that no longer runs are removed by the next
-write to the same target. New files and folders get the ordinary permissions of the umask (0644 / 0755
+``.<name>-<digest>.new-<host>-<pid>-<random>``; those of a process of this host that no longer runs are
+removed by the next write to the same target. New files and folders get the ordinary permissions of the umask (0644 / 0755
 under umask 022). Weights are read with safetensors only (no pickle).
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ import math
 import os
 import secrets
 import shutil
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -42,8 +43,15 @@ def _sibling_prefix(target: Path) -> str:
     return f".{target.name[:64]}-{digest}."
 
 
-def _sibling_name(target: Path) -> Path:
-    return target.parent / f"{_sibling_prefix(target)}new-{os.getpid()}-{secrets.token_hex(4)}"
+def _host_tag() -> str:
+    """6 hex digits of the host name: a sibling's pid is only checked on the host (pid namespace) that made it."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def _sibling_name(target: Path, role: str = "new") -> Path:
+    """A fresh name ``.<prefix><role>-<host>-<pid>-<random>`` beside ``target``. Roles: ``new`` (what is being
+    written), ``old`` (a target set aside during a swap without renameat2)."""
+    return target.parent / f"{_sibling_prefix(target)}{role}-{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def _new_sibling(target: Path, folder: bool) -> Path:
@@ -77,23 +85,30 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_siblings(target: str | Path) -> list[Path]:
-    """Remove the temporary siblings of ``target`` left by processes that no longer run (a killed write);
-    returns the paths removed. Siblings of live processes (a write in progress) are left alone."""
+    """Clean up after writes to ``target`` that were killed: their ``new`` siblings are removed; an ``old``
+    sibling (a previous export set aside mid-swap) is put back when ``target`` is missing, else removed (the
+    new one took its place). Siblings of processes still running here, or made on another host, are left
+    alone. Returns the paths removed or restored; each is reported as a warning."""
     target = Path(target)
-    removed = []
+    handled = []
     if not target.parent.is_dir():
-        return removed
-    prefix = _sibling_prefix(target) + "new-"
-    for path in target.parent.iterdir():
-        if not path.name.startswith(prefix):
+        return handled
+    log = logging.getLogger(__name__)
+    for path in sorted(target.parent.iterdir()):
+        role, _, rest = path.name[len(_sibling_prefix(target)):].partition("-")
+        host, _, pid = rest.partition("-")
+        pid = pid.split("-", 1)[0]
+        if (not path.name.startswith(_sibling_prefix(target)) or role not in ("new", "old") or host != _host_tag()
+                or not pid.isdigit() or _pid_alive(int(pid))):
             continue
-        pid = path.name[len(prefix):].split("-", 1)[0]
-        if not pid.isdigit() or _pid_alive(int(pid)):
-            continue
-        _remove(path)
-        removed.append(path)
-        logging.getLogger(__name__).warning("removed %s, left behind by a killed write to %s", path, target)
-    return removed
+        if role == "old" and not os.path.lexists(target):
+            os.rename(path, target)
+            log.warning("restored %s from %s, set aside by a write that was killed", target, path.name)
+        else:
+            _remove(path)
+            log.warning("removed %s, left behind by a killed write to %s", path, target)
+        handled.append(path)
+    return handled
 
 
 def _remove(path: Path) -> None:
@@ -116,63 +131,92 @@ def _exchange(a: Path, b: Path) -> bool:
     if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
         return True
     err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):  # EPERM: a sandbox refusing the call
         return False
     raise OSError(err, os.strerror(err), str(b))
 
 
+def _move_no_clobber(a: Path, b: Path) -> None:
+    """Rename ``a`` to the free name ``b``; OutputExistsError when ``b`` is taken (for a folder ``a``, an
+    empty folder at ``b`` counts as free). Never replaces anything at ``b``."""
+    taken = (f"{b} exists (it appeared while this run was writing: another export to the same path?); "
+             "nothing was replaced; choose another path or pass --overwrite")
+    if a.is_dir():
+        try:
+            os.rename(a, b)  # replaces an empty folder only; fails on anything else
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise OutputExistsError(taken) from exc
+            raise
+        return
+    try:
+        os.link(a, b)  # a hard link never replaces an existing name
+    except FileExistsError as exc:
+        raise OutputExistsError(taken) from exc
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):  # no hard links on this file system
+            raise
+        try:
+            os.close(os.open(b, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # claim the name, then fill it
+        except FileExistsError as taken_exc:
+            raise OutputExistsError(taken) from taken_exc
+        os.replace(a, b)
+        return
+    os.unlink(a)
+
+
 def _swap(a: Path, b: Path) -> None:
-    """Swap two existing paths: atomically where the system can, else by three renames."""
-    if not _exchange(a, b):
-        aside = _sibling_name(b)
-        os.rename(b, aside)
-        os.rename(a, b)
-        os.rename(aside, a)
+    """Swap two existing paths: atomically where the system can, else by three renames, undone on failure
+    (a kill between them leaves the old ``b`` as an ``old`` sibling, which ``remove_stale_siblings`` restores)."""
+    if _exchange(a, b):
+        return
+    aside = _sibling_name(b, "old")
+    os.rename(b, aside)
+    try:
+        _move_no_clobber(a, b)
+    except BaseException:
+        os.rename(aside, b)
+        raise
+    os.rename(aside, a)
 
 
 def publish(new: Path, target: Path, replaceable: Callable[[Path], bool] | None = None) -> None:
     """Move the finished ``new`` (a sibling of ``target``) onto ``target``.
 
-    ``replaceable`` None: ``target`` must not exist (an empty folder counts as absent), also if it appeared
-    while ``new`` was being written; FileExistsError otherwise and nothing is touched. Else an existing
-    ``target`` is swapped with ``new`` in one step, and the old one, now at ``new``'s path, is checked with
-    ``replaceable`` and removed; when the check fails the swap is undone and FileExistsError raised.
-    ``new`` is removed whenever this raises."""
+    ``replaceable`` None: ``target`` must not exist (an empty folder counts as absent for a folder), also
+    if it appeared while ``new`` was being written; OutputExistsError otherwise, and nothing is touched.
+    Else an existing ``target`` is swapped with ``new`` in one step; the old one, now at ``new``'s path, is
+    checked with ``replaceable`` (an exception counts as "no") and removed, or, when the check says no, the
+    swap is undone and OutputExistsError raised. Whenever this raises, ``target`` is as it was and ``new``
+    (our own export) is removed."""
     try:
         if replaceable is None or not os.path.lexists(target):
-            _publish_new(new, target)
+            _move_no_clobber(new, target)
             return
-        _swap(new, target)
-        if not replaceable(new):
+        try:
             _swap(new, target)
-            raise OutputExistsError(f"{target}: changed while this run was writing and is no longer something "
-                                  "this tool wrote; left as it is")
-        _remove(new)
-    finally:
+        except FileNotFoundError:  # the target went away after the check: nothing to replace
+            _move_no_clobber(new, target)
+            return
+    except BaseException:
         if os.path.lexists(new):
             _remove(new)
-
-
-def _publish_new(new: Path, target: Path) -> None:
-    appeared = (f"{target} exists (it appeared while this run was writing: another export to the same path?); "
-                "nothing was replaced; choose another path or pass --overwrite")
-    if new.is_dir():
+        raise
+    try:  # ``new`` holds the old target now
         try:
-            os.rename(new, target)  # replaces an empty folder only; fails on anything else
-        except OSError as exc:
-            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
-                raise OutputExistsError(appeared) from exc
-            raise
-        return
-    try:
-        os.link(new, target)  # never replaces an existing name
-    except FileExistsError as exc:
-        raise OutputExistsError(appeared) from exc
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):  # no hard links on this file system
-            raise
-        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # claim the name
-        os.replace(new, target)
+            ok = bool(replaceable(new))
+        except Exception:  # noqa: BLE001 - a check that fails on a strange target means "not ours"
+            ok = False
+    except BaseException:  # interrupted: put the old target back before stopping
+        _swap(new, target)
+        _remove(new)
+        raise
+    if not ok:
+        _swap(new, target)
+        _remove(new)
+        raise OutputExistsError(f"{target}: changed while this run was writing and is no longer something this "
+                                "tool wrote; left as it is")
+    _remove(new)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -233,6 +277,7 @@ def check_writable_target(target: str | Path, what: str = "output", replaces: bo
     if not existing.is_dir():
         raise OutputError(f"{what} {target}: {existing} is a file, not a folder, so nothing can be created under it")
     try:
+        remove_stale_siblings(existing / ".write-probe")  # a probe of a run killed at this very line
         _new_sibling(existing / ".write-probe", folder=True).rmdir()
     except OSError as exc:
         raise OutputError(f"{what} {target}: cannot write in {existing} ({exc.strerror or exc}); choose a folder "

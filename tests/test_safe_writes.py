@@ -350,3 +350,77 @@ def test_check_accepts_new_and_empty_targets(tmp_path):
     assert not (tmp_path / "new").exists()
     with pytest.raises(OutputError):
         check_export_target(tmp_path / ("y" * 256) / "set")
+
+
+# ------------------------------------------------------------------------------------------------
+# What counts as the tool's own, and the swap without renameat2
+# ------------------------------------------------------------------------------------------------
+
+def test_an_export_with_files_added_by_hand_is_not_replaced(tmp_path, capsys, no_models):
+    out = export_imagefolder(make_set(4), tmp_path / "set")
+    (out / "notes.txt").write_text("my analysis")
+    assert not is_export(out)
+    assert main(["distill", "--method", "d4m", "--out", str(out), "--overwrite"]) == 2
+    assert "files in it that the export did not write" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "my analysis"
+
+
+def test_a_check_that_raises_counts_as_not_ours_and_the_target_is_put_back(tmp_path):
+    from core.io import new_sibling_file, publish
+
+    target = tmp_path / "data.bin"
+    target.write_text("theirs")
+    new = new_sibling_file(target)
+    new.write_text("ours")
+
+    def broken_check(path):
+        raise RuntimeError("encrypted zip entry")
+    with pytest.raises(OutputExistsError, match="no longer something this tool wrote"):
+        publish(new, target, replaceable=broken_check)
+    assert target.read_text() == "theirs" and not siblings(target)
+
+
+@pytest.fixture
+def no_renameat2(monkeypatch):
+    monkeypatch.setattr("core.io._exchange", lambda a, b: False)
+
+
+def test_without_renameat2_overwrite_and_undo_still_work(tmp_path, no_renameat2):
+    out = export_imagefolder(make_set(6), tmp_path / "set")
+    export_imagefolder(make_set(4), out, overwrite=True)
+    assert_whole_export(out, 4)
+    archive = export_zip(make_set(6), tmp_path / "set.zip")
+    export_zip(make_set(4), archive, overwrite=True)
+    assert json.loads(zipfile.ZipFile(archive).read("manifest.json"))["num_images"] == 4
+    from core.io import new_sibling_file, publish
+
+    new = new_sibling_file(archive)
+    new.write_text("ours")
+    with pytest.raises(OutputExistsError):
+        publish(new, archive, replaceable=lambda p: False)
+    assert json.loads(zipfile.ZipFile(archive).read("manifest.json"))["num_images"] == 4
+    assert not siblings(out) and not siblings(archive)
+
+
+def test_a_target_set_aside_by_a_killed_swap_is_restored_by_the_next_run(tmp_path):
+    """Without renameat2 a swap is three renames; a kill after the first leaves the old export as an ``old``
+    sibling and no target: the next write to that target puts it back first."""
+    from core.io import _sibling_name, remove_stale_siblings
+
+    out = export_imagefolder(make_set(6), tmp_path / "set")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    aside = Path(str(_sibling_name(out, "old")).replace(f"-{os.getpid()}-", f"-{int(dead.stdout)}-"))
+    out.rename(aside)
+    assert remove_stale_siblings(out) == [aside]
+    assert_whole_export(out, 6)
+    assert not siblings(out)
+
+
+def test_train_vae_refuses_a_folder_it_did_not_write(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("core.autoencoder.train_tiny_vae", lambda *a, **k: pytest.fail("trained"))
+    hub_vae = tmp_path / "sd-vae"
+    hub_vae.mkdir()
+    (hub_vae / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
+    assert main(["train-vae", "--out", str(hub_vae)]) == 2
+    assert "not a VAE folder that train-vae wrote" in capsys.readouterr().err
+    assert sorted(os.listdir(hub_vae)) == ["config.json"]
