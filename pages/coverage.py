@@ -3,8 +3,8 @@ and this session's run history with a side-by-side comparison of two runs."""
 import pandas as pd
 import streamlit as st
 
-from core.figures import coverage_bars, mode_grid
-from core.studio import covering_counts
+from core.studio.figures import coverage_bars, mode_grid
+from core.studio.session import covering_counts
 from ui import state
 from ui.frame import page_frame
 from ui.widgets import require_run

@@ -2,8 +2,8 @@
 import numpy as np
 import streamlit as st
 
+from core.data.visualize import image_grid
 from core.errors import DistillError
-from core.visualize import image_grid
 from ui.frame import page_frame
 
 studio, _ = page_frame()

@@ -2,8 +2,8 @@
 protocol); the result joins the run history."""
 import streamlit as st
 
-from core.evaluate import EvalConfig, EvaluationCancelled
-from core.studio import evaluate_run
+from core.evaluation.students import EvalConfig, EvaluationCancelled
+from core.studio.session import evaluate_run
 from ui.frame import page_frame
 from ui.widgets import require_run
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from core.export import export_imagefolder, export_zip_bytes, resolve_inside
-from core.visualize import image_grid
+from core.data.visualize import image_grid
+from core.pipeline.export import export_imagefolder, export_zip_bytes, resolve_inside
 from ui import state
 from ui.frame import page_frame
 from ui.widgets import require_run

@@ -2,11 +2,11 @@
 the synthetic samples on top; lasso or box selection chooses samples for export."""
 import streamlit as st
 
-from core.figures import latent_scatter
-from core.selection import ids_from_plot_selection
+from core.studio.figures import latent_scatter
+from core.studio.selection import ids_from_plot_selection
 from ui import state
-from ui.projection import get_projection, run_points, umap_job
 from ui.frame import page_frame
+from ui.projection import get_projection, run_points, umap_job
 from ui.widgets import require_run
 
 studio, _ = page_frame()

@@ -4,7 +4,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from core.visualize import image_grid
+from core.data.visualize import image_grid
 from ui import state
 from ui.frame import page_frame
 from ui.widgets import metric_panel, require_run

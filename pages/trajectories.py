@@ -5,11 +5,11 @@ import numpy as np
 import streamlit as st
 import torch
 
-from core.figures import distance_to_prototype, trajectory_figure
-from core.visualize import image_grid
+from core.data.visualize import image_grid
+from core.studio.figures import distance_to_prototype, trajectory_figure
 from ui import state
-from ui.projection import get_projection
 from ui.frame import page_frame
+from ui.projection import get_projection
 from ui.widgets import require_run
 
 studio, _ = page_frame()

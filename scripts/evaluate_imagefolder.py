@@ -1,7 +1,7 @@
 """Train students on a distilled set and test them on a real ImageFolder split (e.g. ImageNette's val/).
 
 ``python -m core evaluate`` tests on the Fashion-MNIST test split; this script is the same protocol
-(core.evaluate.evaluate_set: ConvNet-3 or the small ResNet, SGD, DDOQ weights from the manifest) with the test
+(core.evaluation.students.evaluate_set: ConvNet-3 or the small ResNet, SGD, DDOQ weights from the manifest) with the test
 split read from an ImageFolder at ``--resolution`` px (shorter side resized, centre crop, as encoding does); the
 distilled images are resized to the same size (bicubic, antialiased). Runs on the CPU.
 
@@ -22,8 +22,8 @@ def load_split(root: str, classes: str | None, resolution: int, batch_size: int 
     import numpy as np
     import torch
 
-    from core.data import LabelledImages
-    from core.imagefolder import StreamingImageFolder
+    from core.data.datasets import LabelledImages
+    from core.data.imagefolder import StreamingImageFolder
 
     folder = StreamingImageFolder(root, classes, resolution)
     parts = [((b.images + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8).numpy()
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from core.evaluate import EvalConfig, evaluate_set, read_distilled_folder
+    from core.evaluation.students import EvalConfig, evaluate_set, read_distilled_folder
     from core.io import write_json
 
     if args.threads:

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.autoencoder import LatentAutoencoder, TinyVAEConfig, build_tiny_vae
-from core.data import LabelledImages
-from core.latent_mlp import LatentMLP, LatentMLPConfig
-from core.latents import encode_dataset
-from core.pipeline import DistillEngine
+from core.data.datasets import LabelledImages
+from core.data.latent_cache import encode_dataset
+from core.models.latent_mlp import LatentMLP, LatentMLPConfig
+from core.models.vae import LatentAutoencoder, TinyVAEConfig, build_tiny_vae
+from core.pipeline.distill import DistillEngine
 
 pytest_plugins = ["scale_fixtures"]   # the `scale` fixture: tiny SD-VAE, ImageFolder, SiT, latent store
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from core.cli import main
+from core.cli.main import main
 
 REPO = Path(__file__).resolve().parent.parent
 WNIDS = ("n01440764", "n02102040", "n02979186")       # ImageNette's first three: tench, English springer, ...
@@ -21,7 +21,7 @@ SIT = dict(input_size=32, patch_size=4, in_channels=4, hidden_size=32, depth=1, 
 
 
 def _random_sit(num_classes: int, seed: int = 0):
-    from core.sit import SiT, SiTConfig
+    from core.models.sit import SiT, SiTConfig
 
     torch.manual_seed(seed)
     model = SiT(SiTConfig(num_classes=num_classes, **SIT))

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from core.autoencoder import LatentAutoencoder, psnr_db
 from core.errors import CheckpointError
+from core.models.vae import LatentAutoencoder, psnr_db
 from tests.conftest import make_tiny_vae
 
 

@@ -16,16 +16,25 @@ import numpy as np
 import pytest
 import torch
 
-from core.device import (autocast, compile_unavailable_reason, cpu_bf16_supported, grad_scaler, maybe_compile,
-                         resolve_device, resolve_precision)
+from core.data.latent_cache import LatentSet
+from core.device import (
+    autocast,
+    compile_unavailable_reason,
+    cpu_bf16_supported,
+    grad_scaler,
+    maybe_compile,
+    resolve_device,
+    resolve_precision,
+)
 from core.errors import CheckpointError
-from core.flow import SIT_KIND, flow_matching_loss, load_flow, train_flow
-from core.latent_mlp import LatentMLP, LatentMLPConfig
-from core.latents import LatentSet
-from core.sampling import SamplerConfig, sample
-from core.sit import SiT, SiTConfig
-from core.training import MLP_PRESETS, LatentModelTrainConfig, build_model
-from core.velocity_models import VelocityAdapter, load_velocity_model
+from core.models.kinds import SIT_FLOW_KIND as SIT_KIND
+from core.models.latent_mlp import LatentMLP, LatentMLPConfig
+from core.models.sit import SiT, SiTConfig
+from core.models.velocity import VelocityAdapter, load_flow, load_velocity_model
+from core.training.generators import train_flow
+from core.training.loop import MLP_PRESETS, LatentModelTrainConfig, build_model
+from core.transport.path import flow_matching_loss
+from core.transport.sampler import SamplerConfig, sample
 
 TINY_SIT = dict(depth=1, hidden_size=32, num_heads=2)
 SHAPE = (4, 8, 8)
@@ -127,9 +136,9 @@ def test_resume_continues_exactly(tmp_path, monkeypatch, kind):
     data = toy_latents()
     straight = train_flow(config, data, tmp_path / "a", log=quiet)
 
-    import core.flow
+    import core.training.generators
 
-    real, calls = core.flow.flow_matching_loss, []
+    real, calls = core.training.generators.flow_matching_loss, []
 
     def crash_at_step_5(*args, **kwargs):
         calls.append(1)
@@ -137,11 +146,11 @@ def test_resume_continues_exactly(tmp_path, monkeypatch, kind):
             raise KeyboardInterrupt("simulated interruption")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(core.flow, "flow_matching_loss", crash_at_step_5)
+    monkeypatch.setattr(core.training.generators, "flow_matching_loss", crash_at_step_5)
     with pytest.raises(KeyboardInterrupt):
         train_flow(config, data, tmp_path / "b", log=quiet)
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 3
-    monkeypatch.setattr(core.flow, "flow_matching_loss", real)
+    monkeypatch.setattr(core.training.generators, "flow_matching_loss", real)
     messages: list[str] = []
     resumed = train_flow(config, data, tmp_path / "b", log=messages.append)
     assert "resuming" in messages[0] and "step 3" in messages[0]
@@ -317,9 +326,9 @@ def store_and_vae(tmp_path_factory):
     """A tiny RGB VAE saved with save_pretrained (16 px -> 4x4x4 latents) and a latent store encoded with it."""
     from PIL import Image
 
-    from core.autoencoder import LatentAutoencoder, TinyVAEConfig, build_tiny_vae
-    from core.imagefolder import StreamingImageFolder
-    from core.latent_store import encode_to_store
+    from core.data.imagefolder import StreamingImageFolder
+    from core.data.latent_store import encode_to_store
+    from core.models.vae import LatentAutoencoder, TinyVAEConfig, build_tiny_vae
 
     root = tmp_path_factory.mktemp("backends")
     rng = np.random.default_rng(0)
@@ -338,7 +347,7 @@ def store_and_vae(tmp_path_factory):
 
 
 def test_cli_train_flow_sit_from_a_latent_store_resumes_and_loads(tmp_path, store_and_vae, capsys):
-    from core.cli import main
+    from core.cli.main import main
 
     store, vae = store_and_vae
     out = tmp_path / "sit"
@@ -373,7 +382,7 @@ def test_cli_train_flow_sit_from_a_latent_store_resumes_and_loads(tmp_path, stor
 
 
 def test_cli_bench_speed_throughput_for_any_vae_and_flow(tmp_path, store_and_vae, monkeypatch, capsys):
-    from core.cli import main
+    from core.cli.main import main
 
     store, vae = store_and_vae
     flow = tmp_path / "mlp"
@@ -401,18 +410,18 @@ def test_cli_bench_speed_throughput_for_any_vae_and_flow(tmp_path, store_and_vae
 
 def test_cli_bench_speed_keeps_the_engine_figures(monkeypatch, engine, tmp_path, capsys):
     """The printed quantize / sample / decode lines and benchmarks/speed.json's keys stay; throughput is added."""
-    import core.cli
-    from core.data import LabelledImages
-    from core.latents import encode_dataset
-    from core.pipeline import DistillEngine
+    import core.cli.main
+    from core.data.datasets import LabelledImages
+    from core.data.latent_cache import encode_dataset
+    from core.pipeline.distill import DistillEngine
 
     rng = np.random.default_rng(1)  # IPC 50 needs 50 images per class
     data = LabelledImages(rng.integers(0, 256, size=(150, 1, 32, 32), dtype=np.uint8), np.repeat(np.arange(3), 50),
                           ("a", "b", "c"), "tiny-150")
     latents = encode_dataset(data, engine.vae, use_cache=False, progress=lambda f, m: None)
-    monkeypatch.setattr(core.cli, "_engine", lambda args: DistillEngine(data, latents, engine.vae, engine.flow))
+    monkeypatch.setattr(core.cli.main, "_engine", lambda args: DistillEngine(data, latents, engine.vae, engine.flow))
     report = tmp_path / "speed.json"
-    assert core.cli.main(["bench-speed", "--repeats", "1", "--batch-size", "4", "--steps", "1",
+    assert core.cli.main.main(["bench-speed", "--repeats", "1", "--batch-size", "4", "--steps", "1",
                           "--json", str(report)]) == 0
     printed = capsys.readouterr().out
     for line in ("quantize 10 classes x IPC 50", "sample 10 classes x IPC 10", "decode those 100 latents",
@@ -431,7 +440,7 @@ def test_evaluate_imagefolder_script_tests_students_on_a_real_split(tmp_path, ca
 
     from PIL import Image
 
-    from core.export import class_folder_name
+    from core.pipeline.export import class_folder_name
 
     rng = np.random.default_rng(0)
     names = ("alpha", "beta", "gamma")

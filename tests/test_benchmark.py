@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-import core.benchmark as benchmark
-from core.benchmark import Bench, BenchConfig, run_benchmark
-from core.cli import main
-from core.networks import ConvNet, ConvNetConfig
-from core.pipeline import distill
-from core.teacher import Teacher
+import core.evaluation.benchmark as benchmark
+from core.cli.main import main
+from core.evaluation.benchmark import Bench, BenchConfig, run_benchmark
+from core.models.convnet import ConvNet, ConvNetConfig
+from core.models.teacher import Teacher
+from core.pipeline.distill import distill
 
 
 @pytest.fixture

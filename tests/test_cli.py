@@ -18,7 +18,7 @@ def test_help_lists_commands():
 
 
 def test_every_command_takes_a_seed():
-    from core.cli import build_parser
+    from core.cli.main import build_parser
 
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # argparse keeps sub-parsers here

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from core.cli import main
+from core.cli.main import main
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(distill, tmp_path, args, 
 def test_distill_to_a_zip_path_writes_the_zipped_export(tmp_path, capsys):
     import zipfile
 
-    from core.cli import main
+    from core.cli.main import main
 
     out = tmp_path / "set.zip"
     assert main(["distill", "--method", "d4m", "--ipc", "1", "--classes", "0,1", "--out", str(out)]) == 0

@@ -19,10 +19,10 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-
-from core.cli import main
-
 from scale_fixtures import NAMES, PER_CLASS, REPO, WNIDS, _tiny_sd_vae
+
+from core.cli.main import main
+
 
 @pytest.fixture
 def cli(capsys):
@@ -37,7 +37,7 @@ def cli(capsys):
 @pytest.fixture
 def no_teacher(monkeypatch):
     """A teacher is only for metrics: loading one during a distillation fails the test."""
-    from core.teacher import Teacher
+    from core.models.teacher import Teacher
 
     def refuse(*args, **kwargs):
         raise AssertionError("distill loaded a teacher")
@@ -64,7 +64,7 @@ def _check_export(out: Path, method: str, n_classes: int = 3, ipc: int = 2) -> d
 # ---------------------------------------------------------------------------------------------
 
 def test_encode_store_writes_a_sharded_store_of_sd_shaped_latents(scale, cli):
-    from core.latent_store import LatentStore
+    from core.data.latent_store import LatentStore
 
     store = LatentStore(scale.store)
     assert len(store) == 3 * PER_CLASS and store.latent_shape == (4, 32, 32) and len(store.shards) == 3
@@ -91,7 +91,7 @@ def test_distill_pgfm_from_a_store_with_a_sit_checkpoint(scale, cli, tmp_path, n
     assert models["flow_model"]["convention"] == {"time_scale": 1.0, "time_reversed": False, "velocity_sign": 1.0}
     assert models["flow_model"]["latent_shape"] == [4, 32, 32] and models["flow_model"]["num_classes"] == 3
     assert models["latent_store"] == str(scale.store) and models["diffusion"] is None
-    from core.latent_store import LatentStore
+    from core.data.latent_store import LatentStore
 
     assert models["dataset_fingerprint"] == LatentStore(scale.store).dataset_fingerprint
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
@@ -115,7 +115,7 @@ def test_other_methods_from_the_same_store(scale, cli, tmp_path, no_teacher, met
     else:
         assert manifest["models"]["flow"] is None and manifest["models"]["flow_model"] is None
     if method == "random":  # real images, read back from the ImageFolder the store was encoded from
-        from core.imagefolder import open_image_folder
+        from core.data.imagefolder import open_image_folder
 
         folder = open_image_folder(scale.data, list(WNIDS), 256, split="train")
         real = folder.load(range(len(folder)))
@@ -132,7 +132,7 @@ def test_other_methods_from_the_same_store(scale, cli, tmp_path, no_teacher, met
 
 def _refuse_whole_store(monkeypatch) -> list:
     """From now on loading the whole store fails the test; returns the list of classes loaded alone."""
-    from core.latent_store import LatentStore
+    from core.data.latent_store import LatentStore
 
     def refuse(*args, **kwargs):
         raise AssertionError("the whole latent store was loaded")
@@ -181,9 +181,10 @@ def test_store_above_the_limit_is_streamed_with_the_in_memory_result(scale, cli,
 
 def test_stream_with_classes_larger_than_the_sample(scale, cli, tmp_path, no_teacher, monkeypatch):
     """--stream with a 3-row sample for 4-latent classes: the mini-batch + Lloyd k-means over the stream."""
-    from core.latent_store import LatentStore, StreamingLatents
-    from core.pipeline import DistillConfig, distill, load_engine
-    from core.quantize import QuantizeConfig, quantize
+    from core.data.latent_store import LatentStore
+    from core.pipeline.distill import DistillConfig, distill, load_engine
+    from core.quantize.ddoq import QuantizeConfig, quantize
+    from core.quantize.streaming import StreamingLatents
 
     store = LatentStore(scale.store)
     # random picks the same rows (the class seed's permutation) whether the class is streamed or in memory
@@ -203,7 +204,7 @@ def test_stream_with_classes_larger_than_the_sample(scale, cli, tmp_path, no_tea
     for c in range(3):  # ddoq weights are K x cell mass: mean 1 within each class
         assert sum(im["weight"] for im in manifest["images"] if im["class_id"] == c) == pytest.approx(2.0)
 
-    from core.assets import ModelSpec
+    from core.models.loading import ModelSpec
 
     spec = ModelSpec(vae=str(scale.vae), flow=None, diffusion=None, teacher=None)
     engine = load_engine(spec, latent_store=str(scale.store), stream=True, stream_init_size=3,
@@ -240,10 +241,10 @@ def test_distill_fm_with_a_diffusers_dit_folder(scale, cli, tmp_path, no_teacher
 
 
 def test_engine_loads_every_flow_kind_and_leaves_a_missing_default_out(scale, tmp_path):
-    from core.assets import ModelSpec
-    from core.latent_mlp import LatentMLP
-    from core.pipeline import StoreImages, load_engine
-    from core.velocity_models import VelocityAdapter
+    from core.models.latent_mlp import LatentMLP
+    from core.models.loading import ModelSpec
+    from core.models.velocity import VelocityAdapter
+    from core.pipeline.distill import StoreImages, load_engine
 
     spec = ModelSpec(vae=str(scale.vae), flow=str(scale.sit), diffusion=str(tmp_path / "none"), flow_num_heads=2)
     engine = load_engine(spec, latent_store=str(scale.store))
@@ -253,7 +254,7 @@ def test_engine_loads_every_flow_kind_and_leaves_a_missing_default_out(scale, tm
     spec = ModelSpec(vae=str(scale.vae), flow=str(tmp_path / "missing-flow"), diffusion=None)
     assert load_engine(spec, latent_store=str(scale.store)).flow is None
     # the embedded default: the project's own flow folder still loads as the LatentMLP it is
-    from core.assets import FLOW_DIR, load_flow_for
+    from core.models.loading import FLOW_DIR, load_flow_for
 
     if (FLOW_DIR / "config.json").is_file():
         assert isinstance(load_flow_for(ModelSpec(), (4, 8, 8), 10), LatentMLP)
@@ -309,10 +310,10 @@ def test_torchrun_distill_equals_one_process(scale, tmp_path, source):
 
 def test_evaluate_splits_seeds_across_ranks_and_only_rank_0_reports(monkeypatch, tmp_path, capsys):
     """``evaluate`` under WORLD_SIZE > 1 calls evaluate_set_distributed; rank 0 alone prints and writes."""
-    import core.distributed as distributed
-    from core.data import FASHION_MNIST_CLASSES, load_fashion_mnist
-    from core.evaluate import EvalResult
-    from core.export import class_folder_name
+    import core.pipeline.distributed as distributed
+    from core.data.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
+    from core.evaluation.students import EvalResult
+    from core.pipeline.export import class_folder_name
 
     try:
         load_fashion_mnist("test")
@@ -396,8 +397,8 @@ def test_bad_store_and_data_input(scale, cli, tmp_path):
 
 
 def test_new_options_have_help_and_keep_the_embedded_default():
-    from core.assets import DIFFUSION_DIR, FLOW_DIR, VAE_DIR
-    from core.cli import build_parser
+    from core.cli.main import build_parser
+    from core.models.loading import DIFFUSION_DIR, FLOW_DIR, VAE_DIR
 
     commands = build_parser()._subparsers._group_actions[0].choices
     new = {"encode": ["--store", "--classes", "--shard-size", "--batch-size", "--skip-bad", "--max-per-class",

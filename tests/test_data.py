@@ -5,8 +5,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.data import (FASHION_MNIST_CLASSES, FASHION_MNIST_SYSTEM_DIR, load_fashion_mnist, load_image_folder,
-                       read_idx)
+from core.data.datasets import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_SYSTEM_DIR,
+    load_fashion_mnist,
+    load_image_folder,
+    read_idx,
+)
 from core.errors import DatasetNotFoundError
 
 needs_fmnist = pytest.mark.skipif(not (FASHION_MNIST_SYSTEM_DIR / "train-images-idx3-ubyte.gz").is_file(),

@@ -1,10 +1,11 @@
 import pytest
 import torch
 
-from core.diffusion import (DiffusionSamplerConfig, epsilon_loss, load_diffusion, sample_diffusion,
-                            train_diffusion)
 from core.errors import CheckpointError
-from core.training import LatentModelTrainConfig
+from core.models.loading import load_diffusion
+from core.training.generators import train_diffusion
+from core.training.loop import LatentModelTrainConfig
+from core.transport.ddim import DiffusionSamplerConfig, epsilon_loss, sample_diffusion
 from tests.test_flow import SMALL, small_model, toy_latents
 
 

@@ -1,4 +1,4 @@
-"""core.distributed: sharding helpers, and a real 2-process run (gloo, CPU) against one process's results."""
+"""core.pipeline.distributed: sharding helpers, and a real 2-process run (gloo, CPU) against one process's results."""
 import os
 import socket
 import time
@@ -10,18 +10,31 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from core.autoencoder import LatentAutoencoder, TinyVAEConfig, build_tiny_vae
-from core.data import LabelledImages
-from core.diffusion import DiffusionSamplerConfig, sample_diffusion
-from core.distributed import (DistContext, _run_shard, assemble_items, assemble_rows, check_indices,
-                              decode_distributed, distill_distributed, encode_dataset_distributed,
-                              evaluate_set_distributed, gather_items, gather_tensor_rows, init_from_env,
-                              shard_indices, shard_items, shard_rows)
-from core.evaluate import EvalConfig, evaluate_set
-from core.latent_mlp import LatentMLP, LatentMLPConfig
-from core.latents import encode_dataset
-from core.pipeline import DEFAULT_PGFM_GUIDANCE, DistillConfig, DistillEngine, distill
-from core.sampling import SamplerConfig, initial_noise, sample
+from core.data.datasets import LabelledImages
+from core.data.latent_cache import encode_dataset
+from core.evaluation.students import EvalConfig, evaluate_set
+from core.models.latent_mlp import LatentMLP, LatentMLPConfig
+from core.models.vae import LatentAutoencoder, TinyVAEConfig, build_tiny_vae
+from core.pipeline.distill import DEFAULT_PGFM_GUIDANCE, DistillConfig, DistillEngine, distill
+from core.pipeline.distributed import (
+    DistContext,
+    _run_shard,
+    assemble_items,
+    assemble_rows,
+    check_indices,
+    decode_distributed,
+    distill_distributed,
+    encode_dataset_distributed,
+    evaluate_set_distributed,
+    gather_items,
+    gather_tensor_rows,
+    init_from_env,
+    shard_indices,
+    shard_items,
+    shard_rows,
+)
+from core.transport.ddim import DiffusionSamplerConfig, sample_diffusion
+from core.transport.sampler import SamplerConfig, initial_noise, sample
 
 WORLD = 2
 ENCODE_BATCH = 16  # 90 images -> 6 batches: rank 0 encodes rows 0..47, rank 1 rows 48..89

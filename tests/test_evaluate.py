@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from core.augment import dsa_augment
-from core.data import LabelledImages
-from core.evaluate import EvalConfig, EvaluationCancelled, evaluate_set, read_distilled_folder, train_student
+from core.data.datasets import LabelledImages
+from core.evaluation.augment import dsa_augment
+from core.evaluation.students import EvalConfig, EvaluationCancelled, evaluate_set, read_distilled_folder, train_student
 
 FAST = dict(width=16, epochs=30, batch_size=64, seeds=(0,), lr=0.05)
 

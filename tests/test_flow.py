@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from core.data.latent_cache import LatentSet
 from core.errors import CheckpointError
-from core.training import LatentModelTrainConfig
-from core.flow import cfg_velocity, flow_matching_loss, load_flow, sample_flow, save_flow, train_flow
-from core.latent_mlp import LatentMLP, LatentMLPConfig
-from core.latents import LatentSet
+from core.models.latent_mlp import LatentMLP, LatentMLPConfig
+from core.models.velocity import load_flow, save_flow
+from core.training.generators import train_flow
+from core.training.loop import LatentModelTrainConfig
+from core.transport.path import cfg_velocity, flow_matching_loss, sample_flow
 
 SMALL = dict(width=64, hidden=128, depth=2)
 
@@ -107,9 +109,9 @@ def test_training_resumes_exactly(tmp_path, monkeypatch):
     config = LatentModelTrainConfig(steps=12, batch_size=16, warmup=2, checkpoint_every=6, seed=3, **SMALL)
     straight = train_flow(config, data, tmp_path / "a", log=lambda m: None)
 
-    import core.flow
+    import core.training.generators
 
-    real_loss, calls = core.flow.flow_matching_loss, []
+    real_loss, calls = core.training.generators.flow_matching_loss, []
 
     def crash_at_step_8(*args, **kwargs):
         calls.append(1)
@@ -117,12 +119,12 @@ def test_training_resumes_exactly(tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated interruption")
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(core.flow, "flow_matching_loss", crash_at_step_8)
+    monkeypatch.setattr(core.training.generators, "flow_matching_loss", crash_at_step_8)
     with pytest.raises(KeyboardInterrupt):
         train_flow(config, data, tmp_path / "b", log=lambda m: None)
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 6
     assert not (tmp_path / "b" / "model.safetensors").exists()
-    monkeypatch.setattr(core.flow, "flow_matching_loss", real_loss)
+    monkeypatch.setattr(core.training.generators, "flow_matching_loss", real_loss)
     messages = []
     resumed = train_flow(config, data, tmp_path / "b", log=messages.append)
     assert "resuming" in messages[0] and "step 6" in messages[0]

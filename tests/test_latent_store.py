@@ -9,14 +9,21 @@ import pytest
 import torch
 from PIL import Image
 
-from core.autoencoder import LatentAutoencoder, TinyVAEConfig, build_tiny_vae
-from core.data import load_image
+from core.data.datasets import load_image
+from core.data.imagefolder import (
+    CLASSLIST_DIR,
+    StreamingImageFolder,
+    builtin_class_lists,
+    open_image_folder,
+    read_class_list,
+    resolve_classes,
+)
+from core.data.latent_cache import encode_dataset
+from core.data.latent_store import INDEX_NAME, LatentStore, encode_to_store, shard_name
 from core.errors import CacheMismatchError, CheckpointError, DatasetNotFoundError, ImageReadError
-from core.imagefolder import (CLASSLIST_DIR, StreamingImageFolder, builtin_class_lists, open_image_folder,
-                              read_class_list, resolve_classes)
-from core.latent_store import INDEX_NAME, LatentStore, encode_to_store, quantize_store, shard_name
-from core.latents import encode_dataset
-from core.quantize import QuantizeConfig
+from core.models.vae import LatentAutoencoder, TinyVAEConfig, build_tiny_vae
+from core.quantize.ddoq import QuantizeConfig
+from core.quantize.streaming import quantize_store
 
 WNIDS = ("n00000001", "n00000002", "n00000003")
 COUNTS = (5, 4, 6)

@@ -3,8 +3,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from core.data.latent_cache import cache_path, encode_dataset
 from core.errors import CacheMismatchError
-from core.latents import cache_path, encode_dataset
 from tests.conftest import make_tiny_vae
 
 

@@ -6,11 +6,18 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist
 
-import core.metrics as metrics
-from core.guidance import rms_distance
-from core.metrics import (ClassModes, diversity, fit_modes, frechet_distance, landing_errors, mode_coverage, prdc,
-                          real_radii)
-
+import core.evaluation.metrics as metrics
+from core.evaluation.metrics import (
+    ClassModes,
+    diversity,
+    fit_modes,
+    frechet_distance,
+    landing_errors,
+    mode_coverage,
+    prdc,
+    real_radii,
+)
+from core.transport.guidance import rms_distance
 
 # --------------------------------------------------------------------------------------------- PRDC
 

@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from core import projection as proj
-from core.projection import (Projection, ProjectionConfig, fit_projection, load_or_fit_projection,
-                             subsample_index)
+from core.studio import projection as proj
+from core.studio.projection import Projection, ProjectionConfig, fit_projection, load_or_fit_projection, subsample_index
 
 
 def clusters(n_per: int = 70, shape=(4, 2, 2), seed: int = 0):

@@ -5,10 +5,11 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from core import quantize as q
-from core.latents import LatentSet
-from core.quantize import (ClassQuantization, QuantizeConfig, allocate_by_weight, quantize, quantize_class,
-                           wasserstein2)
+from core.data.latent_cache import LatentSet
+from core.quantize import ddoq as q
+from core.quantize.ddoq import ClassQuantization, QuantizeConfig, allocate_by_weight, quantize, quantize_class
+from core.quantize.streaming import quantize_class_streaming
+from core.quantize.w2 import squared_distances, wasserstein2
 
 SIZES = (60, 25, 10)  # unequal clusters: DDOQ weights differ clearly from uniform
 
@@ -110,7 +111,7 @@ def test_distinct_nearest_rows_resolves_collisions_optimally():
     centres = np.stack([x[4] + 0.01, x[4] - 0.01, x[2] + 0.5]).astype(np.float32)  # two share a nearest row
     rows = q._distinct_nearest_rows(x, centres)
     assert len(set(rows.tolist())) == 3
-    cost = q.squared_distances(centres, x)
+    cost = squared_distances(centres, x)
     best = min(itertools.permutations(range(9), 3), key=lambda p: sum(cost[i, j] for i, j in enumerate(p)))
     assert cost[np.arange(3), rows].sum() == pytest.approx(cost[np.arange(3), list(best)].sum(), rel=1e-12)
 
@@ -266,7 +267,7 @@ def test_chunked_paths_match_and_input_untouched(monkeypatch):
 
 
 def test_parallel_classes_give_the_same_result():
-    from core.latents import LatentSet
+    from core.data.latent_cache import LatentSet
 
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(300, 2, 2, 2, generator=g)
@@ -295,7 +296,7 @@ def test_streaming_kmeans_matches_in_memory_on_separated_clusters():
     x = clustered(3, sizes=BIG, spread=0.2)
     config = QuantizeConfig(method="ddoq", ipc=3, seed=1, batch_size=64, w2_max_points=200)
     memory = quantize_class(x, 2, config)
-    stream = q.quantize_class_streaming(chunked(x, 100), 2, config, passes=2, init_size=60)
+    stream = quantize_class_streaming(chunked(x, 100), 2, config, passes=2, init_size=60)
     assert isinstance(stream, ClassQuantization) and stream.label == 2 and stream.prototypes.shape == (3, 2, 2, 2)
     assert stream.weights.sum() == pytest.approx(1.0, abs=1e-12) and np.all(np.diff(stream.weights) <= 0)
     np.testing.assert_allclose(stream.weights, np.array(BIG) / sum(BIG))  # every cluster is one cell
@@ -308,7 +309,7 @@ def test_streaming_kmeans_matches_in_memory_on_separated_clusters():
     assert stream.quantization_error == pytest.approx(memory.quantization_error, rel=0.01)
     assert stream.w2_points == 200 and stream.w2_weighted <= stream.w2_uniform + 1e-9
     # deterministic, and the same for other chunk sizes (only the row order matters)
-    again = q.quantize_class_streaming(chunked(x, 37), 2, config, passes=2, init_size=60)
+    again = quantize_class_streaming(chunked(x, 37), 2, config, passes=2, init_size=60)
     torch.testing.assert_close(again.prototypes, stream.prototypes, atol=0, rtol=0)
     np.testing.assert_array_equal(again.assignments, stream.assignments)
 
@@ -317,17 +318,17 @@ def test_streaming_small_class_equals_quantize_class_and_other_methods():
     x = clustered(4)  # 95 rows fit the streaming sample: quantized in memory, identical
     for method in ("ddoq", "d4m", "random"):
         config = QuantizeConfig(method=method, ipc=4, seed=2)
-        a, b = quantize_class(x, 1, config), q.quantize_class_streaming(chunked(x, 10), 1, config)
+        a, b = quantize_class(x, 1, config), quantize_class_streaming(chunked(x, 10), 1, config)
         torch.testing.assert_close(a.prototypes, b.prototypes, atol=0, rtol=0)
         np.testing.assert_array_equal(a.weights, b.weights)
         assert a.w2_weighted == pytest.approx(b.w2_weighted)
     big = clustered(5, sizes=BIG)
     config = QuantizeConfig(method="random", ipc=5, seed=3, compute_w2=False)
-    a, b = quantize_class(big, 0, config), q.quantize_class_streaming(chunked(big, 64), 0, config, init_size=50)
+    a, b = quantize_class(big, 0, config), quantize_class_streaming(chunked(big, 64), 0, config, init_size=50)
     np.testing.assert_array_equal(a.source_indices, b.source_indices)  # the same seeded rows, gathered from the stream
     torch.testing.assert_close(b.prototypes, big[b.source_indices], atol=0, rtol=0)
     np.testing.assert_array_equal(a.assignments, b.assignments)
-    medoid = q.quantize_class_streaming(chunked(big, 64), 0, QuantizeConfig(ipc=3, medoid=True, compute_w2=False),
+    medoid = quantize_class_streaming(chunked(big, 64), 0, QuantizeConfig(ipc=3, medoid=True, compute_w2=False),
                                         init_size=50)
     assert len(set(medoid.source_indices.tolist())) == 3
     torch.testing.assert_close(medoid.prototypes, big[medoid.source_indices], atol=0, rtol=0)
@@ -336,14 +337,14 @@ def test_streaming_small_class_equals_quantize_class_and_other_methods():
 def test_streaming_errors():
     x = clustered()
     with pytest.raises(TypeError, match="callable"):
-        q.quantize_class_streaming(iter([x]), 0, QuantizeConfig(ipc=2))
+        quantize_class_streaming(iter([x]), 0, QuantizeConfig(ipc=2))
     with pytest.raises(ValueError, match="ipc=200 is larger than class 0"):
-        q.quantize_class_streaming(chunked(x, 10), 0, QuantizeConfig(ipc=200))
+        quantize_class_streaming(chunked(x, 10), 0, QuantizeConfig(ipc=200))
     bad = x.clone()
     bad[50] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
-        q.quantize_class_streaming(chunked(bad, 10), 0, QuantizeConfig(ipc=2))
+        quantize_class_streaming(chunked(bad, 10), 0, QuantizeConfig(ipc=2))
     with pytest.raises(ValueError, match="different latent shapes"):
-        q.quantize_class_streaming(lambda: iter([x[:5], x[5:10].reshape(5, 8)]), 0, QuantizeConfig(ipc=2))
+        quantize_class_streaming(lambda: iter([x[:5], x[5:10].reshape(5, 8)]), 0, QuantizeConfig(ipc=2))
     with pytest.raises(ValueError, match="no latents"):
-        q.quantize_class_streaming(lambda: iter([]), 0, QuantizeConfig(ipc=2))
+        quantize_class_streaming(lambda: iter([]), 0, QuantizeConfig(ipc=2))

@@ -19,10 +19,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.cli import main
+from core.cli.main import main
 from core.errors import OutputError, OutputExistsError
-from core.export import export_imagefolder, export_zip, export_zip_bytes, is_export
-from core.pipeline import DistilledSet, DistillConfig
+from core.pipeline.distill import DistillConfig, DistilledSet
+from core.pipeline.export import export_imagefolder, export_zip, export_zip_bytes, is_export
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,7 +60,7 @@ def no_models(monkeypatch):
     """Loading models fails the test: a refusal must come before any work."""
     def refuse(*args, **kwargs):
         raise AssertionError("models were loaded before the output was checked")
-    monkeypatch.setattr("core.cli._engine", refuse)
+    monkeypatch.setattr("core.cli.main._engine", refuse)
 
 
 @pytest.mark.parametrize("where", ["cwd", "parent", "home", "root"])
@@ -114,17 +114,17 @@ def test_overwrite_replaces_a_previous_export_folder_and_zip(tmp_path):
 
 def test_swap_is_undone_when_the_target_changed_into_something_else(tmp_path, monkeypatch):
     """A target that stops being an export between the check and the swap is put back, untouched."""
-    import core.export
+    import core.pipeline.export
 
     out = export_imagefolder(make_set(6), tmp_path / "set")
-    real_check = core.export.check_export_target
+    real_check = core.pipeline.export.check_export_target
 
     def swap_in_user_data(target, overwrite):
         checked = real_check(target, overwrite)
         (out / "manifest.json").write_text("{}")   # someone else's folder now
         (out / "notes.txt").write_text("keep")
         return checked
-    monkeypatch.setattr(core.export, "check_export_target", swap_in_user_data)
+    monkeypatch.setattr(core.pipeline.export, "check_export_target", swap_in_user_data)
     with pytest.raises(OutputExistsError, match="no longer something this tool wrote"):
         export_imagefolder(make_set(4), out, overwrite=True)
     assert (out / "notes.txt").read_text() == "keep" and len(list(out.glob("*/*.png"))) == 6
@@ -140,7 +140,7 @@ SLOW_WRITER = textwrap.dedent("""
     sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
     import PIL.Image
     from test_safe_writes import make_set
-    from core.export import export_imagefolder, export_zip
+    from core.pipeline.export import export_imagefolder, export_zip
     save = PIL.Image.Image.save
     def slow_save(self, *args, **kwargs):
         time.sleep(0.01)
@@ -309,7 +309,7 @@ def test_an_oserror_while_working_is_one_line(tmp_path, capsys, monkeypatch):
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "o"))
-    monkeypatch.setattr("core.export.export_imagefolder", full)
+    monkeypatch.setattr("core.pipeline.export.export_imagefolder", full)
     assert main(["distill", "--method", "d4m", "--ipc", "1", "--classes", "0", "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: [Errno 28] No space left on device") and "Traceback" not in err
@@ -342,7 +342,7 @@ def test_app_export_page_shows_a_clear_error_for_a_300_character_name(monkeypatc
 
 
 def test_check_accepts_new_and_empty_targets(tmp_path):
-    from core.export import check_export_target
+    from core.pipeline.export import check_export_target
 
     (tmp_path / "empty").mkdir()
     assert check_export_target(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
@@ -417,7 +417,7 @@ def test_a_target_set_aside_by_a_killed_swap_is_restored_by_the_next_run(tmp_pat
 
 
 def test_train_vae_refuses_a_folder_it_did_not_write(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("core.autoencoder.train_tiny_vae", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr("core.training.vae.train_tiny_vae", lambda *a, **k: pytest.fail("trained"))
     hub_vae = tmp_path / "sd-vae"
     hub_vae.mkdir()
     (hub_vae / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))

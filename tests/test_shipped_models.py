@@ -1,11 +1,11 @@
 """The shipped weights of the embedded default load and reproduce the metrics recorded beside them."""
 import pytest
 
-from core.assets import ASSETS, TEACHER_DIR, VAE_DIR, ModelSpec, load_flow_for, load_teacher, load_vae
-from core.autoencoder import measure_vae
-from core.data import load_fashion_mnist
+from core.data.datasets import load_fashion_mnist
+from core.evaluation.quality import flow_quality
 from core.io import read_json
-from core.quality import flow_quality
+from core.models.loading import ASSETS, TEACHER_DIR, VAE_DIR, ModelSpec, load_flow_for, load_teacher, load_vae
+from core.models.vae import measure_vae
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_solvers_converge_at_their_order_on_the_shipped_flow(spec):
 
     The trained field is stiff near the data end (t -> 1), so the asymptotic order shows from ~64 steps on
     (`python -m core bench-engine` prints the whole curve from 8 steps)."""
-    from core.reports import solver_order_report
+    from core.evaluation.reports import solver_order_report
 
     flow = load_flow_for(spec, (4, 8, 8), 10)
     report = solver_order_report(flow, n=4, steps=(64, 128), rtol=1e-9)
@@ -75,7 +75,8 @@ def test_diffusion_counterpart_samples_are_recognisable(spec, test_split):
     """Guards the DDIM first-step x̂_0 blow-up (ᾱ_999 ≈ 2e-9): samples must stay in range and classifiable."""
     import torch
 
-    from core.diffusion import DiffusionSamplerConfig, load_diffusion, sample_diffusion
+    from core.models.loading import load_diffusion
+    from core.transport.ddim import DiffusionSamplerConfig, sample_diffusion
 
     recorded = read_json(ASSETS / "metrics.json")["diffusion"]["10"]["conditional_accuracy"]
     vae, teacher = load_vae(spec), load_teacher(spec)

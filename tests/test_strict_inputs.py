@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from core.cli import main
+from core.cli.main import main
 from core.errors import CacheMismatchError, CheckpointError
-from core.evaluate import EvalConfig, evaluate_set, read_distilled_folder
-from core.flow import KIND as FLOW_KIND
+from core.evaluation.students import EvalConfig, evaluate_set, read_distilled_folder
 from core.io import save_model_folder
-from core.latent_mlp import LatentMLP, LatentMLPConfig
+from core.models.kinds import FLOW_KIND as FLOW_KIND
+from core.models.latent_mlp import LatentMLP, LatentMLPConfig
 
 
 def poisoned(state: dict[str, torch.Tensor], value: float = float("nan")) -> dict[str, torch.Tensor]:
@@ -37,11 +37,13 @@ def test_a_flow_with_nan_weights_is_refused_and_nothing_is_exported(tmp_path, ca
 
 
 def test_every_kind_of_model_refuses_non_finite_weights(tmp_path, scale):
-    from core.autoencoder import LatentAutoencoder
-    from core.diffusion import KIND as DIFFUSION_KIND, load_diffusion
-    from core.networks import ConvNet, ConvNetConfig
-    from core.teacher import KIND as TEACHER_KIND, Teacher
-    from core.velocity_models import load_velocity_model
+    from core.models.convnet import ConvNet, ConvNetConfig
+    from core.models.kinds import DIFFUSION_KIND as DIFFUSION_KIND
+    from core.models.loading import load_diffusion
+    from core.models.teacher import KIND as TEACHER_KIND
+    from core.models.teacher import Teacher
+    from core.models.vae import LatentAutoencoder
+    from core.models.velocity import load_velocity_model
     from tests.conftest import make_tiny_vae
 
     net = LatentMLP(LatentMLPConfig((4, 8, 8), 3, width=16, hidden=16, depth=1, emb_dim=8))
@@ -62,7 +64,7 @@ def test_every_kind_of_model_refuses_non_finite_weights(tmp_path, scale):
 
 
 def test_evaluate_refuses_a_class_whose_weights_sum_to_zero():
-    from core.data import LabelledImages
+    from core.data.datasets import LabelledImages
 
     rng = np.random.default_rng(0)
     test = LabelledImages(rng.integers(0, 256, (20, 1, 8, 8), dtype=np.uint8), np.arange(20) % 2, ("a", "b"), "t")
@@ -132,7 +134,7 @@ def edit_index(store, change) -> None:
 
 @pytest.mark.parametrize("file", ["../outside_shard.safetensors", "/etc/passwd", "shard-00001.safetensors"])
 def test_a_shard_file_outside_the_store_or_out_of_place_is_refused(store, file):
-    from core.latent_store import LatentStore
+    from core.data.latent_store import LatentStore
 
     edit_index(store, lambda index: index["shards"][0].update(file=file))
     with pytest.raises(CacheMismatchError, match=r"shards\[0\]\.file must be 'shard-00000.safetensors', a file inside"):
@@ -140,7 +142,7 @@ def test_a_shard_file_outside_the_store_or_out_of_place_is_refused(store, file):
 
 
 def test_index_counts_that_do_not_add_up_are_refused(store):
-    from core.latent_store import LatentStore
+    from core.data.latent_store import LatentStore
 
     edit_index(store, lambda index: index["shards"][0]["classes"].update({"0": 99}))
     with pytest.raises(CacheMismatchError, match="'count' and per-class 'classes' counts disagree"):
@@ -148,7 +150,7 @@ def test_index_counts_that_do_not_add_up_are_refused(store):
 
 
 def test_a_shard_replaced_by_a_copy_of_another_is_refused_when_read(store):
-    from core.latent_store import LatentStore
+    from core.data.latent_store import LatentStore
 
     shutil.copy(store / "shard-00001.safetensors", store / "shard-00000.safetensors")
     with pytest.raises(CacheMismatchError, match="shard-00000.safetensors: shard does not belong to this store"):
@@ -156,10 +158,10 @@ def test_a_shard_replaced_by_a_copy_of_another_is_refused_when_read(store):
 
 
 def test_a_shard_with_other_labels_than_its_index_record_is_refused(store):
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
-    from core.latent_store import LatentStore
+    from core.data.latent_store import LatentStore
 
     path = store / "shard-00000.safetensors"
     with safe_open(str(path), framework="pt") as f:
@@ -182,7 +184,7 @@ def test_a_shard_with_other_labels_than_its_index_record_is_refused(store):
     ("colour", 3, "unknown config fields ['colour']"),
 ])
 def test_a_flow_config_of_wrong_types_names_the_file_and_field(tmp_path, field, value, message):
-    from core.flow import load_flow
+    from core.models.velocity import load_flow
 
     flow = LatentMLP(LatentMLPConfig((4, 8, 8), 3, width=16, hidden=16, depth=1, emb_dim=8))
     save_model_folder(tmp_path / "flow", FLOW_KIND, flow.config_dict(), flow.state_dict())
@@ -195,7 +197,7 @@ def test_a_flow_config_of_wrong_types_names_the_file_and_field(tmp_path, field, 
 
 
 def test_an_unsafe_pickle_is_refused_with_the_whole_reason(tmp_path, scale):
-    from core.velocity_models import load_velocity_model
+    from core.models.velocity import load_velocity_model
 
     state = torch.load(scale.sit, weights_only=True)
     torch.save({"ema": state, "args": argparse.Namespace(model="SiT-XL/2")}, tmp_path / "0400000.pt")

@@ -9,16 +9,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from core.assess import build_reference
-from core.export import MANIFEST, export_zip, export_zip_bytes, resolve_inside
-from core.figures import coverage_bars, distance_to_prototype, latent_scatter, mode_grid, trajectory_figure
-from core.jobs import BackgroundJob
-from core.networks import ConvNet, ConvNetConfig
-from core.pipeline import DistillConfig
-from core.selection import ids_from_plot_selection
-from core.studio import RunHistory, Studio, covering_counts, evaluate_run, run_once, run_row
-from core.evaluate import EvalConfig
-from core.teacher import Teacher
+from core.evaluation.assess import build_reference
+from core.evaluation.students import EvalConfig
+from core.models.convnet import ConvNet, ConvNetConfig
+from core.models.teacher import Teacher
+from core.pipeline.distill import DistillConfig
+from core.pipeline.export import MANIFEST, export_zip, export_zip_bytes, resolve_inside
+from core.studio.figures import coverage_bars, distance_to_prototype, latent_scatter, mode_grid, trajectory_figure
+from core.studio.jobs import BackgroundJob
+from core.studio.selection import ids_from_plot_selection
+from core.studio.session import RunHistory, Studio, covering_counts, evaluate_run, run_once, run_row
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +148,8 @@ def test_figures_carry_sample_ids_for_selection(studio):
 
 
 def test_real_reference_is_cached_on_disk_and_rebuilt_when_stale(studio, tmp_path, monkeypatch):
-    import core.assess as assess_module
-    from core.assess import load_or_build_reference
+    import core.evaluation.assess as assess_module
+    from core.evaluation.assess import load_or_build_reference
 
     cache = tmp_path / "reference.safetensors"
     built = load_or_build_reference(studio.engine, studio.teacher, cache, per_class=20, num_modes=3)

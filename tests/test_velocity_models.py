@@ -1,4 +1,4 @@
-"""Velocity models loaded by reference (core.velocity_models, core.sit), mapped to DESIGN.md section 2.
+"""Velocity models loaded by reference (core.models.velocity, core.models.sit), mapped to DESIGN.md section 2.
 
 Every model here is tiny, random or trained for a few seconds, and saved in tmp_path the way a real one is
 (a raw SiT state dict with torch.save / safetensors, a diffusers folder with save_pretrained), then loaded
@@ -15,12 +15,19 @@ import torch
 from safetensors.torch import save_file
 
 from core.errors import CheckpointError
-from core.flow import cfg_velocity, sample_flow, save_flow
-from core.latent_mlp import LatentMLP, LatentMLPConfig
-from core.sit import SIT_PRESETS, SiT, SiTConfig, infer_sit_config, sincos_2d_pos_embed, sit_config
-from core.solvers import integrate, time_grid
-from core.velocity_models import (CONVENTION_FILE, CONVENTIONS, VelocityAdapter, VelocityConvention,
-                                  load_velocity_model, resolve_convention)
+from core.models.latent_mlp import LatentMLP, LatentMLPConfig
+from core.models.sit import SIT_PRESETS, SiT, SiTConfig, infer_sit_config, sincos_2d_pos_embed, sit_config
+from core.models.velocity import (
+    CONVENTION_FILE,
+    CONVENTIONS,
+    VelocityAdapter,
+    VelocityConvention,
+    load_velocity_model,
+    resolve_convention,
+    save_flow,
+)
+from core.transport.path import cfg_velocity, sample_flow
+from core.transport.solvers import integrate, time_grid
 
 TINY = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=48, depth=2, num_heads=3, num_classes=3)
 

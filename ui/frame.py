@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.studio import Run, Studio
+from core.studio.session import Run, Studio
 from ui import sidebar, state
 from ui.projection import autostart_umap
 

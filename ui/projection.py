@@ -7,10 +7,10 @@ import os
 import numpy as np
 import streamlit as st
 
-from core.jobs import BackgroundJob
-from core.latents import cache_dir
-from core.projection import Projection, ProjectionConfig, fit_projection, load_or_fit_projection
-from core.studio import Run, Studio
+from core.data.latent_cache import cache_dir
+from core.studio.jobs import BackgroundJob
+from core.studio.projection import Projection, ProjectionConfig, fit_projection, load_or_fit_projection
+from core.studio.session import Run, Studio
 
 METHODS = ("PCA", "UMAP")
 

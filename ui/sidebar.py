@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.diffusion import DiffusionSamplerConfig
-from core.guidance import SCHEDULES, GuidanceConfig
-from core.pipeline import DEFAULT_PGFM_GUIDANCE, METHODS, DistillConfig
-from core.sampling import SamplerConfig
-from core.solvers import SOLVERS
-from core.studio import Studio
+from core.pipeline.distill import DEFAULT_PGFM_GUIDANCE, METHODS, DistillConfig
+from core.studio.session import Studio
+from core.transport.ddim import DiffusionSamplerConfig
+from core.transport.guidance import SCHEDULES, GuidanceConfig
+from core.transport.sampler import SamplerConfig
+from core.transport.solvers import SOLVERS
 
 METHOD_HELP = {
     "random": "random real images", "d4m": "k-means centroids decoded by the VAE",

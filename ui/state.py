@@ -12,10 +12,10 @@ import time
 
 import streamlit as st
 
-from core.assets import ModelSpec
-from core.jobs import BackgroundJob
-from core.pipeline import DistillConfig
-from core.studio import Run, RunHistory, Studio, load_studio, run_once
+from core.models.loading import ModelSpec
+from core.pipeline.distill import DistillConfig
+from core.studio.jobs import BackgroundJob
+from core.studio.session import Run, RunHistory, Studio, load_studio, run_once
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)

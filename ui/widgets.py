@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.studio import Run
+from core.studio.session import Run
 from ui import state
 
 METRIC_LABELS = {

@@ -22,7 +22,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO_ROOT, install_idle_probe
 
 CHROMIUM = os.environ.get("DISTILL_STUDIO_CHROMIUM", "/usr/bin/chromium")

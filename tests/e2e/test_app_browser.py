@@ -5,8 +5,19 @@ import json
 import time
 import zipfile
 
-from helpers import (EXCEPTION, SLIDER_THUMB, button, download, exceptions, goto_page, screenshot, slider_value,
-                     wait_for_app_idle, wait_for_images, widget)
+from helpers import (
+    EXCEPTION,
+    SLIDER_THUMB,
+    button,
+    download,
+    exceptions,
+    goto_page,
+    screenshot,
+    slider_value,
+    wait_for_app_idle,
+    wait_for_images,
+    widget,
+)
 
 MAIN_IMAGES = '[data-testid="stMainBlockContainer"] [data-testid="stImage"] img'
 PAGES = [("latent_space", "Latent space"), ("trajectories", "Trajectories"), ("coverage", "Coverage"),

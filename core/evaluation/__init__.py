@@ -1,0 +1,1 @@
+"""Metrics, student protocols, set assessment, the benchmark and reports."""

@@ -1,0 +1,135 @@
+"""Assess a distilled set against the real data (DESIGN.md section 4), for the benchmark and the app.
+
+``RealReference`` holds what is computed once per dataset + teacher: teacher features of a per-class
+subsample of the real training images, their PRDC radii, the per-class modes for mode coverage, and
+the real latents of each class for W2. ``assess`` then scores a DistilledSet in well under a second.
+"""
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+
+from core.evaluation.metrics import ClassModes, CoverageResult, diversity, fit_modes, mode_coverage, prdc, real_radii
+from core.io import save_tensors, tensors_fingerprint
+from core.pipeline.distill import DistilledSet, DistillEngine
+from core.quantize.w2 import wasserstein2
+
+
+@dataclass
+class RealReference:
+    features: np.ndarray          # (R, D) teacher features of the real subsample
+    labels: np.ndarray            # (R,)
+    radii: np.ndarray             # (R,) PRDC k-NN radii
+    modes: ClassModes
+    latents_by_class: dict[int, np.ndarray]   # class -> (N_c, d) real latents (flattened)
+    k: int = 5
+
+
+def build_reference(engine: DistillEngine, teacher, per_class: int = 1000, num_modes: int = 10, k: int = 5,
+                    seed: int = 0) -> RealReference:
+    """Teacher features of ``per_class`` real training images per class (seeded), radii and modes."""
+    rng = np.random.default_rng(seed)
+    labels = engine.dataset.labels
+    index = np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == c), min(per_class, int((labels == c).sum())),
+                                               replace=False) for c in range(engine.dataset.num_classes)]))
+    features = np.concatenate([teacher.features(engine.dataset.batch(index[i:i + 1000])).numpy()
+                               for i in range(0, len(index), 1000)])
+    return RealReference(features, labels[index], real_radii(features, k), fit_modes(features, labels[index], num_modes, seed),
+                         class_latents(engine), k)
+
+
+def class_latents(engine: DistillEngine) -> dict[int, np.ndarray]:
+    """class -> (N_c, d) flattened real latents (views into the engine's latents)."""
+    latents = engine.latents.latents.flatten(1).numpy()
+    return {c: latents[engine.latents.labels == c] for c in range(engine.latents.num_classes)}
+
+
+def _reference_tensors(ref: RealReference) -> dict[str, torch.Tensor]:
+    tensors = {"features": torch.from_numpy(ref.features), "labels": torch.from_numpy(ref.labels),
+               "radii": torch.from_numpy(ref.radii)}
+    for c in ref.modes.classes:
+        tensors[f"mode_centres_{c}"] = torch.from_numpy(ref.modes.centres[c])
+        tensors[f"mode_radii_{c}"] = torch.from_numpy(ref.modes.radii[c])
+    return tensors
+
+
+def reference_cache_file(engine: DistillEngine) -> Path:
+    """Where the reference of ``engine``'s dataset is cached (the key inside the file decides reuse)."""
+    from core.data.latent_cache import cache_dir
+
+    return cache_dir() / "reference" / f"{engine.dataset.fingerprint[:16]}.safetensors"
+
+
+def load_or_build_reference(engine: DistillEngine, teacher, cache_file: Path | None, per_class: int = 1000,
+                            num_modes: int = 10, k: int = 5, seed: int = 0) -> RealReference:
+    """``build_reference``, stored in / read from the safetensors file ``cache_file`` (keyed by the data,
+    the teacher's weights and the parameters; a stale or unreadable file is rebuilt and replaced)."""
+    key = json.dumps({"data": engine.dataset.fingerprint, "teacher": tensors_fingerprint(teacher.net.state_dict()),
+                      "per_class": per_class, "num_modes": num_modes, "k": k, "seed": seed}, sort_keys=True)
+    by_class = class_latents(engine)
+    if cache_file is not None and cache_file.is_file():
+        try:
+            with safe_open(str(cache_file), "np") as f:
+                if (f.metadata() or {}).get("key") == key:
+                    t = {name: f.get_tensor(name) for name in f.keys()}
+                    classes = sorted(int(n.rsplit("_", 1)[1]) for n in t if n.startswith("mode_centres_"))
+                    modes = ClassModes({c: t[f"mode_centres_{c}"] for c in classes},
+                                       {c: t[f"mode_radii_{c}"] for c in classes}, t["features"].shape[1])
+                    return RealReference(t["features"], t["labels"], t["radii"], modes, by_class, k)
+        except (OSError, ValueError, KeyError, SafetensorError):
+            pass  # rebuilt below
+    reference = build_reference(engine, teacher, per_class, num_modes, k, seed)
+    if cache_file is not None:
+        save_tensors(cache_file, _reference_tensors(reference), metadata={"key": key})
+    return reference
+
+
+def assess(reference: RealReference, teacher, dset: DistilledSet, w2: bool = True,
+           features: np.ndarray | None = None, coverage: CoverageResult | None = None) -> dict:
+    """Mode coverage and PRDC (teacher features) plus ``latent_scores``. ``features`` / ``coverage`` of
+    ``dset`` may be passed when the caller has them already."""
+    features = teacher.features(dset.images).numpy() if features is None else features
+    coverage = mode_coverage(reference.modes, features, dset.labels) if coverage is None else coverage
+    out = {"mode_coverage": round(coverage.overall, 4),
+           "mode_coverage_per_class": {int(c): round(v, 4) for c, v in coverage.per_class.items()}}
+    if len(dset) > reference.k:
+        out.update({key: round(value, 4) for key, value in
+                    prdc(reference.features, features, reference.k, reference.radii).items()})
+    return {**out, **latent_scores(reference.latents_by_class, dset, w2)}
+
+
+def latent_scores(latents_by_class: dict[int, np.ndarray], dset: DistilledSet, w2: bool = True) -> dict:
+    """What needs no teacher: NFE and time per image, mean per-class W2 to the real latents (exact OT),
+    diversity and landing error (latent RMS units)."""
+    out = {"nfe_per_image": dset.nfe, "seconds_per_image": round(dset.timings["total_s"] / max(1, len(dset)), 5)}
+    latents = dset.latents.flatten(1).numpy().astype(np.float64)
+    classes = sorted(set(dset.labels.tolist()))
+    if w2:
+        def class_w2(c: int) -> float:
+            mask = dset.labels == c
+            return wasserstein2(latents_by_class[c], latents[mask], dset.weights[mask])
+
+        # POT's exact solver releases the GIL: classes run in parallel threads.
+        with ThreadPoolExecutor(max_workers=min(len(classes), os.cpu_count() or 1)) as pool:
+            per_class = list(pool.map(class_w2, classes))
+        out["w2_latent_mean"] = round(float(np.mean(per_class)), 4)
+    per_class_div = [diversity(latents[dset.labels == c]) for c in classes if (dset.labels == c).sum() > 1]
+    if per_class_div:
+        out["diversity_latent"] = round(float(np.mean(per_class_div)), 4)
+    finite = dset.landing_error[np.isfinite(dset.landing_error)]
+    if len(finite):
+        out["landing_error_mean"] = round(float(finite.mean()), 5)
+    return out
+
+
+def teacher_accuracy_of(teacher, dset: DistilledSet) -> float:
+    """Share of the set's images the teacher assigns to their intended class."""
+    with torch.inference_mode():
+        return float((teacher.logits(dset.images).argmax(1).numpy() == dset.labels).mean())

@@ -1,0 +1,1 @@
+"""Networks and their loading: VAE wrapper, latent MLP, SiT/DiT, ConvNet, teacher, velocity adapters."""

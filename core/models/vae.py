@@ -1,0 +1,182 @@
+"""VAE wrapper over diffusers ``AutoencoderKL`` and the embedded tiny VAE.
+
+Convention (DESIGN.md section 2): ``z = scaling_factor * (E(x) - shift_factor)`` with the posterior
+mean; images are float in [-1, 1], shape (B, C, H, W); latents are (B, latent_channels, H/f, W/f).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+
+from core.data.datasets import LabelledImages
+from core.device import pick_device
+from core.errors import CheckpointError
+from core.io import require_finite_module, tensors_fingerprint
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+TRAINING_RECORD = "training.json"
+
+
+class LatentAutoencoder:
+    """A frozen ``AutoencoderKL`` with the project's scaling convention and batched encode/decode."""
+
+    def __init__(self, vae: AutoencoderKL, source: str = "", device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        vae = vae.to(device=device)
+        if dtype != torch.float32:  # diffusers warns on any dtype cast, so cast only when asked to
+            vae = vae.to(dtype=dtype)
+        self.vae = vae.eval().requires_grad_(False)
+        self.source = source
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self._fingerprint: str | None = None
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | Path, device: str = "auto", dtype: torch.dtype = torch.float32,
+                        subfolder: str | None = None) -> "LatentAutoencoder":
+        """Load from a local ``save_pretrained`` folder or a hub id (e.g. ``stabilityai/sd-vae-ft-mse``)."""
+        local = Path(path_or_id)
+        looks_local = local.exists() or str(path_or_id).startswith((".", "/")) or str(path_or_id).count("/") != 1
+        if looks_local and not (local / (subfolder or "") / "config.json").is_file():
+            raise CheckpointError(
+                f"{local}: no VAE here (expected config.json and {WEIGHTS_NAME} written by save_pretrained); "
+                "re-create it with `python -m core train-vae --out DIR` or give a diffusers hub id")
+        try:
+            kwargs = {"subfolder": subfolder} if subfolder else {}
+            vae = AutoencoderKL.from_pretrained(str(path_or_id), use_safetensors=True, low_cpu_mem_usage=False,
+                                                **kwargs)
+        except (OSError, ValueError, RuntimeError, EnvironmentError) as exc:
+            raise CheckpointError(f"{path_or_id}: could not load an AutoencoderKL ({exc}); "
+                                  "check the folder or hub id, or re-create it with `python -m core train-vae`") from exc
+        require_finite_module(vae, path_or_id, "re-create it with `python -m core train-vae`")
+        return cls(vae, str(path_or_id), pick_device(device), dtype)
+
+    # -- convention ------------------------------------------------------------------------------
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def shift_factor(self) -> float:
+        return float(self.vae.config.shift_factor or 0.0)
+
+    @property
+    def image_channels(self) -> int:
+        return int(self.vae.config.in_channels)
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
+        f = self.downsample
+        return (int(self.vae.config.latent_channels), resolution // f, resolution // f)
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the weights and config: the key of every cache derived from this VAE."""
+        if self._fingerprint is None:
+            config = {k: v for k, v in dict(self.vae.config).items() if not k.startswith("_")}
+            self._fingerprint = tensors_fingerprint(self.vae.state_dict(),
+                                                    extra=json.dumps(config, sort_keys=True, default=str))
+        return self._fingerprint
+
+    # -- encode / decode -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Images in [-1, 1] (B, C, H, W) -> scaled posterior-mean latents, float32 on CPU."""
+        self._check_images(images)
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size].to(self.device, self.dtype)
+            mean = self.vae.encode(x).latent_dist.mean
+            out.append(((mean - self.shift_factor) * self.scaling_factor).float().cpu())
+        return torch.cat(out) if out else torch.empty(0, *self.latent_shape(images.shape[-1]))
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Scaled latents (B, c, h, w) -> images in [-1, 1], float32 on CPU."""
+        expected = int(self.vae.config.latent_channels)
+        if latents.ndim != 4 or latents.shape[1] != expected:
+            raise ValueError(f"latents must have shape (B, {expected}, h, w), got {tuple(latents.shape)}")
+        out = []
+        for start in range(0, len(latents), batch_size):
+            z = latents[start:start + batch_size].to(self.device, self.dtype)
+            x = self.vae.decode(z / self.scaling_factor + self.shift_factor).sample
+            out.append(x.float().clamp_(-1, 1).cpu())
+        return torch.cat(out) if out else torch.empty(0)
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        c = self.image_channels
+        if images.ndim != 4 or images.shape[1] != c:
+            raise ValueError(f"images must have shape (B, {c}, H, W), got {tuple(images.shape)}")
+        if images.shape[-1] % self.downsample or images.shape[-2] % self.downsample:
+            raise ValueError(f"image size {tuple(images.shape[-2:])} must be divisible by {self.downsample}")
+
+
+# -------------------------------------------------------------------------------------------------
+# The embedded tiny VAE
+# -------------------------------------------------------------------------------------------------
+
+@dataclass
+class TinyVAEConfig:
+    """Training configuration of the embedded VAE (1 x 32 x 32 -> 4 x 8 x 8)."""
+
+    block_out_channels: tuple[int, ...] = (16, 32, 32)
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    norm_num_groups: int = 8
+    epochs: float = 4.0
+    batch_size: int = 64
+    lr: float = 2e-3
+    kl_weight: float = 1e-6
+    seed: int = 0
+    threads: int = 0  # 0: torch's default
+
+
+def build_tiny_vae(config: TinyVAEConfig, in_channels: int = 1, sample_size: int = 32) -> AutoencoderKL:
+    n = len(config.block_out_channels)
+    return AutoencoderKL(
+        in_channels=in_channels, out_channels=in_channels,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(config.block_out_channels), layers_per_block=config.layers_per_block,
+        latent_channels=config.latent_channels, norm_num_groups=config.norm_num_groups,
+        sample_size=sample_size, mid_block_add_attention=False, scaling_factor=1.0, shift_factor=0.0,
+    )
+
+
+def psnr_db(reference: torch.Tensor, reconstruction: torch.Tensor) -> float:
+    """PSNR in dB on [0, 1] images of the whole set: 10 log10(1 / MSE), inputs in [-1, 1]."""
+    mse = F.mse_loss((reconstruction + 1) / 2, (reference + 1) / 2).item()
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def measure_vae(ae: LatentAutoencoder, test: LabelledImages, batch_size: int = 256,
+                limit: int | None = None) -> dict[str, float]:
+    """Test-set PSNR (dB, [0,1] images), encode and decode throughput (images/s) on ae.device."""
+    n = len(test) if limit is None else min(limit, len(test))
+    images = test.batch(slice(0, n))
+    ae.encode(images[:batch_size], batch_size)  # warm-up
+    t0 = time.perf_counter()
+    latents = ae.encode(images, batch_size)
+    t_enc = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    recon = ae.decode(latents, batch_size)
+    t_dec = time.perf_counter() - t0
+    return {
+        "test_psnr_db": round(psnr_db(images, recon), 3),
+        "encode_images_per_s": round(n / t_enc, 1),
+        "decode_images_per_s": round(n / t_dec, 1),
+        "latent_mean": round(float(latents.mean()), 4),
+        "latent_std": round(float(latents.std()), 4),
+        "images": n,
+        "threads": torch.get_num_threads(),
+        "device": str(ae.device),
+    }

@@ -1,0 +1,1 @@
+"""The distiller (engine + distill), distributed execution and export."""

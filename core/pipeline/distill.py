@@ -1,0 +1,424 @@
+"""The distiller: config -> quantize -> assign -> sample -> decode -> a distilled set.
+
+Methods (DESIGN.md section 1):
+- ``random``: K real images per class (drawn with the seed), uniform weights, no model evaluation.
+- ``d4m``: k-means centroids decoded directly by the VAE, uniform weights.
+- ``ddoq``: the same centroids decoded *through the flow model* by a warm-started ODE (t_0 =
+  ``ddoq_t0``, no guidance); weights = Voronoi cell masses.
+- ``fm``: unguided class-conditional flow samples (no prototypes).
+- ``pgfm``: flow samples guided toward k-means prototypes (sample i <-> prototype i).
+- ``diffusion-d4m`` / ``diffusion-mg``: the diffusion counterpart's prototype warm start / mode guidance.
+
+Per-image weights are normalised to mean 1 within a class (K · cell mass for ddoq), so that uniform
+weighting is weight 1 everywhere and they can be used directly as per-sample loss weights.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from core.data.datasets import LabelledImages
+from core.data.latent_cache import LatentSet
+from core.models.vae import LatentAutoencoder
+from core.quantize.ddoq import ClassQuantization, QuantizeConfig, quantize
+from core.quantize.streaming import StreamingLatents
+from core.transport.ddim import DiffusionSamplerConfig, sample_diffusion
+from core.transport.guidance import GuidanceConfig
+from core.transport.sampler import SamplerConfig, SampleResult, Trajectories, sample
+
+METHODS = ("random", "d4m", "ddoq", "fm", "pgfm", "diffusion-d4m", "diffusion-mg")
+FLOW_METHODS = ("ddoq", "fm", "pgfm")
+DIFFUSION_METHODS = ("diffusion-d4m", "diffusion-mg")
+
+# Chosen by 3-seed student accuracy at IPC 10 (benchmarks/pgfm_default.json): constant λ 0.9 on [0, 0.8]
+# gave 78.44 ± 0.44 % against 75.12 ± 0.11 % for the earlier default (linear decay from λ 0.6).
+DEFAULT_PGFM_GUIDANCE = GuidanceConfig(strength=0.9, schedule="constant", t_start=0.0, t_stop=0.8)
+DECODE_BATCH = 256  # latents decoded per VAE call
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Everything that defines a distilled set; recorded whole in the manifest."""
+
+    method: str = "pgfm"
+    ipc: int = 10
+    classes: tuple[int, ...] | None = None          # None: all classes
+    seed: int = 0
+    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(steps=8, guidance=DEFAULT_PGFM_GUIDANCE))
+    ddoq_t0: float = 0.5                            # warm start of the ddoq decode-through-flow ODE
+    diffusion: DiffusionSamplerConfig = field(default_factory=DiffusionSamplerConfig)
+    medoid: bool = False
+    pgfm_weights: bool = False                      # pgfm: keep DDOQ cell masses as weights
+    record_trajectories: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not isinstance(self.ipc, (int, np.integer)) or isinstance(self.ipc, bool) or self.ipc < 1:
+            raise ValueError(f"ipc must be an integer >= 1, got {self.ipc!r}")
+        if not 0.0 <= self.ddoq_t0 < 1.0:
+            raise ValueError(f"ddoq_t0 must lie in [0, 1), got {self.ddoq_t0}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DistilledSet:
+    """images (N, C, H, W) in [-1, 1]; per-image arrays of length N; prototypes (N, *latent_shape)."""
+
+    images: torch.Tensor
+    labels: np.ndarray
+    weights: np.ndarray
+    prototype_ids: np.ndarray          # index of the prototype within its class, -1 if none
+    latents: torch.Tensor
+    prototypes: torch.Tensor | None
+    landing_error: np.ndarray          # RMS latent distance to the prototype, NaN if none
+    class_names: tuple[str, ...]
+    config: DistillConfig
+    nfe: int                           # model evaluations per image
+    timings: dict[str, float]
+    trajectories: Trajectories | None = None
+    quantization: list[ClassQuantization] = field(default_factory=list)
+    source_indices: np.ndarray | None = None   # random: indices of the real training images
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def resolve_classes(classes: str | Sequence[str | int] | None, class_names: Sequence[str]) -> tuple[int, ...]:
+    """'all' / None, or a list of class ids or names (case-insensitive) -> sorted unique ids."""
+    if classes is None or classes == "all" or (not isinstance(classes, str) and list(classes) == ["all"]):
+        return tuple(range(len(class_names)))
+    if isinstance(classes, str):
+        classes = [c.strip() for c in classes.split(",")]
+    lookup = {name.lower(): i for i, name in enumerate(class_names)}
+    ids, unknown = [], []
+    for c in classes:
+        if isinstance(c, (int, np.integer)) or (isinstance(c, str) and c.isdigit()):
+            i = int(c)
+            (ids if 0 <= i < len(class_names) else unknown).append(i if 0 <= i < len(class_names) else c)
+        elif isinstance(c, str) and c.lower() in lookup:
+            ids.append(lookup[c.lower()])
+        else:
+            unknown.append(c)
+    if unknown:
+        raise ValueError(f"unknown classes {unknown}; valid ids are 0..{len(class_names) - 1} and names are "
+                         f"{', '.join(class_names)}")
+    if not ids:
+        raise ValueError("no classes selected")
+    return tuple(sorted(set(ids)))
+
+
+@dataclass
+class DistillEngine:
+    """The resources a distillation needs: training data, its latents, the VAE and the generators.
+
+    ``latents``: a LatentSet in memory, or for a latent store too large for memory a
+    ``core.quantize.streaming.StreamingLatents`` (labels and shapes only; classes are quantized one at a time)."""
+
+    dataset: LabelledImages
+    latents: LatentSet | StreamingLatents
+    vae: LatentAutoencoder
+    flow: torch.nn.Module | None = None
+    diffusion: torch.nn.Module | None = None
+    # Quantizations are deterministic in (method, classes, ipc, medoid, seed): an interactive session that
+    # only changes sampler settings reuses them. Entries are never mutated; the lock makes concurrent
+    # sessions sharing one engine safe.
+    _quantizations: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+
+    def check(self, config: DistillConfig) -> tuple[int, ...]:
+        """Validate ``config`` against the data and models before any work; returns the class ids."""
+        classes = resolve_classes(config.classes, self.latents.class_names)
+        counts = np.bincount(self.latents.labels, minlength=self.latents.num_classes)
+        too_small = [f"{self.latents.class_names[c]} ({counts[c]})" for c in classes if counts[c] < config.ipc]
+        if too_small:
+            raise ValueError(f"ipc={config.ipc} is larger than these classes' sizes: {', '.join(too_small)}")
+        model = self.flow if config.method in FLOW_METHODS else self.diffusion if config.method in DIFFUSION_METHODS else None
+        if config.method in FLOW_METHODS + DIFFUSION_METHODS:
+            if model is None:
+                raise ValueError(f"method {config.method!r} needs a {'flow' if config.method in FLOW_METHODS else 'diffusion'} model")
+            if model.config.num_classes != self.latents.num_classes:
+                raise ValueError(f"the model has {model.config.num_classes} classes but the data has {self.latents.num_classes}")
+            if tuple(model.config.latent_shape) != self.latents.latent_shape:
+                raise ValueError(f"the model works on latents {tuple(model.config.latent_shape)}, the data's are "
+                                 f"{self.latents.latent_shape}")
+        return classes
+
+
+def _quantize(engine: DistillEngine, classes: tuple[int, ...], config: DistillConfig, method: str,
+              keep: int = 16) -> list[ClassQuantization]:
+    """Quantize ``classes``; the last ``keep`` results are memoised on the engine."""
+    qconfig = QuantizeConfig(method=method, ipc=config.ipc, medoid=config.medoid and method != "random",
+                             seed=config.seed, compute_w2=False)
+    key = (classes, qconfig)
+    with engine._lock:
+        if key in engine._quantizations:
+            engine._quantizations.move_to_end(key)
+            return engine._quantizations[key]
+    if isinstance(engine.latents, StreamingLatents):  # class by class from the store
+        result = engine.latents.quantize(list(classes), qconfig)
+    else:
+        result = quantize(engine.latents, list(classes), qconfig)
+    with engine._lock:
+        engine._quantizations[key] = result
+        while len(engine._quantizations) > keep:
+            engine._quantizations.popitem(last=False)
+    return result
+
+
+class LocalExecutor:
+    """How ``distill`` runs its stages: here, in this process. ``core.pipeline.distributed.ShardedExecutor`` runs the
+    same stages sharded across processes and returns the same results."""
+
+    def quantize(self, engine: DistillEngine, classes: tuple[int, ...], config: DistillConfig,
+                 method: str) -> list[ClassQuantization]:
+        return _quantize(engine, classes, config, method)
+
+    def sample(self, model: torch.nn.Module, labels: torch.Tensor, prototypes: torch.Tensor | None,
+               config: SamplerConfig, record: bool) -> SampleResult:
+        return sample(model, labels, prototypes, config, record=record)
+
+    def sample_diffusion(self, model: torch.nn.Module, labels: torch.Tensor, prototypes: torch.Tensor | None,
+                         config: DiffusionSamplerConfig) -> SampleResult:
+        return sample_diffusion(model, labels, prototypes, config)
+
+    def decode(self, vae: LatentAutoencoder, latents: torch.Tensor) -> torch.Tensor:
+        return vae.decode(latents, DECODE_BATCH)
+
+
+def distill(engine: DistillEngine, config: DistillConfig, executor: LocalExecutor | None = None) -> DistilledSet:
+    """Run one distillation. All checks happen before any work; every random choice follows config.seed.
+
+    ``executor`` runs the stages (default: in this process; see ``core.pipeline.distributed.distill_distributed``).
+    """
+    executor = executor or LocalExecutor()
+    classes = engine.check(config)
+    timings: dict[str, float] = {}
+    k = config.ipc
+    labels = np.repeat(np.array(classes, dtype=np.int64), k)
+    prototype_ids = np.tile(np.arange(k), len(classes))
+    weights = np.ones(len(labels))
+    quantization: list[ClassQuantization] = []
+    prototypes = None
+    source = None
+
+    t0 = time.perf_counter()
+    if config.method != "fm":
+        q_method = {"random": "random", "d4m": "d4m", "diffusion-d4m": "d4m"}.get(config.method, "ddoq")
+        quantization = executor.quantize(engine, classes, config, q_method)
+        prototypes = torch.cat([q.prototypes for q in quantization])
+        if config.method == "ddoq" or (config.method == "pgfm" and config.pgfm_weights):
+            weights = np.concatenate([q.weights * k for q in quantization])
+    timings["quantize_s"] = time.perf_counter() - t0
+
+    trajectories, nfe = None, 0
+    y = torch.from_numpy(labels)
+    t0 = time.perf_counter()
+    if config.method == "random":  # the prototypes are the chosen real latents; ``source`` their rows
+        per_class = [np.flatnonzero(engine.latents.labels == c) for c in classes]
+        source = np.concatenate([idx[q.source_indices] for idx, q in zip(per_class, quantization)])
+        latents = prototypes.clone()
+    elif config.method == "d4m":
+        latents = prototypes.clone()
+    elif config.method in FLOW_METHODS:
+        sampler = replace(config.sampler, seed=config.seed)
+        if config.method == "ddoq":
+            sampler = replace(sampler, t0=config.ddoq_t0, guidance=GuidanceConfig(strength=0.0))
+        elif config.method == "fm":
+            sampler = replace(sampler, t0=0.0, guidance=GuidanceConfig(strength=0.0))
+        result = executor.sample(engine.flow, y, None if config.method == "fm" else prototypes, sampler,
+                                 config.record_trajectories)
+        latents, nfe, trajectories = result.latents, result.nfe, result.trajectories
+    else:
+        mode = "d4m" if config.method == "diffusion-d4m" else "mg"
+        result = executor.sample_diffusion(engine.diffusion, y, prototypes,
+                                           replace(config.diffusion, mode=mode, seed=config.seed))
+        latents, nfe = result.latents, result.nfe
+    timings["sample_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if config.method == "random":
+        images = engine.dataset.batch(source)
+    else:
+        images = executor.decode(engine.vae, latents)
+    timings["decode_s"] = time.perf_counter() - t0
+    if prototypes is not None and config.method != "random":
+        landing = ((latents - prototypes).flatten(1).norm(dim=1) / np.sqrt(latents[0].numel())).numpy()
+    else:
+        landing = np.full(len(labels), np.nan)
+    if config.method == "fm":
+        prototype_ids = np.full(len(labels), -1)
+    timings["total_s"] = sum(timings.values())
+    return DistilledSet(images, labels, weights, prototype_ids, latents, prototypes, landing,
+                        tuple(engine.latents.class_names), config, nfe, timings, trajectories, quantization, source)
+
+
+def _generator_present(ref: str | None) -> bool:
+    """True when ``ref`` names something to load: an existing file, or a folder holding a model config
+    (its own ``config.json`` or a diffusers pipeline's ``transformer/config.json``). A folder without one
+    (e.g. only a training checkpoint) or a missing path is left out, as the embedded default's may be."""
+    from pathlib import Path
+
+    if not ref:
+        return False
+    path = Path(ref)
+    if path.is_dir():
+        return (path / "config.json").is_file() or (path / "transformer" / "config.json").is_file()
+    return path.is_file()
+
+
+def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None = None,
+                cache_dir: str | None = None, resolution: int = 32, channels: int = 3,
+                progress: Callable[[float, str], None] | None = None,
+                encode: Callable[..., LatentSet] | None = None, latent_store: str | None = None,
+                max_store_bytes: int | None = None, stream: bool | None = False,
+                stream_init_size: int | None = None) -> DistillEngine:
+    """Load the training split, its cached latents, the VAE and whichever generators ``spec`` names.
+
+    A generator that does not exist (or is set to None / "") is left out (methods that need it then raise a
+    clear error). The flow is loaded by ``core.models.loading.load_flow_for``: any reference
+    ``core.models.velocity.load_velocity_model`` takes (the project's folder, a diffusers DiT folder, a SiT
+    ``.pt`` / ``.safetensors``), with ``spec.flow_convention`` / ``flow_num_heads`` / ``flow_class_map``.
+    ``encode(dataset, vae, cache_dir, progress=...)`` replaces ``core.data.latent_cache.encode_dataset`` (the
+    distributed loader passes one that shards the encoding and lets one process write the cache).
+
+    ``latent_store``: a folder written by ``core.data.latent_store.encode_to_store`` (``python -m core encode
+    --store``) replaces the dataset and its encoding: its latents are checked against the VAE and held in
+    memory (up to ``max_store_bytes`` as float32, default ``core.data.latent_store.DEFAULT_MAX_BYTES``), and the real
+    images (needed by ``random`` only) are read on demand from its ImageFolder, ``data_dir`` or else the
+    folder the store was encoded from (``StoreImages``). ``dataset`` / ``resolution`` / ``channels`` /
+    ``cache_dir`` / ``encode`` are then unused. ``stream``: False refuses a store above ``max_store_bytes``;
+    True, or None for a store above it, never loads the whole store: the engine's latents are then a
+    ``core.quantize.streaming.StreamingLatents`` (``distill`` works; code reading ``engine.latents.latents``
+    does not), quantizing class by class with at most ``max_store_bytes`` of latents in memory, streamed
+    classes with a k-means sample of ``stream_init_size`` rows (default max(20 IPC, 4096)).
+    """
+    from core.io import is_model_folder
+    from core.models.loading import ModelSpec, load_diffusion, load_flow_for, load_vae
+
+    spec = spec or ModelSpec()
+    if latent_store is not None:
+        vae = load_vae(spec)
+        data, latents = _store_data(latent_store, vae, data_dir, max_store_bytes, stream, stream_init_size)
+    else:
+        from core.data.datasets import load_dataset
+        from core.data.latent_cache import encode_dataset
+
+        data = load_dataset(dataset, "train", data_dir, resolution, channels)
+        vae = load_vae(spec)
+        latents = (encode or encode_dataset)(data, vae, cache_dir, progress=progress)
+    shape, n = latents.latent_shape, latents.num_classes
+    flow = load_flow_for(spec, shape, n) if _generator_present(spec.flow) else None
+    diffusion = (load_diffusion(spec.diffusion, spec.device, shape, n)
+                 if spec.diffusion and is_model_folder(spec.diffusion) else None)
+    return DistillEngine(data, latents, vae, flow, diffusion)
+
+
+def _store_data(store_dir: str, vae: LatentAutoencoder, data_dir: str | None, max_bytes: int | None,
+                stream: bool | None = False,
+                init_size: int | None = None) -> tuple["StoreImages", LatentSet | StreamingLatents]:
+    from core.data.latent_store import DEFAULT_MAX_BYTES, LatentStore
+
+    store = LatentStore(store_dir).check(vae)
+    max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else int(max_bytes)
+    need = store.nbytes(None)
+    if need > max_bytes and stream is False:
+        raise ValueError(
+            f"{store.path}: the latent store is too large for in-memory distillation ({len(store)} latents, "
+            f"{need / 2**30:.2f} GiB as float32, limit {max_bytes / 2**30:.2f} GiB). Distil it class by class "
+            f"without loading it: `python -m core distill --latent-store DIR` streams a store above --store-max-gib "
+            f"(load_engine(..., stream=True)); or raise the limit if the memory is there, or encode a store of "
+            f"fewer classes (encode --classes)")
+    images = StoreImages(store, data_dir)
+    if stream or need > max_bytes:
+        return images, StreamingLatents(store, max_bytes, init_size=init_size, labels=images.labels)
+    return images, store.as_latent_set(max_bytes=max_bytes)
+
+
+class StoreImages:
+    """The real images behind the rows of a latent store, read on demand from the ImageFolder it was encoded
+    from (the engine's ``dataset`` when distilling from a store; only ``random`` reads pixels).
+
+    ``root``: the ImageFolder (default: the folder recorded in the store). It is opened on first use with the
+    store's classes and resolution and must have the store's fingerprint (same files, sizes, mtimes), so that
+    row ``i`` of the store is file ``file_indices[i]``; a store encoded with ``max_per_class`` is matched by
+    reopening with the largest per-class count."""
+
+    def __init__(self, store, root: str | None = None):
+        self.store = store
+        self.root = str(root) if root else str(store.index.get("root") or "")
+        self.labels = store.labels()
+        self.file_indices = store.file_indices()
+        self.class_names = tuple(store.class_names)
+        self.fingerprint = store.dataset_fingerprint
+        self.name = str(store.index.get("dataset") or f"latent-store-{store.path.name}")
+        resolution = int(store.index.get("resolution", 0))
+        self.image_shape = (3, resolution, resolution)
+        self._folder = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=self.num_classes)
+
+    def _per_class_items(self) -> list[int]:
+        """Images per class of the dataset the store was encoded from (encoded + skipped)."""
+        counts = [int(c) for c in self.store.counts]
+        folders = {f: i for i, f in enumerate(self.store.class_ids)}
+        for rel in self.store.index.get("skipped_files", []):
+            label = folders.get(str(rel).split("/", 1)[0])
+            if label is not None:
+                counts[label] += 1
+        return counts
+
+    def folder(self):
+        """The StreamingImageFolder of the store's rows (opened and checked once)."""
+        if self._folder is not None:
+            return self._folder
+        from pathlib import Path
+
+        from core.data.imagefolder import StreamingImageFolder
+        from core.errors import CacheMismatchError, DatasetNotFoundError
+
+        classes, resolution = list(self.store.class_ids), self.image_shape[-1]
+        # the root itself, or its train/ or val/ split (as ``open_image_folder`` picks them when encoding)
+        roots = [Path(self.root) / sub for sub in ("", "train", "val")] if self.root else []
+        root = next((r for r in roots if r.is_dir() and all((r / c).is_dir() for c in classes)), None)
+        if root is None:
+            raise DatasetNotFoundError(
+                f"{self.store.path}: the real images of this latent store are needed (method 'random') but its "
+                f"ImageFolder {self.root or '(not recorded)'} is not there or lacks its class folders; pass the "
+                f"folder it was encoded from (--data-dir)")
+        self.root = str(root)
+        tried = []
+        for max_per_class in (None, max(self._per_class_items() or [1])):
+            folder = StreamingImageFolder(root, classes, resolution, max_per_class=max_per_class)
+            if folder.fingerprint == self.fingerprint:
+                self._folder = folder
+                return folder
+            tried.append(f"{len(folder)} images" + (f" (first {max_per_class} per class)" if max_per_class else ""))
+        raise CacheMismatchError(
+            f"{self.root}: this ImageFolder ({', '.join(tried)}) is not the one the latent store {self.store.path} was "
+            f"encoded from ({self.store.index.get('items')} images of {len(classes)} classes at {resolution} px; "
+            f"added, removed or modified files change it); pass the original folder (--data-dir) or encode anew")
+
+    def batch(self, index) -> torch.Tensor:
+        """Images of store rows ``index`` as float32 in [-1, 1], shape (B, 3, R, R)."""
+        rows = np.asarray(index, dtype=np.int64).reshape(-1)
+        batch = self.folder().load(self.file_indices[rows])
+        if len(batch.indices) != len(rows):
+            raise ValueError(f"{self.root}: {len(rows) - len(batch.indices)} of the requested images could not be read")
+        return batch.images

@@ -1,0 +1,234 @@
+"""Export a distilled set as an ImageFolder of PNGs + manifest.json + latents.safetensors, as a folder
+or as a zip of that folder's contents.
+
+Layout of ``out/``: one folder per class named ``NN-<class name>`` (zero-padded id, so sorting the
+folders gives the class order; characters other than letters, digits, '-', '_' and '.' become '_'),
+``manifest.json`` (every parameter and a record per image) and ``latents.safetensors``. The folder (or zip) is
+written next to its destination and swapped into place, so no half-written export is ever visible, and
+``overwrite`` only ever replaces a previous export of this tool.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import re
+import zipfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import save
+
+from core import __version__
+from core.data.visualize import to_uint8
+from core.errors import OutputError, OutputExistsError
+from core.io import atomic_directory, check_writable_target, new_sibling_file, publish, remove_stale_siblings
+
+FORMAT = "distill-studio/imagefolder-v1"
+MANIFEST = "manifest.json"
+LATENTS = "latents.safetensors"
+
+
+def class_folder_name(class_id: int, name: str) -> str:
+    return f"{class_id:02d}-{re.sub(r'[^A-Za-z0-9._-]+', '_', name).strip('_') or 'class'}"
+
+
+def _finite_or_none(x: float) -> float | None:
+    return None if not np.isfinite(x) else round(float(x), 6)
+
+
+def build_manifest(dset, indices: np.ndarray, files: Sequence[str], extra: dict | None = None) -> dict:
+    """The manifest of images ``indices`` of ``dset`` (a DistilledSet) stored as ``files``."""
+    config = dset.config
+    images = [{
+        "file": files[j], "index": int(i), "class_id": int(dset.labels[i]),
+        "class_name": dset.class_names[int(dset.labels[i])], "prototype_id": int(dset.prototype_ids[i]),
+        "weight": round(float(dset.weights[i]), 6), "landing_error": _finite_or_none(dset.landing_error[i]),
+    } for j, i in enumerate(indices)]
+    return {
+        "format": FORMAT, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "software": f"distill-studio {__version__}", "method": config.method, "ipc": config.ipc, "seed": config.seed,
+        "config": config.to_dict(), "class_names": list(dset.class_names),
+        "class_folders": {str(c): class_folder_name(c, n) for c, n in enumerate(dset.class_names)},
+        "nfe_per_image": dset.nfe, "timings_s": {k: round(v, 4) for k, v in dset.timings.items()},
+        "num_images": len(images), "images": images, **(extra or {}),
+    }
+
+
+def is_export(path: str | Path) -> bool:
+    """True when ``path`` is what ``--overwrite`` may replace: an empty folder, or a folder or zip that holds
+    exactly what this tool writes: its ``manifest.json`` (of this tool's format), ``latents.safetensors``
+    and the image files the manifest lists, nothing else (a file added by hand makes it the user's).
+    Symbolic links never are."""
+    path = Path(path)
+    try:
+        if path.is_symlink():
+            return False
+        if path.is_dir():
+            entries = list(path.rglob("*"))
+            if not entries:
+                return True
+            if any(e.is_symlink() for e in entries):
+                return False
+            manifest = json.loads((path / MANIFEST).read_bytes())
+            names = {e.relative_to(path).as_posix() for e in entries if e.is_file()}
+            folders = {e.relative_to(path).as_posix() for e in entries if e.is_dir()}
+        elif zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                manifest = json.loads(archive.read(MANIFEST))
+                names = {n for n in archive.namelist() if not n.endswith("/")}
+            folders = set()
+        else:
+            return False
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            return False
+        listed = {im["file"] for im in manifest.get("images", []) if isinstance(im, dict) and isinstance(im.get("file"), str)}
+        return names <= listed | {MANIFEST, LATENTS} and folders <= {f.split("/")[0] for f in listed}
+    except Exception:  # noqa: BLE001 - anything unreadable (corrupt zip, odd JSON, permissions) is not ours
+        return False
+
+
+def _is_export_folder(path: Path) -> bool:
+    return path.is_dir() and is_export(path)
+
+
+def _is_export_zip(path: Path) -> bool:
+    return path.is_file() and is_export(path)
+
+
+def check_export_target(out: str | Path, overwrite: bool = False) -> Path:
+    """The absolute export path ``out`` (a folder, or a zip file when it ends in ``.zip``), checked before
+    any work: it can be created (``core.io.check_writable_target``), is not a symbolic link, and is new, an
+    empty folder, or (with ``overwrite``) a previous export of this tool. Raises OutputError /
+    OutputExistsError naming the problem; touches nothing."""
+    target = check_writable_target(out, "output")
+    as_zip = target.suffix.lower() == ".zip"
+    if target.is_symlink():
+        raise OutputError(f"output {target} is a symbolic link; give the path it points to, or another path")
+    if not target.exists():
+        return target
+    if as_zip and target.is_dir():
+        raise OutputExistsError(f"output {target} is a folder; a .zip output must be a file path")
+    if not as_zip and not target.is_dir():
+        raise OutputExistsError(f"output {target} is a file, not a folder; choose another path (end it in .zip "
+                                "for a zip file)")
+    if target.is_dir() and not any(target.iterdir()):
+        return target
+    if not overwrite:
+        raise OutputExistsError(f"{target} exists{'' if as_zip else ' and is not empty'}; choose another path or "
+                                "pass --overwrite (which replaces a previous export only)")
+    if not is_export(target):
+        raise OutputExistsError(f"{target} is not an export of this tool (no {MANIFEST} of format {FORMAT} in it, or "
+                                "files in it that the export did not write); --overwrite replaces only previous "
+                                "exports, so nothing was touched; choose another path")
+    return target
+
+
+def _indices(dset, selection: Sequence[int] | None) -> np.ndarray:
+    indices = np.arange(len(dset)) if selection is None else np.asarray(sorted(set(int(i) for i in selection)))
+    if len(indices) == 0:
+        raise ValueError("nothing to export: the selection is empty")
+    if indices.min() < 0 or indices.max() >= len(dset):
+        raise ValueError(f"selection ids must lie in [0, {len(dset)}), got {indices.min()}..{indices.max()}")
+    idx = torch.from_numpy(indices)
+    for what, values in (("latents", dset.latents), ("images", dset.images), ("prototypes", dset.prototypes)):
+        if values is None:
+            continue
+        finite = torch.isfinite(values[idx].reshape(len(idx), -1).float()).all(1)
+        if not bool(finite.all()):
+            bad = indices[~finite.numpy()]
+            raise ValueError(f"refusing to export: {len(bad)} of {len(indices)} images have NaN or infinite "
+                             f"{what} (ids {bad[:8].tolist()}{' ...' if len(bad) > 8 else ''}); check the models "
+                             "(a generator with non-finite weights or a diverging guidance setting)")
+    return indices
+
+
+def _export_entries(dset, indices: np.ndarray, extra: dict | None) -> Iterator[tuple[str, bytes]]:
+    """The files of an export as (relative path, bytes): PNGs by class folder, then manifest and latents."""
+    pixels = to_uint8(dset.images[torch.from_numpy(indices)])
+    files = []
+    for j, i in enumerate(indices):
+        label = int(dset.labels[i])
+        name = f"{class_folder_name(label, dset.class_names[label])}/{int(i):05d}-p{int(dset.prototype_ids[i])}.png"
+        tile = pixels[j][..., 0] if pixels.shape[-1] == 1 else pixels[j]
+        png = io.BytesIO()
+        Image.fromarray(tile).save(png, format="PNG")
+        files.append(name)
+        yield name, png.getvalue()
+    manifest = build_manifest(dset, indices, files, extra)
+    yield MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
+    idx = torch.from_numpy(indices)
+    tensors = {"latents": dset.latents[idx].float().contiguous(), "labels": torch.from_numpy(dset.labels[indices]),
+               "weights": torch.from_numpy(dset.weights[indices]).float(),
+               "prototype_ids": torch.from_numpy(dset.prototype_ids[indices]).long(), "indices": idx.long()}
+    if dset.prototypes is not None:
+        tensors["prototypes"] = dset.prototypes[idx].float().contiguous()
+    yield LATENTS, save(tensors)
+
+
+def export_imagefolder(dset, out: str | Path, selection: Sequence[int] | None = None, overwrite: bool = False,
+                       extra: dict | None = None) -> Path:
+    """Write images ``selection`` (default: all) of ``dset`` to folder ``out``; returns its absolute path.
+
+    ``out`` must be new or an empty folder, or, with ``overwrite``, a previous export (``check_export_target``).
+    The export is written beside ``out`` and swapped into place (``core.io.publish``): ``out`` is at every
+    instant the whole old export or the whole new one, and the old one is removed last."""
+    indices = _indices(dset, selection)
+    out = check_export_target(out, overwrite)
+    with atomic_directory(out, replaceable=_is_export_folder if overwrite else None) as tmp:
+        for name, data in _export_entries(dset, indices, extra):
+            path = tmp / name
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(data)
+    return out
+
+
+def _write_zip(dset, indices: np.ndarray, extra: dict | None, target) -> None:
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        stamp = _dt.datetime.now().timetuple()[:6]
+        for name, data in _export_entries(dset, indices, extra):
+            entry = zipfile.ZipInfo(name, date_time=stamp)
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            entry.external_attr = 0o644 << 16  # ordinary file permissions when extracted
+            archive.writestr(entry, data)
+
+
+def export_zip_bytes(dset, selection: Sequence[int] | None = None, extra: dict | None = None) -> bytes:
+    """The export of ``selection`` (default: all) as zip bytes (entries ``NN-class/*.png``, manifest, latents)."""
+    buffer = io.BytesIO()
+    _write_zip(dset, _indices(dset, selection), extra, buffer)
+    return buffer.getvalue()
+
+
+def export_zip(dset, path: str | Path, selection: Sequence[int] | None = None, extra: dict | None = None,
+               overwrite: bool = False) -> Path:
+    """Write the export as the zip file ``path``; built beside it and moved into place as ``export_imagefolder``
+    does (a half-written zip is never visible; ``overwrite`` replaces only a zip this tool exported)."""
+    indices = _indices(dset, selection)
+    path = check_export_target(path, overwrite)
+    remove_stale_siblings(path)
+    tmp = new_sibling_file(path)
+    try:
+        with open(tmp, "wb") as f:
+            _write_zip(dset, indices, extra, f)
+        publish(tmp, path, replaceable=_is_export_zip if overwrite else None)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def resolve_inside(root: str | Path, name: str) -> Path:
+    """``root/name`` for a user-given relative ``name``; refuses anything that would land outside ``root``
+    (absolute paths, '..', symlinks pointing out)."""
+    if not name or not name.strip():
+        raise ValueError("give a folder name for the export")
+    if Path(name).is_absolute():
+        raise ValueError(f"the export folder must be relative to {root}, got the absolute path {name!r}")
+    base = Path(root).resolve()
+    target = (base / name).resolve()
+    if target == base or base not in target.parents:
+        raise ValueError(f"the export folder {name!r} would lie outside {base}; use a plain relative name")
+    return target

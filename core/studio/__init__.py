@@ -1,0 +1,1 @@
+"""What the app needs without Streamlit: session, jobs, projection, figures, selection."""

@@ -1,0 +1,115 @@
+"""Plotly figures of the app (arrays in, ``go.Figure`` out; no Streamlit).
+
+Conventions: 2-D coordinates are (N, 2) arrays from ``core.studio.projection``; synthetic points carry their
+sample id first in ``customdata`` so plot selections map back to samples (``core.studio.selection``); colours
+are per class and stable across figures.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Alphabet
+
+
+def class_colour(class_id: int) -> str:
+    return PALETTE[int(class_id) % len(PALETTE)]
+
+
+def _layout(fig: go.Figure, title: str, height: int = 520, **kwargs) -> go.Figure:
+    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(itemsizing="constant"), **kwargs)
+    return fig
+
+
+def latent_scatter(real_xy: np.ndarray, real_labels: np.ndarray, class_names: Sequence[str],
+                   synth_xy: np.ndarray | None = None, synth_labels: np.ndarray | None = None,
+                   proto_xy: np.ndarray | None = None, proto_weights: np.ndarray | None = None,
+                   selected: Sequence[int] = (), title: str = "Latent space") -> go.Figure:
+    """Real latents (small, faint, by class), prototypes (diamonds, area ∝ weight, aligned with the
+    synthetic samples) and synthetic samples (circles; id i = row i of synth_xy; selected ones ringed)."""
+    fig = go.Figure()
+    for c in np.unique(real_labels):
+        m = real_labels == c
+        fig.add_trace(go.Scattergl(x=real_xy[m, 0], y=real_xy[m, 1], mode="markers", name=class_names[c],
+                                   legendgroup=str(c), marker=dict(size=4, color=class_colour(c), opacity=0.25),
+                                   hoverinfo="name"))
+    if proto_xy is not None and synth_labels is not None:
+        w = np.ones(len(proto_xy)) if proto_weights is None else np.asarray(proto_weights, dtype=float)
+        size = 8 + 10 * np.sqrt(w / max(w.max(), 1e-12))
+        fig.add_trace(go.Scatter(x=proto_xy[:, 0], y=proto_xy[:, 1], mode="markers", name="prototypes",
+                                 marker=dict(symbol="diamond", size=size, color=[class_colour(c) for c in synth_labels],
+                                             line=dict(width=1, color="black")),
+                                 text=[f"prototype of sample {i}, weight {wi:.2f}" for i, wi in enumerate(w)],
+                                 hoverinfo="text"))
+    if synth_xy is not None and synth_labels is not None:
+        ids = np.arange(len(synth_xy))
+        chosen = np.isin(ids, np.asarray(list(selected), dtype=int))
+        fig.add_trace(go.Scatter(x=synth_xy[:, 0], y=synth_xy[:, 1], mode="markers", name="synthetic",
+                                 customdata=np.stack([ids, synth_labels], 1),
+                                 marker=dict(size=np.where(chosen, 13, 9), color=[class_colour(c) for c in synth_labels],
+                                             line=dict(width=np.where(chosen, 3, 1), color="black")),
+                                 hovertemplate="sample %{customdata[0]} (class %{customdata[1]})<extra></extra>"))
+    return _layout(fig, title, dragmode="lasso", xaxis=dict(showticklabels=False), yaxis=dict(showticklabels=False))
+
+
+def trajectory_figure(paths_xy: np.ndarray, labels: np.ndarray, ids: Sequence[int], class_names: Sequence[str],
+                      proto_xy: np.ndarray | None = None, title: str = "Trajectories") -> go.Figure:
+    """paths_xy (S+1, B, 2): sample b's path from noise (first row) to its endpoint (last row)."""
+    fig = go.Figure()
+    for b, sample_id in enumerate(ids):
+        colour = class_colour(labels[b])
+        fig.add_trace(go.Scatter(x=paths_xy[:, b, 0], y=paths_xy[:, b, 1], mode="lines+markers",
+                                 name=f"sample {sample_id} ({class_names[labels[b]]})",
+                                 line=dict(color=colour, width=2), marker=dict(size=np.r_[np.full(len(paths_xy) - 1, 4), 11],
+                                                                               color=colour),
+                                 customdata=np.full((len(paths_xy), 1), sample_id)))
+        if proto_xy is not None:
+            fig.add_trace(go.Scatter(x=[proto_xy[b, 0]], y=[proto_xy[b, 1]], mode="markers", showlegend=False,
+                                     marker=dict(symbol="x", size=13, color=colour, line=dict(width=1, color="black")),
+                                     hovertext=f"prototype of sample {sample_id}", hoverinfo="text"))
+    return _layout(fig, title, xaxis=dict(showticklabels=False), yaxis=dict(showticklabels=False))
+
+
+def distance_to_prototype(times: np.ndarray, distance: np.ndarray, labels: np.ndarray,
+                          class_names: Sequence[str], title: str = "Distance of x̂₁ to the prototype") -> go.Figure:
+    """distance (S, B): RMS latent distance of the predicted endpoint x̂₁ at the start of each step,
+    plotted against that step's time t (0 = noise, 1 = data); faint line per sample, bold class mean."""
+    fig = go.Figure()
+    for c in np.unique(labels):
+        m = labels == c
+        for row in distance[:, m].T:
+            fig.add_trace(go.Scatter(x=times, y=row, mode="lines", line=dict(color=class_colour(c), width=1),
+                                     opacity=0.25, showlegend=False, hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=times, y=distance[:, m].mean(1), mode="lines+markers", name=class_names[c],
+                                 line=dict(color=class_colour(c), width=3)))
+    return _layout(fig, title, height=420, xaxis_title="t (0 = noise, 1 = data)",
+                   yaxis_title="RMS distance (latent units)")
+
+
+def coverage_bars(per_class: dict[str, Sequence[float]], class_names: Sequence[str],
+                  title: str = "Mode coverage per class") -> go.Figure:
+    """per_class: series name (e.g. 'run 3') -> coverage in [0, 1] per class in ``class_names`` order."""
+    fig = go.Figure([go.Bar(x=list(class_names), y=[100 * v for v in values], name=name)
+                     for name, values in per_class.items()])
+    return _layout(fig, title, height=380, barmode="group", yaxis=dict(title="modes covered (%)", range=[0, 100]))
+
+
+def mode_grid(covered: dict[int, np.ndarray], counts: dict[int, np.ndarray], class_names: Sequence[str],
+              title: str = "Modes covered (rows: classes, columns: modes)") -> go.Figure:
+    """A class × mode grid: green = covered; the number is how many synthetic samples cover the mode."""
+    classes = sorted(covered)
+    width = max(len(covered[c]) for c in classes)
+    z = np.full((len(classes), width), np.nan)
+    text = np.full((len(classes), width), "", dtype=object)
+    for r, c in enumerate(classes):
+        z[r, :len(covered[c])] = covered[c].astype(float)
+        text[r, :len(covered[c])] = [str(int(n)) if n else "" for n in counts[c]]
+    fig = go.Figure(go.Heatmap(z=z, x=[f"mode {m}" for m in range(width)], y=[class_names[c] for c in classes],
+                               text=text, texttemplate="%{text}", zmin=0, zmax=1, showscale=False, xgap=2, ygap=2,
+                               colorscale=[[0, "#f1d4d4"], [1, "#3aa655"]],
+                               hovertemplate="%{y}, %{x}: %{text} covering samples<extra></extra>"))
+    return _layout(fig, title, height=60 + 34 * len(classes), yaxis=dict(autorange="reversed"))

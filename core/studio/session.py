@@ -1,0 +1,204 @@
+"""An interactive distillation session without Streamlit: load once, run, score, remember, compare.
+
+``Studio`` bundles the read-only resources every session shares (engine, teacher, real reference, test
+split). ``run_once`` distils one ``DistillConfig`` with trajectories recorded and scores it with the
+DESIGN.md section 4 metrics; ``RunHistory`` holds one browser session's runs (parameters + metrics) so
+two can be compared. The app keeps one Studio per process and one RunHistory per session.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+import torch
+
+from core.data.datasets import LabelledImages
+from core.evaluation.assess import (
+    RealReference,
+    assess,
+    class_latents,
+    latent_scores,
+    load_or_build_reference,
+    reference_cache_file,
+)
+from core.evaluation.metrics import CoverageResult, mode_coverage
+from core.evaluation.students import EvalConfig, EvalResult, evaluate_set
+from core.pipeline.distill import DistillConfig, DistilledSet, DistillEngine, distill
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class Studio:
+    """``teacher`` / ``reference`` / ``test`` are None for data the shipped teacher does not fit (e.g. a latent
+    store of 256-px RGB images): runs then get the latent scores only and students cannot be evaluated."""
+
+    engine: DistillEngine
+    teacher: object | None
+    reference: RealReference | None
+    test: LabelledImages | None
+    latents_by_class: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    decoded_prototypes: dict = field(default_factory=dict, repr=False)   # see _decoded_prototypes
+
+    def __post_init__(self) -> None:
+        if not self.latents_by_class:
+            self.latents_by_class = self.reference.latents_by_class if self.reference else class_latents(self.engine)
+
+
+def _teacher_fits(teacher, data) -> bool:
+    return (tuple(data.image_shape) == (teacher.net.config.in_channels, teacher.net.config.image_size,
+                                        teacher.net.config.image_size)
+            and teacher.num_classes == data.num_classes)
+
+
+def load_studio(spec=None, data_dir: str | None = None, latent_store: str | None = None,
+                reference_per_class: int = 1000, progress: Progress | None = None) -> Studio:
+    """Load data, latents (encoded and cached on first use, or a latent store), models and, when the
+    teacher fits the data, the real reference of the metrics and the test split (Fashion-MNIST only)."""
+    from core.data.datasets import load_fashion_mnist
+    from core.models.loading import ModelSpec, load_teacher
+    from core.pipeline.distill import load_engine
+
+    spec = spec or ModelSpec()
+    report = progress or (lambda fraction, message: None)
+    report(0.0, "loading the dataset, its latents (encoded once, then cached) and the models…")
+    engine = load_engine(spec, data_dir=data_dir, latent_store=latent_store, progress=lambda f, m: report(0.6 * f, m))
+    teacher = load_teacher(spec) if spec.teacher else None
+    if teacher is None or not _teacher_fits(teacher, engine.dataset):
+        report(1.0, "ready (no teacher for this data: latent scores only)")
+        return Studio(engine, None, None, None)
+    report(0.6, f"teacher features and modes of {reference_per_class} real images per class (cached after the first time)…")
+    reference = load_or_build_reference(engine, teacher, reference_cache_file(engine), reference_per_class)
+    test = load_fashion_mnist("test", data_dir) if latent_store is None else None
+    report(1.0, "ready")
+    return Studio(engine, teacher, reference, test)
+
+
+@dataclass
+class Run:
+    """One distillation and its scores. ``features`` (teacher features of ``dset.images``) and ``coverage``
+    are None when the studio has no teacher."""
+
+    config: DistillConfig
+    dset: DistilledSet
+    features: np.ndarray | None
+    coverage: CoverageResult | None
+    metrics: dict
+    prototype_images: torch.Tensor | None      # decoded prototypes, aligned with dset (N, C, H, W)
+    seconds: float
+    run_id: int = 0
+    evaluations: list[dict] = field(default_factory=list)
+
+
+def covering_counts(run: Run) -> dict[int, np.ndarray]:
+    """class -> (M_c,) number of the run's samples that cover each mode of the class."""
+    cov = run.coverage
+    return {c: np.bincount(cov.sample_mode[(run.dset.labels == c) & cov.sample_covered], minlength=len(flags))
+            for c, flags in cov.covered.items()}
+
+
+def _decoded_prototypes(studio: Studio, dset: DistilledSet) -> torch.Tensor:
+    """VAE decodes of the set's prototypes, remembered per quantization (reused while only the sampler
+    changes; the engine memoises quantizations, so the same list object comes back)."""
+    key = id(dset.quantization)
+    cached = studio.decoded_prototypes.get(key)
+    if cached is None or cached[0] is not dset.quantization:
+        cached = (dset.quantization, studio.engine.vae.decode(dset.prototypes))
+        studio.decoded_prototypes[key] = cached
+        while len(studio.decoded_prototypes) > 16:
+            studio.decoded_prototypes.pop(next(iter(studio.decoded_prototypes)))
+    return cached[1]
+
+
+def run_once(studio: Studio, config: DistillConfig) -> Run:
+    """Distil ``config`` (trajectories recorded) and score it: coverage, PRDC, W2, landing error, NFE."""
+    t0 = time.perf_counter()
+    dset = distill(studio.engine, replace(config, record_trajectories=True))
+    features = coverage = None
+    if studio.teacher is not None:
+        features = studio.teacher.features(dset.images).numpy()
+        coverage = mode_coverage(studio.reference.modes, features, dset.labels)
+        metrics = assess(studio.reference, studio.teacher, dset, features=features, coverage=coverage)
+    else:
+        metrics = latent_scores(studio.latents_by_class, dset)
+    prototypes = None
+    if dset.prototypes is not None:
+        prototypes = dset.images if config.method == "d4m" else _decoded_prototypes(studio, dset)
+    return Run(config, dset, features, coverage, metrics, prototypes, time.perf_counter() - t0)
+
+
+def evaluate_run(studio: Studio, run: Run, config: EvalConfig, progress: Progress | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> EvalResult:
+    """Train students on the run's images (DDOQ weights when the run has them); record the result."""
+    if studio.test is None:
+        raise ValueError("this data has no test split and teacher here: students can only be evaluated on the "
+                         "embedded default (use `python -m core evaluate` on an exported set of it)")
+    weights = run.dset.weights if config.use_weights else None
+    result = evaluate_set(run.dset.images, run.dset.labels, studio.test, config, weights, studio.teacher,
+                          progress, should_stop)
+    run.evaluations.append({"labels": config.labels, "architecture": config.architecture, "epochs": config.epochs,
+                            "seeds": list(config.seeds), "accuracy_mean": result.mean, "accuracy_std": result.std})
+    return result
+
+
+def run_parameters(config: DistillConfig) -> dict:
+    """The parameters a researcher tunes, flat, for tables."""
+    s, g = config.sampler, config.sampler.guidance
+    params = {"method": config.method, "ipc": config.ipc,
+              "classes": "all" if config.classes is None else len(config.classes), "seed": config.seed}
+    if config.method in ("fm", "pgfm", "ddoq"):
+        params.update({"solver": s.solver, "steps": s.steps, "cfg": s.cfg_scale})
+    if config.method == "pgfm":
+        params.update({"λ": g.strength, "schedule": g.schedule, "window": f"[{g.t_start:g}, {g.t_stop:g}]",
+                       "t0": s.t0, "r": g.trust_radius})
+    if config.method.startswith("diffusion"):
+        params.update({"steps": config.diffusion.steps})
+    return params
+
+
+HEADLINE_METRICS = ("mode_coverage", "precision", "recall", "density", "coverage", "w2_latent_mean",
+                    "landing_error_mean", "diversity_latent", "nfe_per_image")
+
+
+def run_row(run: Run) -> dict:
+    """Run id, parameters, headline metrics, wall time and the latest student accuracy, flat."""
+    row = {"run": run.run_id, **run_parameters(run.config)}
+    row.update({k: run.metrics.get(k) for k in HEADLINE_METRICS})
+    row["seconds"] = round(run.seconds, 3)
+    if run.evaluations:
+        last = run.evaluations[-1]
+        row[f"accuracy ({last['labels']})"] = round(100 * last["accuracy_mean"], 2)
+    return row
+
+
+@dataclass
+class RunHistory:
+    """A session's runs, newest last; at most ``limit`` are kept (images and trajectories are in memory)."""
+
+    limit: int = 20
+    runs: list[Run] = field(default_factory=list)
+    next_id: int = 1
+
+    def add(self, run: Run) -> Run:
+        run.run_id = self.next_id
+        self.next_id += 1
+        self.runs.append(run)
+        del self.runs[:-self.limit]
+        return run
+
+    def get(self, run_id: int) -> Run:
+        for run in self.runs:
+            if run.run_id == run_id:
+                return run
+        raise KeyError(f"run {run_id} is not in this session's history (kept: {[r.run_id for r in self.runs]})")
+
+    def rows(self) -> list[dict]:
+        return [run_row(r) for r in self.runs]
+
+    def compare(self, a: int, b: int) -> list[dict]:
+        """Side-by-side rows {field, run a, run b} of every parameter and metric of two runs."""
+        row_a, row_b = run_row(self.get(a)), run_row(self.get(b))
+        keys = list(dict.fromkeys([*row_a, *row_b]))
+        return [{"field": k, f"run {a}": row_a.get(k), f"run {b}": row_b.get(k)} for k in keys if k != "run"]

@@ -1,0 +1,1 @@
+"""Training loops of the generators, the VAE and the teacher."""

@@ -1,0 +1,94 @@
+"""Training of the embedded default's small VAE (diffusers AutoencoderKL) on Fashion-MNIST."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from core.data.datasets import load_fashion_mnist
+from core.device import seed_everything
+from core.io import atomic_directory, write_json
+from core.models.vae import TRAINING_RECORD, WEIGHTS_NAME, LatentAutoencoder, TinyVAEConfig, build_tiny_vae, measure_vae
+
+
+def is_vae_folder(path: Path) -> bool:
+    """True for an empty folder or a VAE folder that ``train-vae`` wrote (its config.json, weights and
+    training.json with the train-vae command, nothing else): what ``train-vae --out`` may replace."""
+
+    if path.is_symlink() or not path.is_dir():
+        return False
+    names = {p.name for p in path.iterdir()}
+    if not names:
+        return True
+    try:
+        record = json.loads((path / TRAINING_RECORD).read_text())
+        return (names <= {"config.json", WEIGHTS_NAME, TRAINING_RECORD}
+                and json.loads((path / "config.json").read_text()).get("_class_name") == "AutoencoderKL"
+                and "core train-vae" in str(record.get("command", "")))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def train_tiny_vae(config: TinyVAEConfig, out: str | Path, data_dir: str | None = None,
+                   log: Callable[[str], None] = print) -> dict:
+    """Train the embedded VAE on Fashion-MNIST train, set its latent scaling, save it, return metrics.
+
+    The scaling convention: after training, ``shift_factor`` = mean and ``scaling_factor`` = 1 / std of
+    the posterior means on 10k training images, so latents are roughly zero-mean with unit variance.
+    """
+    from tqdm import tqdm
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    generator = seed_everything(config.seed)
+    train, test = load_fashion_mnist("train", data_dir), load_fashion_mnist("test", data_dir)
+    vae = build_tiny_vae(config)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
+    steps = int(config.epochs * len(train) / config.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.05)
+    t_start = time.perf_counter()
+    vae.train()
+    bar = tqdm(range(steps), desc="train-vae", unit="step", mininterval=5)
+    order = torch.empty(0, dtype=torch.long)
+    for step in bar:
+        if len(order) < config.batch_size:
+            order = torch.randperm(len(train), generator=generator)
+        idx, order = order[:config.batch_size], order[config.batch_size:]
+        x = train.batch(idx.numpy())
+        posterior = vae.encode(x).latent_dist
+        z = posterior.sample(generator=None)
+        recon = vae.decode(z).sample
+        rec_loss = F.mse_loss(recon, x)
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = rec_loss + config.kl_weight * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 50 == 0:
+            bar.set_postfix(mse=f"{rec_loss.item():.4f}", psnr=f"{10 * math.log10(4 / max(rec_loss.item(), 1e-12)):.2f}")
+    train_seconds = time.perf_counter() - t_start
+    vae.eval()
+
+    ae = LatentAutoencoder(vae)
+    with torch.inference_mode():
+        raw = torch.cat([vae.encode(train.batch(slice(i, i + 500))).latent_dist.mean for i in range(0, 10000, 500)])
+    vae.register_to_config(shift_factor=float(raw.mean()), scaling_factor=float(1.0 / raw.std()))
+    ae = LatentAutoencoder(vae)
+    metrics = measure_vae(ae, test)
+    out = Path(out)
+    record = {"config": asdict(config), "metrics": metrics, "train_seconds": round(train_seconds, 1),
+              "steps": steps, "dataset": "fashion-mnist train (60k)", "evaluated_on": "fashion-mnist test (10k)",
+              "torch": torch.__version__, "command": f"python -m core train-vae --out {out} --seed {config.seed}"}
+    with atomic_directory(out, replaceable=is_vae_folder) as tmp:
+        vae.save_pretrained(tmp, safe_serialization=True)
+        write_json(tmp / TRAINING_RECORD, record)
+    log(f"VAE saved to {out} (test PSNR {metrics['test_psnr_db']:.2f} dB, "
+        f"encode {metrics['encode_images_per_s']:.0f} img/s, trained in {train_seconds / 60:.1f} min)")
+    return record
