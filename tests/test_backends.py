@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.config import SamplerConfig
 from core.data.latent_cache import LatentSet
 from core.device import (
     autocast,
@@ -34,7 +35,7 @@ from core.models.velocity import VelocityAdapter, load_flow, load_velocity_model
 from core.training.generators import train_flow
 from core.training.loop import MLP_PRESETS, LatentModelTrainConfig, build_model
 from core.transport.path import flow_matching_loss
-from core.transport.sampler import SamplerConfig, sample
+from core.transport.sampler import sample
 
 TINY_SIT = dict(depth=1, hidden_size=32, num_heads=2)
 SHAPE = (4, 8, 8)

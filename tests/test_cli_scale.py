@@ -181,8 +181,9 @@ def test_store_above_the_limit_is_streamed_with_the_in_memory_result(scale, cli,
 
 def test_stream_with_classes_larger_than_the_sample(scale, cli, tmp_path, no_teacher, monkeypatch):
     """--stream with a 3-row sample for 4-latent classes: the mini-batch + Lloyd k-means over the stream."""
+    from core.config import DistillConfig
     from core.data.latent_store import LatentStore
-    from core.pipeline.distill import DistillConfig, distill, load_engine
+    from core.pipeline.distill import distill, load_engine
     from core.quantize.ddoq import QuantizeConfig, quantize
     from core.quantize.streaming import StreamingLatents
 
@@ -254,7 +255,8 @@ def test_engine_loads_every_flow_kind_and_leaves_a_missing_default_out(scale, tm
     spec = ModelSpec(vae=str(scale.vae), flow=str(tmp_path / "missing-flow"), diffusion=None)
     assert load_engine(spec, latent_store=str(scale.store)).flow is None
     # the embedded default: the project's own flow folder still loads as the LatentMLP it is
-    from core.models.loading import FLOW_DIR, load_flow_for
+    from core.config import FLOW_DIR
+    from core.models.loading import load_flow_for
 
     if (FLOW_DIR / "config.json").is_file():
         assert isinstance(load_flow_for(ModelSpec(), (4, 8, 8), 10), LatentMLP)
@@ -328,7 +330,7 @@ def test_evaluate_splits_seeds_across_ranks_and_only_rank_0_reports(monkeypatch,
         calls.append((ctx.rank, config.seeds, progress is not None))
         return EvalResult([0.5, 0.25], [1.0, 1.0], config, len(images))
 
-    monkeypatch.setattr(distributed, "evaluate_set_distributed", fake_evaluate)
+    monkeypatch.setattr("core.evaluation.students.evaluate_set_distributed", fake_evaluate)
     monkeypatch.setenv("WORLD_SIZE", "2")
     for rank in (1, 0):
         monkeypatch.setattr(distributed, "init_from_env", lambda rank=rank: distributed.DistContext(rank, 2))
@@ -398,7 +400,7 @@ def test_bad_store_and_data_input(scale, cli, tmp_path):
 
 def test_new_options_have_help_and_keep_the_embedded_default():
     from core.cli.main import build_parser
-    from core.models.loading import DIFFUSION_DIR, FLOW_DIR, VAE_DIR
+    from core.config import DIFFUSION_DIR, FLOW_DIR, VAE_DIR
 
     commands = build_parser()._subparsers._group_actions[0].choices
     new = {"encode": ["--store", "--classes", "--shard-size", "--batch-size", "--skip-bad", "--max-per-class",

@@ -1,11 +1,12 @@
 import pytest
 import torch
 
+from core.config import DiffusionSamplerConfig
 from core.errors import CheckpointError
 from core.models.loading import load_diffusion
 from core.training.generators import train_diffusion
 from core.training.loop import LatentModelTrainConfig
-from core.transport.ddim import DiffusionSamplerConfig, epsilon_loss, sample_diffusion
+from core.transport.ddim import epsilon_loss, sample_diffusion
 from tests.test_flow import SMALL, small_model, toy_latents
 
 

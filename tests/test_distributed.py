@@ -10,12 +10,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from core.config import DEFAULT_PGFM_GUIDANCE, DiffusionSamplerConfig, DistillConfig, SamplerConfig
 from core.data.datasets import LabelledImages
 from core.data.latent_cache import encode_dataset
-from core.evaluation.students import EvalConfig, evaluate_set
+from core.evaluation.students import EvalConfig, evaluate_set, evaluate_set_distributed
 from core.models.latent_mlp import LatentMLP, LatentMLPConfig
 from core.models.vae import LatentAutoencoder, TinyVAEConfig, build_tiny_vae
-from core.pipeline.distill import DEFAULT_PGFM_GUIDANCE, DistillConfig, DistillEngine, distill
+from core.pipeline.distill import DistillEngine, distill
 from core.pipeline.distributed import (
     DistContext,
     _run_shard,
@@ -25,7 +26,6 @@ from core.pipeline.distributed import (
     decode_distributed,
     distill_distributed,
     encode_dataset_distributed,
-    evaluate_set_distributed,
     gather_items,
     gather_tensor_rows,
     init_from_env,
@@ -33,8 +33,8 @@ from core.pipeline.distributed import (
     shard_items,
     shard_rows,
 )
-from core.transport.ddim import DiffusionSamplerConfig, sample_diffusion
-from core.transport.sampler import SamplerConfig, initial_noise, sample
+from core.transport.ddim import sample_diffusion
+from core.transport.sampler import initial_noise, sample
 
 WORLD = 2
 ENCODE_BATCH = 16  # 90 images -> 6 batches: rank 0 encodes rows 0..47, rank 1 rows 48..89

@@ -3,11 +3,12 @@ import math
 import pytest
 import torch
 
+from core.config import SOLVERS, GuidanceConfig, SamplerConfig, guidance_weight
 from core.models.latent_mlp import LatentMLP, LatentMLPConfig
-from core.transport.guidance import GuidanceConfig, guidance_weight, guided_velocity, trust_region
+from core.transport.guidance import guided_velocity, trust_region
 from core.transport.path import cfg_velocity
-from core.transport.sampler import SamplerConfig, initial_noise, sample
-from core.transport.solvers import SOLVERS, integrate, time_grid
+from core.transport.sampler import initial_noise, sample
+from core.transport.solvers import integrate, time_grid
 
 FULL = GuidanceConfig(strength=1.0, schedule="constant", t_start=0.0, t_stop=1.0)
 

@@ -6,8 +6,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from core.config import METHODS, DistillConfig
 from core.models.latent_mlp import LatentMLP, LatentMLPConfig
-from core.pipeline.distill import METHODS, DistillConfig, DistillEngine, distill, resolve_classes
+from core.pipeline.distill import DistillEngine, distill, resolve_classes
 from core.pipeline.export import export_imagefolder
 
 
@@ -54,7 +55,7 @@ def test_every_method_gives_a_complete_set(engine, method, tmp_path):
 def test_pgfm_guidance_lands_closer_than_unguided_warm_start_free_sampling(engine):
     from dataclasses import replace
 
-    from core.transport.guidance import GuidanceConfig
+    from core.config import GuidanceConfig
 
     base = DistillConfig(method="pgfm", ipc=5, seed=0)
     weak = distill(engine, replace(base, sampler=replace(base.sampler, guidance=GuidanceConfig(strength=0.0))))

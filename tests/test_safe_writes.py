@@ -20,8 +20,9 @@ import torch
 from safetensors.torch import load_file
 
 from core.cli.main import main
+from core.config import DistillConfig
 from core.errors import OutputError, OutputExistsError
-from core.pipeline.distill import DistillConfig, DistilledSet
+from core.pipeline.distill import DistilledSet
 from core.pipeline.export import export_imagefolder, export_zip, export_zip_bytes, is_export
 
 ROOT = Path(__file__).resolve().parent.parent

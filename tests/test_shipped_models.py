@@ -1,10 +1,11 @@
 """The shipped weights of the embedded default load and reproduce the metrics recorded beside them."""
 import pytest
 
+from core.config import ASSETS, TEACHER_DIR, VAE_DIR
 from core.data.datasets import load_fashion_mnist
 from core.evaluation.quality import flow_quality
 from core.io import read_json
-from core.models.loading import ASSETS, TEACHER_DIR, VAE_DIR, ModelSpec, load_flow_for, load_teacher, load_vae
+from core.models.loading import ModelSpec, load_flow_for, load_teacher, load_vae
 from core.models.vae import measure_vae
 
 
@@ -75,8 +76,9 @@ def test_diffusion_counterpart_samples_are_recognisable(spec, test_split):
     """Guards the DDIM first-step x̂_0 blow-up (ᾱ_999 ≈ 2e-9): samples must stay in range and classifiable."""
     import torch
 
+    from core.config import DiffusionSamplerConfig
     from core.models.loading import load_diffusion
-    from core.transport.ddim import DiffusionSamplerConfig, sample_diffusion
+    from core.transport.ddim import sample_diffusion
 
     recorded = read_json(ASSETS / "metrics.json")["diffusion"]["10"]["conditional_accuracy"]
     vae, teacher = load_vae(spec), load_teacher(spec)

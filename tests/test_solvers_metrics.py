@@ -3,8 +3,9 @@ import pytest
 import scipy.linalg
 import torch
 
+from core.config import SOLVER_ORDER, SOLVERS
 from core.evaluation.metrics import frechet_distance
-from core.transport.solvers import SOLVER_ORDER, SOLVERS, integrate, time_grid
+from core.transport.solvers import integrate, time_grid
 
 
 def test_time_grid_shapes_shift_and_errors():

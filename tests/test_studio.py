@@ -9,11 +9,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from core.config import DistillConfig
 from core.evaluation.assess import build_reference
 from core.evaluation.students import EvalConfig
 from core.models.convnet import ConvNet, ConvNetConfig
 from core.models.teacher import Teacher
-from core.pipeline.distill import DistillConfig
 from core.pipeline.export import MANIFEST, export_zip, export_zip_bytes, resolve_inside
 from core.studio.figures import coverage_bars, distance_to_prototype, latent_scatter, mode_grid, trajectory_figure
 from core.studio.jobs import BackgroundJob

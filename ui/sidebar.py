@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.pipeline.distill import DEFAULT_PGFM_GUIDANCE, METHODS, DistillConfig
+from core.config import (
+    DEFAULT_PGFM_GUIDANCE,
+    METHODS,
+    SCHEDULES,
+    SOLVERS,
+    DiffusionSamplerConfig,
+    DistillConfig,
+    SamplerConfig,
+    distill_config,
+)
 from core.studio.session import Studio
-from core.transport.ddim import DiffusionSamplerConfig
-from core.transport.guidance import SCHEDULES, GuidanceConfig
-from core.transport.sampler import SamplerConfig
-from core.transport.solvers import SOLVERS
 
 METHOD_HELP = {
     "random": "random real images", "d4m": "k-means centroids decoded by the VAE",
@@ -105,13 +110,12 @@ def render(studio: Studio) -> DistillConfig | None:
             st.error("Pick at least one class.")
             return None
         try:
-            guidance = GuidanceConfig(strength=state.guidance, schedule=state.schedule, t_start=state.t_start,
-                                      t_stop=state.t_stop, trust_radius=state.trust_radius or None)
-            sampler = SamplerConfig(solver=state.solver, steps=int(state.steps), cfg_scale=float(state.cfg_scale),
-                                    guidance=guidance, t0=state.t0)
-            config = DistillConfig(method=method, ipc=int(state.ipc), classes=tuple(names.index(c) for c in chosen),
-                                   seed=int(state.seed), sampler=sampler,
-                                   diffusion=DiffusionSamplerConfig(steps=int(state.diffusion_steps)))
+            config = distill_config({
+                "method": method, "ipc": int(state.ipc), "classes": tuple(names.index(c) for c in chosen),
+                "seed": int(state.seed), "guidance": state.guidance, "schedule": state.schedule,
+                "t_start": state.t_start, "t_stop": state.t_stop, "trust_radius": state.trust_radius or None,
+                "t0": state.t0, "solver": state.solver, "steps": int(state.steps), "cfg_scale": float(state.cfg_scale),
+                "diffusion_steps": int(state.diffusion_steps)})
             studio.engine.check(config)
         except ValueError as exc:
             st.error(f"Not run: {exc}. The pages keep showing the last good result.")

@@ -5,15 +5,14 @@ owns is reachable from another session; models and the engine are shared and onl
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
 
 import streamlit as st
 
+from core.config import DistillConfig, config_hash
 from core.models.loading import ModelSpec
-from core.pipeline.distill import DistillConfig
 from core.studio.jobs import BackgroundJob
 from core.studio.session import Run, RunHistory, Studio, load_studio, run_once
 
@@ -50,7 +49,7 @@ def history() -> RunHistory:
 
 
 def config_key(config: DistillConfig) -> str:
-    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return config_hash(config)
 
 
 def update_run(studio: Studio, config: DistillConfig | None) -> tuple[Run | None, str | None]:

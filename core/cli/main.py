@@ -11,17 +11,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.config import (
+    ASSETS,
+    BENCH_METHODS,
+    DEFAULT_PGFM_GUIDANCE,
+    DIFFUSION_DIR,
+    FLOW_DIR,
+    METHODS,
+    SCHEDULES,
+    SOLVERS,
+    TEACHER_DIR,
+    VAE_DIR,
+    DiffusionSamplerConfig,
+)
 from core.data.latent_cache import encode_dataset
 from core.errors import DistillError, OutputError
-from core.evaluation.benchmark import BENCH_METHODS
 from core.evaluation.students import EvalConfig, evaluate_set
-from core.models.loading import ASSETS, DIFFUSION_DIR, FLOW_DIR, TEACHER_DIR, VAE_DIR, ModelSpec
-from core.pipeline.distill import DEFAULT_PGFM_GUIDANCE, METHODS, DistillConfig, distill
+from core.models.loading import ModelSpec
+from core.pipeline.distill import distill
 from core.pipeline.distributed import init_from_env
-from core.transport.ddim import DiffusionSamplerConfig
-from core.transport.guidance import SCHEDULES
-from core.transport.sampler import SamplerConfig
-from core.transport.solvers import SOLVERS
 
 
 def _cmd_train_vae(args: argparse.Namespace) -> None:
@@ -274,26 +282,13 @@ def _engine(args: argparse.Namespace, spec: ModelSpec | None = None, ctx=None):
 
 
 def distill_config_from_args(args: argparse.Namespace, method: str = "", ipc: int = 0):
-    """The DistillConfig that the distill options describe (validated by the dataclasses); ``method`` and
-    ``ipc`` replace the options of the same name (the benchmark sets them per cell)."""
+    """The DistillConfig that the distill options describe (``core.config.distill_config``, as the app's
+    sidebar); ``method`` and ``ipc`` replace the options of the same name (the benchmark sets them per cell)."""
+    from core.config import distill_config
 
-    from core.transport.guidance import GuidanceConfig
-
-    guidance = GuidanceConfig(strength=args.guidance, schedule=args.schedule, t_start=args.t_start,
-                              t_stop=args.t_stop, trust_radius=args.trust_radius)
-    sampler = SamplerConfig(solver=args.solver, steps=args.steps, time_shift=args.time_shift,
-                            cfg_scale=args.cfg_scale, guidance=guidance, t0=args.t0, seed=args.seed, dtype=args.dtype)
-    diffusion = DiffusionSamplerConfig(steps=args.diffusion_steps, cfg_scale=args.cfg_scale, strength=args.strength,
-                                       guidance=args.mg_guidance, stop=args.mg_stop, seed=args.seed, dtype=args.dtype)
-    classes = getattr(args, "classes", "all")
-    batch = getattr(args, "sample_batch_size", None)
-    if batch is not None:
-        if batch < 1:
-            raise ValueError(f"--sample-batch-size must be an integer >= 1, got {batch}")
-        sampler, diffusion = replace(sampler, batch_size=batch), replace(diffusion, batch_size=batch)
-    return DistillConfig(method=method or args.method, ipc=ipc or args.ipc, classes=None if classes == "all" else classes,
-                         seed=args.seed, sampler=sampler, ddoq_t0=args.ddoq_t0, diffusion=diffusion,
-                         medoid=args.medoid, pgfm_weights=args.pgfm_weights, record_trajectories=False)
+    options = dict(vars(args))
+    options.update({k: v for k, v in (("method", method), ("ipc", ipc)) if v})
+    return distill_config(options)
 
 
 def _cmd_distill(args: argparse.Namespace) -> None:
@@ -307,7 +302,8 @@ def _cmd_distill(args: argparse.Namespace) -> None:
 def _distill_spec(args: argparse.Namespace, method: str, device: str | None = None) -> ModelSpec:
     """The models a distillation needs: the VAE, and the flow or the diffusion model only when ``method``
     uses it (so that a foreign VAE needs neither the embedded generators nor a teacher)."""
-    from core.pipeline.distill import DIFFUSION_METHODS, FLOW_METHODS, _generator_present
+    from core.config import DIFFUSION_METHODS, FLOW_METHODS
+    from core.pipeline.distill import _generator_present
 
     spec = _model_spec(args, flow=method in FLOW_METHODS, diffusion=method in DIFFUSION_METHODS, device=device)
     for needed, option, ref, what in ((FLOW_METHODS, "--flow", spec.flow, "a flow model: this project's flow folder, "
@@ -508,7 +504,7 @@ def _cmd_bench_engine(args: argparse.Namespace) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     """Train students on a distilled folder; under torchrun (WORLD_SIZE > 1) the seeds are split across the
-    processes (core.pipeline.distributed.evaluate_set_distributed) and rank 0 alone shows progress and writes."""
+    processes (core.evaluation.students.evaluate_set_distributed) and rank 0 alone shows progress and writes."""
     ctx = None
     if _world_size() > 1:
         from core.pipeline.distributed import init_from_env
@@ -555,7 +551,7 @@ def _evaluate(args: argparse.Namespace, ctx=None) -> None:
         bar.set_postfix_str(message)
 
     if ctx is not None:
-        from core.pipeline.distributed import evaluate_set_distributed
+        from core.evaluation.students import evaluate_set_distributed
 
         result = evaluate_set_distributed(images, labels, test, config, ctx, weights, teacher,
                                           progress if main else None)

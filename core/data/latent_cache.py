@@ -11,7 +11,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -19,7 +19,9 @@ import torch
 from core.data.datasets import LabelledImages
 from core.errors import CacheMismatchError, CheckpointError
 from core.io import load_tensors, save_tensors
-from core.models.vae import LatentAutoencoder
+
+if TYPE_CHECKING:  # the VAE is only called (encode), so the data layer needs no models
+    from core.models.vae import LatentAutoencoder
 
 CACHE_ENV = "DISTILL_CACHE"
 DEFAULT_CACHE = Path(__file__).resolve().parents[2] / ".cache"

@@ -23,7 +23,7 @@ import shutil
 import time
 from contextlib import closing
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -31,7 +31,9 @@ import torch
 from core.data.latent_cache import LatentSet
 from core.errors import CacheMismatchError, CheckpointError
 from core.io import read_json, save_tensors, write_json
-from core.models.vae import LatentAutoencoder
+
+if TYPE_CHECKING:  # the VAE is only called (encode), so the data layer needs no models
+    from core.models.vae import LatentAutoencoder
 
 STORE_FORMAT = "distill-studio/latent-store"
 STORE_VERSION = 1

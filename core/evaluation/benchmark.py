@@ -6,13 +6,13 @@ what it finished and a re-run skips those cells (a cell whose parameters changed
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from core.config import BENCH_METHODS, DistillConfig, GuidanceConfig, config_hash
 from core.evaluation.assess import (
     RealReference,
     assess,
@@ -22,11 +22,8 @@ from core.evaluation.assess import (
 )
 from core.evaluation.students import EvalConfig, evaluate_set
 from core.io import read_json, write_json
-from core.pipeline.distill import DistillConfig, DistillEngine, LocalExecutor, distill
-from core.transport.guidance import GuidanceConfig
+from core.pipeline.distill import DistillEngine, LocalExecutor, distill
 
-BENCH_METHODS = ("random", "random-vae", "d4m", "ddoq", "ddoq-unweighted", "fm", "pgfm", "diffusion-d4m",
-                 "diffusion-mg")
 # Benchmark-only variants of a distill method. random-vae: the random real images after a VAE round trip
 # (encode -> decode): what the VAE alone costs real images, beside the latent-space methods.
 BASE_METHOD = {"ddoq-unweighted": "ddoq", "random-vae": "random"}
@@ -62,10 +59,6 @@ class BenchConfig:
             raise ValueError("seeds and epochs must be >= 1 and at least one IPC given")
 
 
-def _key_hash(obj: dict) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 @dataclass
 class Bench:
     engine: DistillEngine
@@ -91,9 +84,9 @@ class Bench:
         parameters is kept; only label protocols it lacks are evaluated (the set is re-distilled, which
         is deterministic for the seed). results.json is rewritten after each label protocol."""
         spec = {"method": method, "distill": distill_config.to_dict(), "seeds": seeds, "epochs": self.config.epochs}
-        key = _key_hash(json.loads(json.dumps(spec, default=str)))
+        key = config_hash(json.loads(json.dumps(spec, default=str)))
         row = self.results["cells"].get(name)
-        if row is not None and _key_hash({k: v for k, v in row.get("spec", {}).items() if k != "labels"}) != key:
+        if row is not None and config_hash({k: v for k, v in row.get("spec", {}).items() if k != "labels"}) != key:
             row = None  # parameters changed: recompute
         missing = [label for label in labels if row is None or label not in row]
         if not missing:
@@ -362,5 +355,3 @@ def results_summary(results: dict) -> str:
         hard = c.get("hard")
         rows.append(f"{k:<40} hard {100 * hard['accuracy_mean']:.2f} ± {100 * hard['accuracy_std']:.2f}" if hard else k)
     return "\n".join(rows)
-
-

@@ -14,11 +14,11 @@ from typing import Callable
 import numpy as np
 import torch
 
+from core.config import SOLVER_ORDER, SOLVERS, GuidanceConfig, SamplerConfig
 from core.pipeline.distill import DistillEngine
 from core.quantize.ddoq import QuantizeConfig, quantize
-from core.transport.guidance import GuidanceConfig
-from core.transport.sampler import SamplerConfig, sample
-from core.transport.solvers import SOLVER_ORDER, SOLVERS, time_grid
+from core.transport.sampler import sample
+from core.transport.solvers import time_grid
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int, device: torch.device | None = None) -> float:

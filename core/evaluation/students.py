@@ -11,9 +11,9 @@ import math
 import statistics
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ import torch.nn.functional as F
 from core.data.datasets import LabelledImages
 from core.evaluation.augment import dsa_augment
 from core.models.convnet import ARCHITECTURES, ConvNetConfig, build_classifier
+
+if TYPE_CHECKING:
+    from core.pipeline.distributed import DistContext
 
 Progress = Callable[[float, str], None]
 
@@ -321,3 +324,24 @@ def read_distilled_folder(path: str | Path, class_names: tuple[str, ...], image_
         raise ValueError(f"{root}: cannot evaluate this folder:\n  - " + "\n  - ".join(problems))
     x = torch.from_numpy(np.stack(images)).float().div_(127.5).sub_(1.0)
     return DistilledFolder(x, np.asarray(labels, dtype=np.int64), np.asarray(weights) if manifest else None, expected)
+
+
+def evaluate_set_distributed(images: torch.Tensor, labels: np.ndarray, test: LabelledImages, config: EvalConfig,
+                             ctx: "DistContext", weights: np.ndarray | None = None, teacher=None,
+                             progress: Progress | None = None,
+                             should_stop: Callable[[], bool] | None = None) -> EvalResult:
+    """``evaluate_set`` with the seeds split across ranks; the same EvalResult on every rank
+    (accuracies in seed order, equal to one process's; ``progress`` is reported by rank 0 for its seeds)."""
+    from core.pipeline.distributed import _run_shard, assemble_items, shard_indices
+
+    mine = shard_indices(len(config.seeds), ctx.rank, ctx.world_size)
+
+    def compute() -> list[tuple[float, float]]:
+        if not len(mine):
+            return []
+        local = replace(config, seeds=tuple(config.seeds[i] for i in mine))
+        r = evaluate_set(images, labels, test, local, weights, teacher, progress if ctx.is_main else None, should_stop)
+        return list(zip(r.accuracies, r.seconds))
+
+    results = assemble_items(_run_shard(ctx, compute, mine), len(config.seeds))
+    return EvalResult([a for a, _ in results], [s for _, s in results], config, len(images))

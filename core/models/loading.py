@@ -8,14 +8,9 @@ from typing import Any, Sequence
 
 import torch
 
-from core.models.kinds import DIFFUSION_FIX as FIX
-from core.models.kinds import DIFFUSION_KIND as KIND
+from core.config import DIFFUSION_DIR, FLOW_DIR, TEACHER_DIR, VAE_DIR
+from core.models.kinds import DIFFUSION_FIX, DIFFUSION_KIND, FLOW_KIND
 from core.models.latent_mlp import LatentMLP, load_latent_mlp
-
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
-VAE_DIR, FLOW_DIR, TEACHER_DIR = ASSETS / "vae", ASSETS / "flow", ASSETS / "teacher"
-DIFFUSION_DIR = ASSETS / "diffusion"
-FLOW_MLP_KIND = "distill-studio/flow-mlp"  # core.models.kinds.FLOW_KIND (not imported here: core.transport.path pulls in training)
 
 
 @dataclass
@@ -118,7 +113,7 @@ def flow_record(model, ref: str | None = None) -> dict | None:
     from core.models.velocity import CONVENTIONS
 
     config = getattr(model, "config", None)
-    kind = getattr(config, "kind", None) or FLOW_MLP_KIND
+    kind = getattr(config, "kind", None) or FLOW_KIND
     convention = getattr(config, "convention", None) or asdict(CONVENTIONS["distill-studio"])
     class_map = getattr(config, "class_map", None)
     return {"kind": kind, "source": getattr(config, "source", None) or (str(ref) if ref is not None else ""),
@@ -129,4 +124,4 @@ def flow_record(model, ref: str | None = None) -> dict | None:
 
 def load_diffusion(path: str | Path, device: str | torch.device = "cpu", latent_shape: tuple[int, ...] | None = None,
                    num_classes: int | None = None) -> LatentMLP:
-    return load_latent_mlp(path, KIND, FIX, device, latent_shape, num_classes)
+    return load_latent_mlp(path, DIFFUSION_KIND, DIFFUSION_FIX, device, latent_shape, num_classes)

@@ -17,56 +17,29 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from core.config import (
+    DIFFUSION_METHODS,
+    FLOW_METHODS,
+    DiffusionSamplerConfig,
+    DistillConfig,
+    GuidanceConfig,
+    SamplerConfig,
+)
 from core.data.datasets import LabelledImages
 from core.data.latent_cache import LatentSet
 from core.models.vae import LatentAutoencoder
 from core.quantize.ddoq import ClassQuantization, QuantizeConfig, quantize
 from core.quantize.streaming import StreamingLatents
-from core.transport.ddim import DiffusionSamplerConfig, sample_diffusion
-from core.transport.guidance import GuidanceConfig
-from core.transport.sampler import SamplerConfig, SampleResult, Trajectories, sample
+from core.transport.ddim import sample_diffusion
+from core.transport.sampler import SampleResult, Trajectories, sample
 
-METHODS = ("random", "d4m", "ddoq", "fm", "pgfm", "diffusion-d4m", "diffusion-mg")
-FLOW_METHODS = ("ddoq", "fm", "pgfm")
-DIFFUSION_METHODS = ("diffusion-d4m", "diffusion-mg")
-
-# Chosen by 3-seed student accuracy at IPC 10 (benchmarks/pgfm_default.json): constant λ 0.9 on [0, 0.8]
-# gave 78.44 ± 0.44 % against 75.12 ± 0.11 % for the earlier default (linear decay from λ 0.6).
-DEFAULT_PGFM_GUIDANCE = GuidanceConfig(strength=0.9, schedule="constant", t_start=0.0, t_stop=0.8)
 DECODE_BATCH = 256  # latents decoded per VAE call
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    """Everything that defines a distilled set; recorded whole in the manifest."""
-
-    method: str = "pgfm"
-    ipc: int = 10
-    classes: tuple[int, ...] | None = None          # None: all classes
-    seed: int = 0
-    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(steps=8, guidance=DEFAULT_PGFM_GUIDANCE))
-    ddoq_t0: float = 0.5                            # warm start of the ddoq decode-through-flow ODE
-    diffusion: DiffusionSamplerConfig = field(default_factory=DiffusionSamplerConfig)
-    medoid: bool = False
-    pgfm_weights: bool = False                      # pgfm: keep DDOQ cell masses as weights
-    record_trajectories: bool = False
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if not isinstance(self.ipc, (int, np.integer)) or isinstance(self.ipc, bool) or self.ipc < 1:
-            raise ValueError(f"ipc must be an integer >= 1, got {self.ipc!r}")
-        if not 0.0 <= self.ddoq_t0 < 1.0:
-            raise ValueError(f"ddoq_t0 must lie in [0, 1), got {self.ddoq_t0}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

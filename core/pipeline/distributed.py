@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -35,14 +35,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from core.config import DiffusionSamplerConfig, DistillConfig, SamplerConfig
 from core.data.datasets import LabelledImages
 from core.data.latent_cache import LatentSet, cache_path, encode_dataset, write_entry
-from core.evaluation.students import EvalConfig, EvalResult, evaluate_set
 from core.models.vae import LatentAutoencoder
-from core.pipeline.distill import DECODE_BATCH, DistillConfig, DistilledSet, DistillEngine, LocalExecutor, distill
+from core.pipeline.distill import DECODE_BATCH, DistilledSet, DistillEngine, LocalExecutor, distill
 from core.quantize.ddoq import ClassQuantization
-from core.transport.ddim import DiffusionSamplerConfig
-from core.transport.sampler import SamplerConfig, SampleResult, Trajectories, initial_noise
+from core.transport.sampler import SampleResult, Trajectories, initial_noise
 
 Progress = Callable[[float, str], None]
 
@@ -393,23 +392,6 @@ def distill_distributed(engine: DistillEngine, config: DistillConfig, ctx: DistC
 
 
 # -- evaluation ------------------------------------------------------------------------------------------
-def evaluate_set_distributed(images: torch.Tensor, labels: np.ndarray, test: LabelledImages, config: EvalConfig,
-                             ctx: DistContext, weights: np.ndarray | None = None, teacher=None,
-                             progress: Progress | None = None,
-                             should_stop: Callable[[], bool] | None = None) -> EvalResult:
-    """``core.evaluation.students.evaluate_set`` with the seeds split across ranks; the same EvalResult on every rank
-    (accuracies in seed order, equal to one process's; ``progress`` is reported by rank 0 for its seeds)."""
-    mine = shard_indices(len(config.seeds), ctx.rank, ctx.world_size)
-
-    def compute() -> list[tuple[float, float]]:
-        if not len(mine):
-            return []
-        local = replace(config, seeds=tuple(config.seeds[i] for i in mine))
-        r = evaluate_set(images, labels, test, local, weights, teacher, progress if ctx.is_main else None, should_stop)
-        return list(zip(r.accuracies, r.seconds))
-
-    results = assemble_items(_run_shard(ctx, compute, mine), len(config.seeds))
-    return EvalResult([a for a, _ in results], [s for _, s in results], config, len(images))
 
 
 # -- command line ----------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from core.config import DistillConfig
 from core.data.datasets import LabelledImages
 from core.evaluation.assess import (
     RealReference,
@@ -25,7 +26,7 @@ from core.evaluation.assess import (
 )
 from core.evaluation.metrics import CoverageResult, mode_coverage
 from core.evaluation.students import EvalConfig, EvalResult, evaluate_set
-from core.pipeline.distill import DistillConfig, DistilledSet, DistillEngine, distill
+from core.pipeline.distill import DistilledSet, DistillEngine, distill
 
 Progress = Callable[[float, str], None]
 

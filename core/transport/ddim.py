@@ -15,18 +15,17 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 
+from core.config import DiffusionSamplerConfig
 from core.transport.guidance import rms_distance
 from core.transport.path import cfg_velocity as cfg_prediction  # the CFG mix is the same for ε as for v
 from core.transport.sampler import DTYPES, SampleResult, check_noise, initial_noise
 
 TRAIN_TIMESTEPS = 1000
-MODES = ("plain", "d4m", "mg")
 
 
 def training_scheduler() -> DDPMScheduler:
@@ -46,6 +45,16 @@ def sampling_scheduler(x0_clip: float | None = None) -> DDIMScheduler:
                                      timestep_spacing="trailing")
 
 
+def diffusion_timesteps(config: DiffusionSamplerConfig) -> torch.Tensor:
+    """The DDIM timesteps ``config`` runs (d4m: the last ``strength`` fraction of them); ``config.nfe`` long."""
+    scheduler = sampling_scheduler(config.x0_clip)
+    scheduler.set_timesteps(config.steps)
+    timesteps = scheduler.timesteps
+    if config.mode == "d4m":
+        timesteps = timesteps[config.steps - config.nfe:]
+    return timesteps
+
+
 def epsilon_loss(model: torch.nn.Module, x0: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
                  label_dropout: float = 0.1) -> torch.Tensor:
     """E ||ε_θ(x_k, k, y) - ε||² with k uniform over the training timesteps and labels dropped to null."""
@@ -57,49 +66,6 @@ def epsilon_loss(model: torch.nn.Module, x0: torch.Tensor, y: torch.Tensor, gene
         y = torch.where(drop.to(y.device), torch.full_like(y, model.null_class), y)
     xk = scheduler.add_noise(x0, noise.to(x0.device), k)
     return F.mse_loss(model(xk, k.to(x0.device).float(), y), noise.to(x0.device))
-
-
-@dataclass(frozen=True)
-class DiffusionSamplerConfig:
-    mode: str = "plain"        # plain | d4m | mg
-    steps: int = 25
-    cfg_scale: float = 2.0
-    strength: float = 0.7      # d4m: fraction of the schedule that is run (1 = from pure noise)
-    guidance: float = 0.5      # mg: λ, pull of x̂_0 toward the prototype
-    stop: float = 0.6          # mg: guidance on the first ``stop`` fraction of the steps
-    x0_clip: float | None = 4.0  # clip x̂_0 to ±x0_clip (None: no clipping); see sampling_scheduler
-    seed: int = 0
-    dtype: str = "float32"
-    batch_size: int = 1024
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"diffusion mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
-        for name, value, low, high in (("strength", self.strength, 0.0, 1.0), ("guidance", self.guidance, 0.0, 1.0),
-                                       ("stop", self.stop, 0.0, 1.0)):
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
-                raise ValueError(f"{name} must lie in [{low}, {high}], got {value!r}")
-        if self.mode == "d4m" and self.strength == 0:
-            raise ValueError("strength must be > 0 for d4m (0 would run no denoising step)")
-        if self.x0_clip is not None and (not math.isfinite(self.x0_clip) or self.x0_clip <= 0):
-            raise ValueError(f"x0_clip must be a finite number > 0 or None, got {self.x0_clip!r}")
-        if not math.isfinite(self.cfg_scale) or self.cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be a finite number >= 0, got {self.cfg_scale!r}")
-
-    def timesteps(self) -> torch.Tensor:
-        scheduler = sampling_scheduler(self.x0_clip)
-        scheduler.set_timesteps(self.steps)
-        timesteps = scheduler.timesteps
-        if self.mode == "d4m":
-            run = max(1, min(self.steps, round(self.steps * self.strength)))
-            timesteps = timesteps[self.steps - run:]
-        return timesteps
-
-    @property
-    def nfe(self) -> int:
-        return len(self.timesteps())
 
 
 def sample_diffusion(model: torch.nn.Module, labels: torch.Tensor, prototypes: torch.Tensor | None = None,
@@ -119,7 +85,7 @@ def sample_diffusion(model: torch.nn.Module, labels: torch.Tensor, prototypes: t
     device = next(model.parameters()).device
     scheduler = sampling_scheduler(config.x0_clip)
     scheduler.set_timesteps(config.steps)
-    timesteps = config.timesteps()
+    timesteps = diffusion_timesteps(config)
     guided_steps = math.floor(config.stop * len(timesteps)) if config.mode == "mg" else 0
     alphas = scheduler.alphas_cumprod
     noise = check_noise(noise, len(labels), shape) if noise is not None else initial_noise(len(labels), shape, config.seed)

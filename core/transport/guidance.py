@@ -13,63 +13,10 @@ outside it. λ ≡ 0 returns v itself (bit for bit); λ ≡ 1 without trust regi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
-SCHEDULES = ("constant", "linear", "cosine")
-
-
-def _check_finite(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-
-
-@dataclass(frozen=True)
-class GuidanceConfig:
-    """strength λ >= 0; window 0 <= t_start <= t_stop <= 1; trust_radius r > 0 or None (no trust region)."""
-
-    strength: float = 0.0
-    schedule: str = "constant"
-    t_start: float = 0.0
-    t_stop: float = 0.8
-    trust_radius: float | None = None
-    eps: float = 1e-3
-
-    def __post_init__(self) -> None:
-        _check_finite("guidance strength λ", self.strength)
-        if self.strength < 0:
-            raise ValueError(f"guidance strength λ must be >= 0, got {self.strength}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"guidance schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        _check_finite("t_start", self.t_start)
-        _check_finite("t_stop", self.t_stop)
-        if not 0.0 <= self.t_start <= self.t_stop <= 1.0:
-            raise ValueError(f"guidance window needs 0 <= t_start <= t_stop <= 1, got [{self.t_start}, {self.t_stop}]")
-        if self.trust_radius is not None:
-            _check_finite("trust radius r", self.trust_radius)
-            if self.trust_radius <= 0:
-                raise ValueError(f"trust radius r must be > 0 (or None for no trust region), got {self.trust_radius}")
-        _check_finite("eps", self.eps)
-        if not 0 < self.eps < 1:
-            raise ValueError(f"eps must lie in (0, 1), got {self.eps}")
-
-    @property
-    def active(self) -> bool:
-        return self.strength > 0
-
-
-def guidance_weight(t: float, config: GuidanceConfig) -> float:
-    """λ(t): the schedule's value inside [t_start, t_stop], 0 outside."""
-    if not config.active or t < config.t_start or t > config.t_stop:
-        return 0.0
-    span = config.t_stop - config.t_start
-    u = 0.0 if span == 0 else (t - config.t_start) / span
-    if config.schedule == "constant":
-        return config.strength
-    if config.schedule == "linear":
-        return config.strength * (1.0 - u)
-    return config.strength * 0.5 * (1.0 + math.cos(math.pi * u))
+from core.config import GuidanceConfig, guidance_weight
 
 
 def trust_region(correction: torch.Tensor, radius: float | None) -> torch.Tensor:

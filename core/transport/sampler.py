@@ -6,62 +6,18 @@ a point of the conditional path to the prototype p.
 """
 from __future__ import annotations
 
-import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from core.transport.guidance import GuidanceConfig, guidance_weight, guided_velocity, rms_distance
+from core.config import DTYPE_NAMES, SamplerConfig
+from core.transport.guidance import guided_velocity, rms_distance
 from core.transport.path import cfg_velocity
-from core.transport.solvers import EVALS_PER_STEP, SOLVERS, step, time_grid
+from core.transport.solvers import step, time_grid
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    solver: str = "euler"
-    steps: int = 8
-    time_shift: float = 1.0
-    cfg_scale: float = 2.0
-    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
-    t0: float = 0.0
-    seed: int = 0
-    dtype: str = "float32"   # model precision; the ODE state stays float32
-    batch_size: int = 1024
-
-    def __post_init__(self) -> None:
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
-        for name, value in (("time_shift", self.time_shift), ("cfg_scale", self.cfg_scale), ("t0", self.t0)):
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if self.time_shift <= 0:
-            raise ValueError(f"time_shift must be > 0, got {self.time_shift}")
-        if self.cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be >= 0 (1 = no CFG), got {self.cfg_scale}")
-        if not 0.0 <= self.t0 < 1.0:
-            raise ValueError(f"warm start t0 must lie in [0, 1), got {self.t0}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-
-    def step_methods(self) -> list[str]:
-        """The solver of each step. With guidance still active at t = 1 (λ(1) > 0), a stage evaluated at
-        t = 1 would divide 0 by 0 in the guidance term, so the last step of heun/rk4 is taken with the
-        midpoint rule instead (no stage at t = 1); it keeps λ ≡ 1 landing exactly on the prototype."""
-        methods = [self.solver] * self.steps
-        if self.solver in ("heun", "rk4") and guidance_weight(1.0, self.guidance) > 0:
-            methods[-1] = "midpoint"
-        return methods
-
-    @property
-    def nfe(self) -> int:
-        """Model evaluations per sample (a CFG step batches its two passes into one evaluation)."""
-        return sum(EVALS_PER_STEP[m] for m in self.step_methods())
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 @dataclass

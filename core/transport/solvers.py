@@ -10,10 +10,9 @@ from typing import Callable
 
 import torch
 
+from core.config import EVALS_PER_STEP, SOLVERS
+
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]
-SOLVERS = ("euler", "heun", "midpoint", "rk4")
-SOLVER_ORDER = {"euler": 1, "heun": 2, "midpoint": 2, "rk4": 4}
-EVALS_PER_STEP = {"euler": 1, "heun": 2, "midpoint": 2, "rk4": 4}
 
 
 def time_grid(steps: int, t0: float = 0.0, shift: float = 1.0) -> torch.Tensor:
