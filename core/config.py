@@ -211,6 +211,15 @@ BENCH_METHODS = ("random", "random-vae", "d4m", "ddoq", "ddoq-unweighted", "fm",
                  "diffusion-mg")
 
 
+# Network presets of train-flow / train-diffusion (core.training.loop): the project's adaLN MLP sizes, SiT names.
+MLP_PRESETS: dict[str, dict[str, int]] = {
+    "mlp-s": dict(width=256, hidden=512, depth=4),
+    "mlp-m": dict(width=512, hidden=1024, depth=4),   # the shipped flow (assets/flow)
+}
+SIT_MODELS = ("sit-s/2", "sit-b/2", "sit-l/2", "sit-xl/2")
+MODEL_PRESETS = tuple(MLP_PRESETS) + SIT_MODELS
+
+
 def config_hash(config: Any) -> str:
     """12 hex digits of SHA-256 over a config (a dataclass or a JSON-able dict) as sorted JSON: the one key
     under which runs, benchmark cells and caches are stored."""

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import SamplerConfig
+from core.config import MLP_PRESETS, SamplerConfig
 from core.data.latent_cache import LatentSet
 from core.device import (
     autocast,
@@ -33,7 +33,7 @@ from core.models.latent_mlp import LatentMLP, LatentMLPConfig
 from core.models.sit import SiT, SiTConfig
 from core.models.velocity import VelocityAdapter, load_flow, load_velocity_model
 from core.training.generators import train_flow
-from core.training.loop import MLP_PRESETS, LatentModelTrainConfig, build_model
+from core.training.loop import LatentModelTrainConfig, build_model
 from core.transport.path import flow_matching_loss
 from core.transport.sampler import sample
 
@@ -420,7 +420,7 @@ def test_cli_bench_speed_keeps_the_engine_figures(monkeypatch, engine, tmp_path,
     data = LabelledImages(rng.integers(0, 256, size=(150, 1, 32, 32), dtype=np.uint8), np.repeat(np.arange(3), 50),
                           ("a", "b", "c"), "tiny-150")
     latents = encode_dataset(data, engine.vae, use_cache=False, progress=lambda f, m: None)
-    monkeypatch.setattr(core.cli.main, "_engine", lambda args: DistillEngine(data, latents, engine.vae, engine.flow))
+    monkeypatch.setattr("core.cli.speed.engine_from_args", lambda args: DistillEngine(data, latents, engine.vae, engine.flow))
     report = tmp_path / "speed.json"
     assert core.cli.main.main(["bench-speed", "--repeats", "1", "--batch-size", "4", "--steps", "1",
                           "--json", str(report)]) == 0

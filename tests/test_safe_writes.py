@@ -61,7 +61,7 @@ def no_models(monkeypatch):
     """Loading models fails the test: a refusal must come before any work."""
     def refuse(*args, **kwargs):
         raise AssertionError("models were loaded before the output was checked")
-    monkeypatch.setattr("core.cli.main._engine", refuse)
+    monkeypatch.setattr("core.cli.distill.engine_from_args", refuse)
 
 
 @pytest.mark.parametrize("where", ["cwd", "parent", "home", "root"])

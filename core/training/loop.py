@@ -31,6 +31,7 @@ from typing import Callable
 
 import torch
 
+from core.config import MLP_PRESETS, SIT_MODELS
 from core.data.latent_cache import LatentSet
 from core.device import (
     DTYPE_NAMES,
@@ -48,12 +49,6 @@ from core.io import atomic_write, save_model_folder, write_json
 from core.models.latent_mlp import LatentMLP, LatentMLPConfig
 
 # --model presets of train-flow: the LatentMLP sizes, then the SiT presets (core/models/sit.py) sized for the data.
-MLP_PRESETS: dict[str, dict[str, int]] = {
-    "mlp-s": dict(width=256, hidden=512, depth=4),
-    "mlp-m": dict(width=512, hidden=1024, depth=4),   # the shipped flow (assets/flow)
-}
-SIT_MODELS = ("sit-s/2", "sit-b/2", "sit-l/2", "sit-xl/2")
-MODEL_PRESETS = tuple(MLP_PRESETS) + SIT_MODELS
 SIT_OVERRIDABLE = ("depth", "hidden_size", "num_heads", "mlp_ratio", "patch_size")
 
 # objective(model, x1, y, generator, label_dropout) -> scalar loss

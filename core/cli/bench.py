@@ -1,0 +1,65 @@
+"""`bench`: the benchmark of every method (distil, score, students, sweep, efficiency); resumable."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from core.cli.options import (
+    add_distill_options,
+    distill_config_from_args,
+    engine_from_args,
+)
+from core.config import (
+    ASSETS,
+    BENCH_METHODS,
+    TEACHER_DIR,
+)
+
+
+def add_parsers(add) -> None:
+    p = add("bench", "Benchmark every method: distil, score (coverage, PRDC, W2, NFE, time), train students "
+            "(hard and soft labels), sweep PGFM, compare NFE with diffusion; resumable.", _cmd_bench)
+    add_distill_options(p, single=False)
+    p.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50], help="IPC values (default 1 10 50)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--methods", nargs="+", default=list(BENCH_METHODS), choices=list(BENCH_METHODS))
+    p.add_argument("--labels", nargs="+", default=["hard", "soft"], choices=["hard", "soft"])
+    p.add_argument("--no-sweep", action="store_true")
+    p.add_argument("--no-efficiency", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="only rewrite RESULTS.md and the plots from the results.json in --out (e.g. of a partial run)")
+    p.add_argument("--teacher", default=str(TEACHER_DIR))
+    p.add_argument("--out", default="benchmarks", help="output folder (default benchmarks/)")
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from core.data.datasets import load_fashion_mnist
+    from core.evaluation.benchmark import Bench, BenchConfig, results_summary, run_benchmark
+    from core.io import read_json
+    from core.models.loading import ModelSpec, load_teacher
+
+    if args.report_only:
+        results_file = Path(args.out) / "results.json"
+        if not results_file.is_file():
+            raise SystemExit(f"no {results_file} to report on; run `python -m core bench --out {args.out}` first")
+        from core.evaluation.benchmark import write_report
+
+        results = read_json(results_file)
+        print(results_summary(results))
+        print(f"table written to {write_report(results, Path(args.out))}")
+        return
+    config = BenchConfig(ipcs=tuple(args.ipc), seeds=args.seeds, methods=tuple(args.methods), labels=tuple(args.labels),
+                         epochs=args.epochs, sweep=not args.no_sweep, efficiency=not args.no_efficiency,
+                         seed=args.seed, distill=distill_config_from_args(args, "pgfm", 10))
+    engine = engine_from_args(args)
+    teacher = load_teacher(ModelSpec(teacher=args.teacher))
+    test = load_fashion_mnist("test", args.data_dir)
+    metrics = ASSETS / "metrics.json"
+    teacher_accuracy = read_json(metrics)["teacher"]["test_accuracy"] if metrics.is_file() else None
+    t0 = time.perf_counter()
+    results = run_benchmark(Bench(engine, teacher, test, Path(args.out), config), teacher_accuracy)
+    print(results_summary(results))
+    print(f"benchmark finished in {(time.perf_counter() - t0) / 60:.1f} min; results in {Path(args.out) / 'results.json'}, "
+          f"table in {Path(args.out) / 'RESULTS.md'}")

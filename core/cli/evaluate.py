@@ -1,0 +1,102 @@
+"""`evaluate`: train students only on a distilled folder and test them on the real test split (seeds split
+across ranks under torchrun)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from core.cli.options import (
+    world_size,
+)
+from core.config import (
+    TEACHER_DIR,
+)
+
+
+def add_parsers(add) -> None:
+    p = add("evaluate", "Train students only on a distilled ImageFolder and test them on the real test split.",
+            _cmd_evaluate)
+    p.add_argument("folder", help="an exported set (manifest weights are used) or any ImageFolder of the classes")
+    p.add_argument("--labels", default="hard", choices=["hard", "soft"])
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (seed, seed+1, ...)")
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--architecture", default="convnet", choices=["convnet", "resnet"])
+    p.add_argument("--augment", default="none", choices=["none", "dsa"])
+    p.add_argument("--temperature", type=float, default=4.0, help="soft labels: teacher temperature")
+    p.add_argument("--no-weights", action="store_true", help="ignore the manifest's per-image weights")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="student training precision (auto: bf16 mixed precision where supported)")
+    p.add_argument("--teacher", default=str(TEACHER_DIR))
+    p.add_argument("--json", default=None, help="also write the result to this JSON file")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    """Train students on a distilled folder; under torchrun (WORLD_SIZE > 1) the seeds are split across the
+    processes (core.evaluation.students.evaluate_set_distributed) and rank 0 alone shows progress and writes."""
+    ctx = None
+    if world_size() > 1:
+        from core.pipeline.distributed import init_from_env
+
+        ctx = init_from_env()
+    try:
+        _evaluate(args, ctx)
+    finally:
+        if ctx is not None:
+            ctx.shutdown()
+
+
+def _evaluate(args: argparse.Namespace, ctx=None) -> None:
+    import sys as _sys
+
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from core.data.datasets import load_fashion_mnist
+    from core.evaluation.students import EvalConfig, evaluate_set, read_distilled_folder
+    from core.io import write_json
+    from core.models.loading import ModelSpec
+
+    main = ctx is None or ctx.is_main
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = EvalConfig(architecture=args.architecture, labels=args.labels, temperature=args.temperature,
+                        epochs=args.epochs, use_weights=not args.no_weights, augment=args.augment,
+                        seeds=tuple(range(args.seed, args.seed + args.seeds)), precision=args.precision)
+    test = load_fashion_mnist("test", args.data_dir)
+    images, labels, weights, classes = read_distilled_folder(args.folder, test.class_names, test.image_shape)
+    if len(classes) < test.num_classes:  # an export of some classes is tested on those classes' test images
+        test = test.subset(np.flatnonzero(np.isin(test.labels, classes)))
+        if main:
+            print(f"{args.folder}: classes {', '.join(test.class_names[c] for c in classes)} (as its manifest "
+                  f"records): tested on their {len(test)} test images")
+    teacher = None
+    if config.labels == "soft":
+        from core.models.loading import load_teacher
+
+        teacher = load_teacher(ModelSpec(teacher=args.teacher))
+    bar = tqdm(total=1000, desc=f"evaluate {Path(args.folder).name}", file=_sys.stderr, mininterval=1) if main else None
+
+    def progress(fraction: float, message: str) -> None:
+        bar.n = int(fraction * 1000)
+        bar.set_postfix_str(message)
+
+    if ctx is not None:
+        from core.evaluation.students import evaluate_set_distributed
+
+        result = evaluate_set_distributed(images, labels, test, config, ctx, weights, teacher,
+                                          progress if main else None)
+    else:
+        result = evaluate_set(images, labels, test, config, weights, teacher, progress)
+    if bar is not None:
+        bar.close()
+    if not main:
+        return
+    where = f" ({ctx.world_size} processes)" if ctx is not None and ctx.is_distributed else ""
+    print(f"{args.folder}: {len(images)} images, {config.architecture}, {config.labels} labels, "
+          f"{'weighted' if weights is not None and config.use_weights else 'unweighted'}: test accuracy "
+          f"{100 * result.mean:.2f} ± {100 * result.std:.2f} % over {len(config.seeds)} seeds "
+          f"({', '.join(f'{100 * a:.2f}' for a in result.accuracies)}); {sum(result.seconds):.1f} s{where}")
+    if args.json:
+        write_json(args.json, {"folder": str(args.folder), **result.to_dict()})
+        print(f"result written to {args.json}")

@@ -1,0 +1,189 @@
+"""Options shared by the commands (models, dataset, engine, distill knobs) and what they turn into: a
+ModelSpec, a loaded engine, a DistillConfig. Imports no torch: heavy modules load inside the functions."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from core.models.loading import ModelSpec
+
+from core.config import (
+    ASSETS,
+    DEFAULT_PGFM_GUIDANCE,
+    DIFFUSION_DIR,
+    FLOW_DIR,
+    METHODS,
+    SCHEDULES,
+    SOLVERS,
+    TEACHER_DIR,
+    VAE_DIR,
+)
+
+
+def set_option(p: argparse.ArgumentParser, dest: str, **changes) -> None:
+    """Change an option's default / help after a shared helper added it (e.g. --device auto for GPU commands)."""
+    for action in p._actions:
+        if action.dest == dest:
+            for key, value in changes.items():
+                setattr(action, key, value)
+            if "default" in changes:
+                p.set_defaults(**{dest: changes["default"]})
+            return
+    raise KeyError(dest)
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def portable(path: str) -> str:
+    """A path inside the repository as a relative path (for records that ship), anything else unchanged."""
+    try:
+        return str(Path(path).resolve().relative_to(ASSETS.parent))
+    except ValueError:
+        return str(path)
+
+
+def model_spec(args: argparse.Namespace, flow: bool = True, diffusion: bool = True,
+                device: str | None = None) -> ModelSpec:
+    """The ModelSpec of the model options (checks the flow options); generators not wanted are left out."""
+    from core.models.loading import ModelSpec
+
+    return ModelSpec(vae=args.vae, flow=args.flow if flow else None,
+                     diffusion=getattr(args, "diffusion", None) if diffusion else None, device=device or args.device,
+                     flow_convention=getattr(args, "flow_convention", None),
+                     flow_num_heads=getattr(args, "flow_num_heads", None),
+                     flow_class_map=getattr(args, "flow_class_map", None))
+
+
+def world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def engine_from_args(args: argparse.Namespace, spec: ModelSpec | None = None, ctx=None):
+    """The engine of the engine options: a latent store (--latent-store) or the dataset (encoded once and
+    cached; split across ranks when ``ctx`` is distributed), the VAE and the generators of ``spec``."""
+    from core.pipeline.distill import load_engine
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    spec = spec or model_spec(args)
+    store = getattr(args, "latent_store", None)
+    if store:
+        max_bytes = int(args.store_max_gib * 2**30)
+        # distill (the command with --stream) streams a store above the limit, or any with --stream; others refuse it
+        stream = (True if args.stream else None) if hasattr(args, "stream") else False
+        return load_engine(spec, data_dir=args.data_dir, latent_store=store, max_store_bytes=max_bytes,
+                           stream=stream, stream_init_size=getattr(args, "stream_init_size", None))
+    if ctx is not None and ctx.is_distributed:
+        from core.pipeline.distributed import load_engine_distributed
+
+        return load_engine_distributed(ctx, spec, args.dataset, args.data_dir, args.cache_dir, args.resolution,
+                                       args.channels)
+    return load_engine(spec, args.dataset, args.data_dir, args.cache_dir, args.resolution, args.channels)
+
+
+def encode_split(args: argparse.Namespace, split: str):
+    from core.data.datasets import load_dataset
+    from core.data.latent_cache import encode_dataset
+    from core.models.loading import ModelSpec, load_vae
+
+    dataset = load_dataset(args.dataset, split, args.data_dir, args.resolution, args.channels)
+    vae = load_vae(ModelSpec(vae=args.vae, device=args.device))
+    latents = encode_dataset(dataset, vae, args.cache_dir)
+    return dataset, vae, latents
+
+
+def distill_config_from_args(args: argparse.Namespace, method: str = "", ipc: int = 0):
+    """The DistillConfig that the distill options describe (``core.config.distill_config``, as the app's
+    sidebar); ``method`` and ``ipc`` replace the options of the same name (the benchmark sets them per cell)."""
+    from core.config import distill_config
+
+    options = dict(vars(args))
+    options.update({k: v for k, v in (("method", method), ("ipc", ipc)) if v})
+    return distill_config(options)
+
+
+def add_models(p: argparse.ArgumentParser, flow: bool = False, teacher: bool = False) -> None:
+    p.add_argument("--vae", default=str(VAE_DIR), help="VAE folder or diffusers hub id (default: embedded)")
+    if flow:
+        p.add_argument("--flow", default=str(FLOW_DIR),
+                       help="flow (velocity) model: this project's flow folder, a diffusers DiTTransformer2DModel "
+                            "folder (needs --flow-convention or a velocity_convention.json), or a raw SiT/DiT "
+                            "state dict .pt/.pth/.safetensors such as SiT-XL-2-256x256.pt (default: embedded)")
+        p.add_argument("--flow-convention", default=None, metavar="PRESET|JSON",
+                       help="time/sign convention of a foreign flow: 'sit' (t=0 noise, t=1 data, predicts data - "
+                            "noise; the default for .pt/.safetensors files), 'diffusers-flow' (timestep 1000·σ, "
+                            "σ = 1 - t, predicts noise - data), or a JSON object with time_scale / time_reversed / "
+                            "velocity_sign (and optionally preset); leave unset for this project's flow folders")
+        p.add_argument("--flow-num-heads", type=int, default=None, metavar="N",
+                       help="attention heads of a SiT .pt whose width is no preset's (SiT-S/B/L/XL are inferred)")
+        p.add_argument("--flow-class-map", default=None, metavar="IDS",
+                       help="comma-separated class ids of the flow model, one per data class in the data's class "
+                            "order (e.g. the 10 ImageNet ids of ImageNette for an ImageNet SiT); default: the "
+                            "flow's classes are the data's")
+    if teacher:
+        p.add_argument("--teacher", default=str(TEACHER_DIR), help="teacher folder (default: embedded)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
+
+
+def add_dataset(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "imagefolder"])
+    p.add_argument("--resolution", type=int, default=32,
+                   help="imagefolder: image size (default 32; 256 for Stable-Diffusion-sized latents)")
+    p.add_argument("--channels", type=int, default=3, choices=[1, 3], help="imagefolder: 1 or 3")
+    p.add_argument("--cache-dir", default=None, help="latent cache root (default $DISTILL_CACHE or .cache/)")
+
+
+def add_engine(p: argparse.ArgumentParser) -> None:
+    add_models(p, flow=True)
+    p.add_argument("--diffusion", default=str(DIFFUSION_DIR), help="diffusion model folder (default: embedded)")
+    add_dataset(p)
+
+
+def add_distill_options(p: argparse.ArgumentParser, single: bool = True) -> None:
+    add_engine(p)
+    if single:
+        p.add_argument("--method", default="pgfm", choices=list(METHODS))
+        p.add_argument("--ipc", type=int, default=10, help="images per class")
+        p.add_argument("--classes", default="all",
+                       help="'all' or a comma-separated list of class ids or names of the data's classes (with "
+                            "--latent-store also its class folders, e.g. WordNet ids; the store's own classes are "
+                            "chosen when encoding it: encode --classes)")
+    g = p.add_argument_group("flow sampler (ddoq, fm, pgfm)")
+    g.add_argument("--solver", default="euler", choices=list(SOLVERS))
+    g.add_argument("--steps", type=int, default=8)
+    g.add_argument("--time-shift", type=float, default=1.0)
+    g.add_argument("--cfg-scale", type=float, default=2.0)
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    g.add_argument("--guidance", type=float, default=DEFAULT_PGFM_GUIDANCE.strength, help="PGFM λ (>= 0)")
+    g.add_argument("--schedule", default=DEFAULT_PGFM_GUIDANCE.schedule, choices=list(SCHEDULES))
+    g.add_argument("--t-start", type=float, default=DEFAULT_PGFM_GUIDANCE.t_start)
+    g.add_argument("--t-stop", type=float, default=DEFAULT_PGFM_GUIDANCE.t_stop)
+    g.add_argument("--trust-radius", type=float, default=None, help="r in latent RMS units (default: none)")
+    g.add_argument("--t0", type=float, default=0.0, help="PGFM warm start in [0, 1)")
+    g.add_argument("--ddoq-t0", type=float, default=0.5, help="ddoq: warm start of the decode-through-flow ODE")
+    g.add_argument("--medoid", action="store_true", help="use the real latent nearest each centroid")
+    g.add_argument("--pgfm-weights", action="store_true", help="pgfm: keep DDOQ cell masses as image weights")
+    g.add_argument("--sample-batch-size", type=int, default=None, metavar="B",
+                   help="rows per sampler batch, flow and diffusion (default 1024; lower it for large models on "
+                        "small GPUs); under torchrun also the unit split across processes")
+    g = p.add_argument_group("diffusion counterpart (diffusion-d4m, diffusion-mg)")
+    g.add_argument("--diffusion-steps", type=int, default=25)
+    g.add_argument("--strength", type=float, default=0.7, help="diffusion-d4m: fraction of the schedule run")
+    g.add_argument("--mg-guidance", type=float, default=0.5, help="diffusion-mg: pull of x̂_0 toward the prototype")
+    g.add_argument("--mg-stop", type=float, default=0.6, help="diffusion-mg: fraction of steps guided")
