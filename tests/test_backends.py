@@ -30,8 +30,9 @@ from core.device import (
 from core.errors import CheckpointError
 from core.models.kinds import SIT_FLOW_KIND as SIT_KIND
 from core.models.latent_mlp import LatentMLP, LatentMLPConfig
+from core.models.loading import load_flow, load_velocity_model
 from core.models.sit import SiT, SiTConfig
-from core.models.velocity import VelocityAdapter, load_flow, load_velocity_model
+from core.models.velocity import VelocityAdapter
 from core.training.generators import train_flow
 from core.training.loop import LatentModelTrainConfig, build_model
 from core.transport.path import flow_matching_loss
@@ -328,7 +329,7 @@ def store_and_vae(tmp_path_factory):
     from PIL import Image
 
     from core.data.imagefolder import StreamingImageFolder
-    from core.data.latent_store import encode_to_store
+    from core.data.store_encoding import encode_to_store
     from core.models.vae import LatentAutoencoder, TinyVAEConfig, build_tiny_vae
 
     root = tmp_path_factory.mktemp("backends")

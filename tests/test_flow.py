@@ -7,7 +7,7 @@ import torch
 from core.data.latent_cache import LatentSet
 from core.errors import CheckpointError
 from core.models.latent_mlp import LatentMLP, LatentMLPConfig
-from core.models.velocity import load_flow, save_flow
+from core.models.loading import load_flow, save_flow
 from core.training.generators import train_flow
 from core.training.loop import LatentModelTrainConfig
 from core.transport.path import cfg_velocity, flow_matching_loss, sample_flow

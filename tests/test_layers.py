@@ -7,7 +7,7 @@ from pathlib import Path
 CORE = Path(__file__).resolve().parent.parent / "core"
 LAYERS = ["foundation", "data", "models", "transport", "quantize", "training", "pipeline", "evaluation", "studio",
           "cli"]
-FOUNDATION = {"core", "core.errors", "core.io", "core.device", "core.config"}
+FOUNDATION = {"core", "core.errors", "core.config", "core.reads", "core.io", "core.device"}
 
 
 def module_name(path: Path) -> str:

@@ -4,9 +4,9 @@ import pytest
 from core.config import ASSETS, TEACHER_DIR, VAE_DIR
 from core.data.datasets import load_fashion_mnist
 from core.evaluation.quality import flow_quality
-from core.io import read_json
 from core.models.loading import ModelSpec, load_flow_for, load_teacher, load_vae
 from core.models.vae import measure_vae
+from core.reads import read_json
 
 
 @pytest.fixture(scope="module")

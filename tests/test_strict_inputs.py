@@ -39,11 +39,10 @@ def test_a_flow_with_nan_weights_is_refused_and_nothing_is_exported(tmp_path, ca
 def test_every_kind_of_model_refuses_non_finite_weights(tmp_path, scale):
     from core.models.convnet import ConvNet, ConvNetConfig
     from core.models.kinds import DIFFUSION_KIND as DIFFUSION_KIND
-    from core.models.loading import load_diffusion
+    from core.models.loading import load_diffusion, load_velocity_model
     from core.models.teacher import KIND as TEACHER_KIND
     from core.models.teacher import Teacher
     from core.models.vae import LatentAutoencoder
-    from core.models.velocity import load_velocity_model
     from tests.conftest import make_tiny_vae
 
     net = LatentMLP(LatentMLPConfig((4, 8, 8), 3, width=16, hidden=16, depth=1, emb_dim=8))
@@ -184,7 +183,7 @@ def test_a_shard_with_other_labels_than_its_index_record_is_refused(store):
     ("colour", 3, "unknown config fields ['colour']"),
 ])
 def test_a_flow_config_of_wrong_types_names_the_file_and_field(tmp_path, field, value, message):
-    from core.models.velocity import load_flow
+    from core.models.loading import load_flow
 
     flow = LatentMLP(LatentMLPConfig((4, 8, 8), 3, width=16, hidden=16, depth=1, emb_dim=8))
     save_model_folder(tmp_path / "flow", FLOW_KIND, flow.config_dict(), flow.state_dict())
@@ -197,7 +196,7 @@ def test_a_flow_config_of_wrong_types_names_the_file_and_field(tmp_path, field, 
 
 
 def test_an_unsafe_pickle_is_refused_with_the_whole_reason(tmp_path, scale):
-    from core.models.velocity import load_velocity_model
+    from core.models.loading import load_velocity_model
 
     state = torch.load(scale.sit, weights_only=True)
     torch.save({"ema": state, "args": argparse.Namespace(model="SiT-XL/2")}, tmp_path / "0400000.pt")

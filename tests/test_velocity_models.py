@@ -16,16 +16,9 @@ from safetensors.torch import save_file
 
 from core.errors import CheckpointError
 from core.models.latent_mlp import LatentMLP, LatentMLPConfig
+from core.models.loading import load_velocity_model, save_flow
 from core.models.sit import SIT_PRESETS, SiT, SiTConfig, infer_sit_config, sincos_2d_pos_embed, sit_config
-from core.models.velocity import (
-    CONVENTION_FILE,
-    CONVENTIONS,
-    VelocityAdapter,
-    VelocityConvention,
-    load_velocity_model,
-    resolve_convention,
-    save_flow,
-)
+from core.models.velocity import CONVENTION_FILE, CONVENTIONS, VelocityAdapter, VelocityConvention, resolve_convention
 from core.transport.path import cfg_velocity, sample_flow
 from core.transport.solvers import integrate, time_grid
 

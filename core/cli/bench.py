@@ -37,8 +37,8 @@ def add_parsers(add) -> None:
 def _cmd_bench(args: argparse.Namespace) -> None:
     from core.data.datasets import load_fashion_mnist
     from core.evaluation.benchmark import Bench, BenchConfig, results_summary, run_benchmark
-    from core.io import read_json
     from core.models.loading import ModelSpec, load_teacher
+    from core.reads import read_json
 
     if args.report_only:
         results_file = Path(args.out) / "results.json"

@@ -55,13 +55,13 @@ def _distill_spec(args: argparse.Namespace, method: str, device: str | None = No
     """The models a distillation needs: the VAE, and the flow or the diffusion model only when ``method``
     uses it (so that a foreign VAE needs neither the embedded generators nor a teacher)."""
     from core.config import DIFFUSION_METHODS, FLOW_METHODS
-    from core.pipeline.distill import _generator_present
+    from core.models.loading import model_present
 
     spec = model_spec(args, flow=method in FLOW_METHODS, diffusion=method in DIFFUSION_METHODS, device=device)
     for needed, option, ref, what in ((FLOW_METHODS, "--flow", spec.flow, "a flow model: this project's flow folder, "
                                        "a diffusers DiT folder or a SiT/DiT .pt / .safetensors"),
                                       (DIFFUSION_METHODS, "--diffusion", spec.diffusion, "a diffusion model folder")):
-        if method in needed and not _generator_present(ref):
+        if method in needed and not model_present(ref):
             raise ValueError(f"method {method!r} needs {what}; {option} {ref} is not there")
     return spec
 

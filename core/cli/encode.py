@@ -68,7 +68,7 @@ def _cmd_encode(args: argparse.Namespace) -> None:
 def _encode_store(args: argparse.Namespace) -> None:
     """``encode --store DIR``: a streamed ImageFolder into a sharded, resumable latent store."""
     from core.data.imagefolder import open_image_folder
-    from core.data.latent_store import encode_to_store
+    from core.data.store_encoding import encode_to_store
     from core.models.loading import ModelSpec, load_vae
 
     if args.dataset != "imagefolder":

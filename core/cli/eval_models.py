@@ -35,8 +35,8 @@ def _cmd_eval_models(args: argparse.Namespace) -> None:
     from core.config import DiffusionSamplerConfig
     from core.data.datasets import load_fashion_mnist
     from core.evaluation.quality import flow_quality, generator_quality
-    from core.io import is_model_folder, write_json
-    from core.models.loading import load_diffusion, load_flow_for, load_teacher, load_vae
+    from core.io import write_json
+    from core.models.loading import load_diffusion, load_flow_for, load_teacher, load_vae, model_present
     from core.models.vae import measure_vae
     from core.transport.ddim import sample_diffusion
 
@@ -64,7 +64,7 @@ def _cmd_eval_models(args: argparse.Namespace) -> None:
           f"CFG {args.cfg_scale}, {q['samples']} samples) | FID(teacher features) generated vs test "
           f"{q['fid_teacher_generated_vs_test']:.2f}, test half vs half {q['fid_teacher_test_half_vs_half']:.2f} "
           f"({q['feature_samples_per_set']} per set)")
-    if is_model_folder(args.diffusion):
+    if model_present(args.diffusion):
         diffusion = load_diffusion(args.diffusion, args.device, vae.latent_shape(32), test.num_classes)
         report["diffusion"] = {}
         for steps in args.diffusion_steps:

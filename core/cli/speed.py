@@ -59,14 +59,13 @@ def _cmd_bench_speed(args: argparse.Namespace) -> None:
     args.device = str(device)
     report: dict = {}
     if args.throughput_only:
-        from core.models.loading import load_flow_for, load_vae
-        from core.pipeline.distill import _generator_present
+        from core.models.loading import load_flow_for, load_vae, model_present
 
         spec = model_spec(args, diffusion=False)
         vae = load_vae(spec)
         resolution = args.resolution
         flow = None
-        if _generator_present(spec.flow):
+        if model_present(spec.flow):
             classes = len(spec.flow_class_map) if spec.flow_class_map else None
             flow = load_flow_for(spec, vae.latent_shape(resolution), classes)
         engine = None

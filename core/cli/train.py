@@ -116,8 +116,9 @@ def _cmd_train_latent_model(args: argparse.Namespace) -> None:
     import torch
 
     from core.device import resolve_device
-    from core.io import read_json, write_json
+    from core.io import write_json
     from core.models.loading import ModelSpec
+    from core.reads import read_json
     from core.training.loop import LatentModelTrainConfig, is_sit_model, mlp_preset
 
     if args.command == "train-flow":

@@ -18,7 +18,8 @@ import torch
 
 from core.data.datasets import LabelledImages
 from core.errors import CacheMismatchError, CheckpointError
-from core.io import load_tensors, save_tensors
+from core.io import save_tensors
+from core.reads import load_tensors
 
 if TYPE_CHECKING:  # the VAE is only called (encode), so the data layer needs no models
     from core.models.vae import LatentAutoencoder

@@ -17,9 +17,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from core.evaluation.metrics import ClassModes, CoverageResult, diversity, fit_modes, mode_coverage, prdc, real_radii
-from core.io import save_tensors, tensors_fingerprint
+from core.io import save_tensors
 from core.pipeline.distill import DistilledSet, DistillEngine
 from core.quantize.w2 import wasserstein2
+from core.reads import tensors_fingerprint
 
 
 @dataclass

@@ -21,8 +21,9 @@ from core.evaluation.assess import (
     teacher_accuracy_of,
 )
 from core.evaluation.students import EvalConfig, evaluate_set
-from core.io import read_json, write_json
+from core.io import write_json
 from core.pipeline.distill import DistillEngine, LocalExecutor, distill
+from core.reads import read_json
 
 # Benchmark-only variants of a distill method. random-vae: the random real images after a VAE round trip
 # (encode -> decode): what the VAE alone costs real images, beside the latent-space methods.

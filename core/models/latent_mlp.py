@@ -107,7 +107,7 @@ def load_latent_mlp(path, kind: str, fix: str, device: str | torch.device = "cpu
                     latent_shape: tuple[int, ...] | None = None, num_classes: int | None = None) -> LatentMLP:
     """Load a saved LatentMLP of ``kind``; checks its latent shape and class count against the data's."""
     from core.errors import CheckpointError
-    from core.io import MODEL_CONFIG, config_from_json, load_state_checked, read_model_folder
+    from core.reads import MODEL_CONFIG, config_from_json, load_state_checked, read_model_folder
 
     config, state = read_model_folder(path, kind, fix)
     config = config_from_json(LatentMLPConfig, config, Path(path) / MODEL_CONFIG, fix)

@@ -2,15 +2,34 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import pickle
+import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
+from torch import nn
 
-from core.config import DIFFUSION_DIR, FLOW_DIR, TEACHER_DIR, VAE_DIR
-from core.models.kinds import DIFFUSION_FIX, DIFFUSION_KIND, FLOW_KIND
+from core.config import (
+    DIFFUSION_DIR,
+    FLOW_DIR,
+    TEACHER_DIR,
+    VAE_DIR,
+)
+from core.errors import CheckpointError
+from core.io import save_model_folder
+from core.models.kinds import DIFFUSION_FIX, DIFFUSION_KIND, FLOW_FIX, FLOW_KIND, SIT_FLOW_KIND
 from core.models.latent_mlp import LatentMLP, load_latent_mlp
+from core.models.vae import LatentAutoencoder
+from core.models.velocity import (
+    CONVENTION_FILE,
+    CONVENTIONS,
+    TORCH_SUFFIXES,
+    VelocityAdapter,
+    VelocityConvention,
+    resolve_convention,
+)
 
 
 @dataclass
@@ -51,8 +70,6 @@ def parse_convention(convention: Any) -> Any:
     Raises ValueError naming the valid presets for an unknown name, or the JSON problem."""
     if convention is None or convention == "":
         return None
-    from core.models.velocity import resolve_convention
-
     if isinstance(convention, str) and convention.strip().startswith("{"):
         try:
             convention = json.loads(convention)
@@ -81,7 +98,6 @@ def parse_class_map(class_map: str | Sequence[int | str]) -> list[int]:
 
 
 def load_vae(spec: ModelSpec):
-    from core.models.vae import LatentAutoencoder
 
     return LatentAutoencoder.from_pretrained(spec.vae, device=spec.device)
 
@@ -96,8 +112,6 @@ def load_flow_for(spec: ModelSpec, latent_shape: tuple[int, ...], num_classes: i
     """The flow ``spec.flow`` refers to (any kind ``load_velocity_model`` takes), checked against the data's
     latent shape and class count (through ``spec.flow_class_map`` when given)."""
     from core.device import pick_device
-    from core.models.velocity import load_velocity_model
-
     return load_velocity_model(spec.flow, latent_shape, num_classes, pick_device(spec.device), spec.flow_convention,
                                num_heads=spec.flow_num_heads, class_map=spec.flow_class_map)
 
@@ -108,9 +122,6 @@ def flow_record(model, ref: str | None = None) -> dict | None:
     "distill-studio/flow-mlp", its source ``ref`` and its convention DESIGN.md's."""
     if model is None:
         return None
-    from dataclasses import asdict
-
-    from core.models.velocity import CONVENTIONS
 
     config = getattr(model, "config", None)
     kind = getattr(config, "kind", None) or FLOW_KIND
@@ -125,3 +136,315 @@ def flow_record(model, ref: str | None = None) -> dict | None:
 def load_diffusion(path: str | Path, device: str | torch.device = "cpu", latent_shape: tuple[int, ...] | None = None,
                    num_classes: int | None = None) -> LatentMLP:
     return load_latent_mlp(path, DIFFUSION_KIND, DIFFUSION_FIX, device, latent_shape, num_classes)
+
+
+def _check_data(name: str, model_shape: tuple[int, ...], model_classes: int, latent_shape, num_classes,
+                class_map, rows_without_null: bool = False) -> None:
+    if latent_shape is not None and tuple(int(s) for s in latent_shape) != tuple(model_shape):
+        raise CheckpointError(f"{name}: model works on latents of shape {tuple(model_shape)}, the data's are "
+                              f"{tuple(int(s) for s in latent_shape)}; use the VAE and resolution it was trained with")
+    if num_classes is None:
+        return
+    if class_map is not None:
+        if len(class_map) != num_classes:
+            raise CheckpointError(f"{name}: class_map lists {len(class_map)} classes, the data has {num_classes}")
+        bad = [c for c in class_map if not 0 <= int(c) < model_classes]
+        if bad:
+            raise CheckpointError(f"{name}: class_map ids {bad} are not classes of the model (0..{model_classes - 1})")
+        return
+    if num_classes != model_classes:
+        hint = (f" (its label table has {model_classes + 1} rows; if the last is not a null class the model was "
+                f"trained without label dropout and cannot do classifier-free guidance)" if rows_without_null else "")
+        raise CheckpointError(f"{name}: model has {model_classes} classes, the data has {num_classes}{hint}; "
+                              f"pass class_map (the model's class id of each data class) to use a subset")
+
+
+def _load_torch_state(path: Path) -> dict[str, torch.Tensor]:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary objects."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())  # torch's whole reason, on one line
+        if "unsupported global" not in text.lower():
+            raise CheckpointError(f"{path}: not a readable torch checkpoint ({text})") from exc
+        raise CheckpointError(
+            f"{path}: holds pickled Python objects besides tensors (a training checkpoint with e.g. its argparse "
+            f"Namespace?), which are never unpickled here. Extract the EMA weights once, in a Python where you "
+            f"trust the file: torch.save(torch.load('{path.name}', weights_only=False)['ema'], "
+            f"'{path.stem}-ema.pt'), and load that file. torch's safe loader says: {text}") from exc
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({str(exc).splitlines()[0][:200]})") from exc
+    if isinstance(obj, Mapping):
+        for key in ("ema", "model", "state_dict", "module"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(torch.is_tensor(v) for v in obj.values()):
+        found = type(obj).__name__ if not isinstance(obj, Mapping) else f"a dict with keys {sorted(obj)[:8]}"
+        raise CheckpointError(f"{path}: expected a state dict of tensors (or one under 'ema' / 'model'), found {found}")
+    return dict(obj)
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # noqa: BLE001 - metadata is optional; load_tensors reports a corrupt file
+        return {}
+
+
+def load_sit_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A SiT state dict and its metadata (safetensors header metadata; {} for torch files), safely."""
+    from core.reads import load_tensors, require_finite
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    if path.suffix == ".safetensors":
+        return require_finite(_strip_prefixes(load_tensors(path)), path), _safetensors_metadata(path)
+    return require_finite(_strip_prefixes(_load_torch_state(path)), path), {}
+
+
+def build_sit(state: dict[str, torch.Tensor], name: str, input_size: int | None = None,
+              num_heads: int | None = None, device: str | torch.device = "cpu"):
+    """A ``core.models.sit.SiT`` holding ``state`` (float32, eval, no grad); missing / unexpected / mis-shaped keys
+    raise CheckpointError naming ``name``. Built on the meta device and filled by assignment, so that a
+    SiT-XL does not pay for a random initialisation."""
+    from core.models.sit import SiT, infer_sit_config, sincos_2d_pos_embed
+
+    config = infer_sit_config(state, input_size=input_size, num_heads=num_heads, name=name)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    if "pos_embed" not in state:
+        state["pos_embed"] = sincos_2d_pos_embed(config.hidden_size, config.input_size // config.patch_size)[None]
+    with torch.device("meta"):
+        model = SiT(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:6]}{' …' if len(missing) > 6 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:6]}{' …' if len(unexpected) > 6 else ''}")
+        if wrong:
+            parts.append("mis-shaped " + ", ".join(f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
+                                                   for k in wrong[:4]))
+        raise CheckpointError(f"{name}: weights do not fit the SiT they describe ({config}): {'; '.join(parts)}")
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def _diffusers_folder(path: Path) -> Path | None:
+    """The folder holding a DiTTransformer2DModel config (``path`` itself or its ``transformer/``), else None."""
+    for folder in (path, path / "transformer"):
+        config = folder / "config.json"
+        if config.is_file():
+            try:
+                meta = json.loads(config.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(meta, dict) and meta.get("_class_name") == "DiTTransformer2DModel":
+                return folder
+    return None
+
+
+def _read_declared_convention(folder: Path, root: Path) -> dict | None:
+    for candidate in (folder / CONVENTION_FILE, root / CONVENTION_FILE):
+        if candidate.is_file():
+            from core.reads import read_json
+
+            data = read_json(candidate)
+            if not isinstance(data, dict):
+                raise CheckpointError(f"{candidate}: expected a JSON object with preset / time_scale / "
+                                      f"time_reversed / velocity_sign")
+            return data
+    return None
+
+
+def _load_diffusers_dit(root: Path, folder: Path, convention, latent_shape, num_classes, class_map, device):
+    from diffusers import DiTTransformer2DModel
+
+    declared = convention if convention is not None else _read_declared_convention(folder, root)
+    if declared is None:
+        raise CheckpointError(
+            f"{folder}: a diffusers DiTTransformer2DModel does not show which time and sign convention it was "
+            f"trained with (diffusers' own DiT checkpoints are DDPM noise predictors, not velocity models). "
+            f"Declare it: convention='diffusers-flow' (σ = 1 - t, timestep 1000·σ, predicts noise - data) or "
+            f"'sit', or a {CONVENTION_FILE} in the folder such as {{\"preset\": \"diffusers-flow\"}}")
+    try:
+        conv = resolve_convention(declared, name=str(folder))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(str(exc)) from exc
+    cfg = json.loads((folder / "config.json").read_text())
+    in_ch = int(cfg.get("in_channels", 4))
+    size = int(cfg.get("sample_size", 32))
+    out_ch = cfg.get("out_channels") or in_ch
+    if int(out_ch) not in (in_ch, 2 * in_ch):
+        raise CheckpointError(f"{folder}: out_channels {out_ch} is neither in_channels {in_ch} nor twice that")
+    model_classes = cfg.get("num_embeds_ada_norm")
+    if model_classes is None:
+        raise CheckpointError(f"{folder}: num_embeds_ada_norm is null: not a class-conditional DiT")
+    shape = (in_ch, size, size)
+    _check_data(str(folder), shape, int(model_classes), latent_shape, num_classes, class_map)
+    try:  # safetensors only (no pickle); diffusers only warns about missing keys, so they are checked here
+        backbone, info = DiTTransformer2DModel.from_pretrained(
+            str(folder), local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False,
+            output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise CheckpointError(f"{folder}: could not load the DiTTransformer2DModel "
+                              f"({' '.join(lines[:2])[:400]})") from exc
+    problems = {k: v for k, v in info.items() if v}
+    if problems:
+        detail = "; ".join(f"{k.replace('_', ' ')} {list(v)[:6]}" for k, v in problems.items())
+        raise CheckpointError(f"{folder}: weights do not fit its config.json ({detail})")
+    from core.reads import require_finite_module
+
+    backbone = require_finite_module(backbone, folder).float().to(device).eval().requires_grad_(False)
+    return VelocityAdapter(backbone, shape, int(model_classes), conv, learned_sigma=int(out_ch) == 2 * in_ch,
+                           backbone_call="diffusers", class_map=class_map, kind="diffusers-dit", source=str(root),
+                           backbone_config={k: v for k, v in cfg.items() if not k.startswith("_")})
+
+
+def load_sit_flow(path: str | Path, device: str | torch.device = "cpu", latent_shape: Sequence[int] | None = None,
+                  num_classes: int | None = None) -> VelocityAdapter:
+    """A SiT folder written by ``train-flow --model sit-*`` (config.json ``{"kind": "distill-studio/flow-sit",
+    "config": SiTConfig fields + "extra" provenance}``, float16 ``model.safetensors`` without the fixed
+    ``pos_embed``) as a VelocityAdapter in the project's convention (the SiT one: t = 0 noise, t = 1 data,
+    v = x_1 - x_0), checked against the data's latent shape and class count when given."""
+    from core.models.kinds import SIT_FLOW_KIND as SIT_FLOW_KIND
+    from core.models.sit import SiTConfig
+    from core.reads import MODEL_CONFIG, config_from_json, read_model_folder
+
+    path = Path(path)
+    name = str(path)
+    config, state = read_model_folder(path, SIT_FLOW_KIND, FLOW_FIX)
+    config = dict(config)
+    config.pop("extra", None)
+    sit = config_from_json(SiTConfig, config, path / MODEL_CONFIG, FLOW_FIX)
+    _check_data(name, sit.latent_shape, sit.num_classes, latent_shape, num_classes, None)
+    model = build_sit(_strip_prefixes(state), name, input_size=sit.input_size, num_heads=sit.num_heads, device=device)
+    if model.config != sit:
+        raise CheckpointError(f"{name}: the weights describe {model.config}, config.json says {sit}; {FLOW_FIX}")
+    return VelocityAdapter(model, sit.latent_shape, sit.num_classes, CONVENTIONS["distill-studio"],
+                           learned_sigma=sit.learn_sigma, kind="distill-studio/flow-sit", source=name,
+                           backbone_config=model.config_dict()).eval().requires_grad_(False)
+
+
+def load_velocity_model(ref: str | Path, latent_shape: Sequence[int] | None = None, num_classes: int | None = None,
+                        device: str | torch.device = "cpu",
+                        convention: str | Mapping[str, Any] | VelocityConvention | None = None, *,
+                        num_heads: int | None = None, class_map: Sequence[int] | None = None) -> nn.Module:
+    """Load the velocity model ``ref`` refers to, checked against the data, in eval mode without gradients.
+
+    ``ref``: the project's flow folder, a diffusers DiTTransformer2DModel folder (or pipeline folder with
+    ``transformer/``), or a SiT/DiT state dict file (``.pt``/``.pth``/``.bin``/``.ckpt`` or ``.safetensors``).
+    ``latent_shape`` (C, H, W) / ``num_classes``: the data's, checked when given (a SiT file without
+    ``pos_embed`` needs ``latent_shape`` for its latent size). ``convention``: a preset name ("sit",
+    "diffusers-flow"), a dict or a VelocityConvention; default "sit" for state-dict files, required (argument
+    or ``velocity_convention.json``) for diffusers folders, and must be left unset for the project's own
+    format. ``num_heads``: attention heads of a SiT whose width is no preset's (else read from safetensors
+    metadata "num_heads" or the preset). ``class_map``: the model's class id for each data class.
+    Raises CheckpointError (naming the file and what differs) for unknown, corrupt or mismatched checkpoints.
+    """
+    path = Path(ref)
+    name = str(path)
+    if class_map is not None:
+        class_map = [int(c) for c in class_map]
+    if path.is_dir():
+        own = path / "config.json"
+        meta = None
+        if own.is_file():
+            try:
+                meta = json.loads(own.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise CheckpointError(f"{own}: not valid JSON ({exc})") from exc
+        if isinstance(meta, dict) and "kind" in meta:   # the project's own formats (MLP or SiT)
+            if meta["kind"] not in (FLOW_KIND, SIT_FLOW_KIND):
+                raise CheckpointError(f"{own}: holds a {meta['kind']!r} model, not a velocity model ({FLOW_KIND!r})")
+            if convention is not None and resolve_convention(convention) != CONVENTIONS["distill-studio"]:
+                raise CheckpointError(f"{name}: the project's flow models follow DESIGN.md's convention; "
+                                      f"leave convention unset")
+            if class_map is not None:
+                raise CheckpointError(f"{name}: class_map applies to foreign models only")
+            load = load_flow if meta["kind"] == FLOW_KIND else load_sit_flow
+            return load(path, device, tuple(latent_shape) if latent_shape is not None else None, num_classes)
+        folder = _diffusers_folder(path)
+        if folder is not None:
+            return _load_diffusers_dit(path, folder, convention, latent_shape, num_classes, class_map, device)
+        raise CheckpointError(f"{name}: not a velocity model folder: expected this project's flow folder "
+                              f"(config.json with \"kind\"), or a diffusers DiTTransformer2DModel folder "
+                              f"(config.json with \"_class_name\": \"DiTTransformer2DModel\")")
+    if not path.exists():
+        raise CheckpointError(f"{name}: no such file or folder")
+    if path.suffix not in TORCH_SUFFIXES + (".safetensors",):
+        raise CheckpointError(f"{name}: unknown checkpoint type {path.suffix!r}; expected a folder, "
+                              f"{', '.join(TORCH_SUFFIXES)} or .safetensors")
+    try:
+        conv = resolve_convention(convention, default=CONVENTIONS["sit"], name=name)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(str(exc)) from exc
+    state, metadata = load_sit_state(path)
+    if num_heads is None and metadata.get("num_heads", "").isdigit():
+        num_heads = int(metadata["num_heads"])
+    input_size = None
+    if latent_shape is not None:
+        c, h, w = (int(s) for s in latent_shape)
+        if h != w:
+            raise CheckpointError(f"{name}: SiT works on square latents, the data's are {tuple(latent_shape)}")
+        input_size = h
+    from core.models.sit import infer_sit_config
+
+    config = infer_sit_config(state, input_size=input_size, num_heads=num_heads, name=name)
+    _check_data(name, config.latent_shape, config.num_classes, latent_shape, num_classes, class_map,
+                rows_without_null=num_classes is not None and num_classes == config.num_classes + 1)
+    model = build_sit(state, name, input_size=config.input_size, num_heads=config.num_heads, device=device)
+    return VelocityAdapter(model, config.latent_shape, config.num_classes, conv, learned_sigma=config.learn_sigma,
+                           class_map=class_map, kind="sit", source=name,
+                           backbone_config=model.config_dict()).eval().requires_grad_(False)
+
+
+def save_flow(model: LatentMLP, out: str | Path) -> Path:
+    return save_model_folder(out, FLOW_KIND, model.config_dict(), model.state_dict())
+
+
+def load_flow(path: str | Path, device: str | torch.device = "cpu", latent_shape: tuple[int, ...] | None = None,
+              num_classes: int | None = None) -> torch.nn.Module:
+    """Load a saved flow model; checks its latent shape and class count against the data's when given.
+
+    The project's LatentMLP folder gives a LatentMLP; a SiT folder written by ``train-flow --model sit-*``
+    (kind ``SIT_FLOW_KIND``) gives a ``core.models.velocity.VelocityAdapter`` around the SiT (same call and
+    attributes)."""
+    from core.reads import MODEL_CONFIG, read_json
+
+    config = Path(path) / MODEL_CONFIG
+    if config.is_file():
+        meta = read_json(config)
+        if isinstance(meta, dict) and meta.get("kind") == SIT_FLOW_KIND:
+            return load_sit_flow(path, device, latent_shape, num_classes)
+    return load_latent_mlp(path, FLOW_KIND, FLOW_FIX, device, latent_shape, num_classes)
+
+
+def model_present(ref: str | None) -> bool:
+    """True when ``ref`` names something to load: an existing file, or a folder holding a model config
+    (its own ``config.json`` or a diffusers pipeline's ``transformer/config.json``). A folder without one
+    (e.g. only a training checkpoint) or a missing path is left out, as the embedded default's may be."""
+    from pathlib import Path
+
+    if not ref:
+        return False
+    path = Path(ref)
+    if path.is_dir():
+        return (path / "config.json").is_file() or (path / "transformer" / "config.json").is_file()
+    return path.is_file()

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from core.data.datasets import LabelledImages
-from core.io import MODEL_CONFIG, config_from_json, load_state_checked, read_model_folder
 from core.models.convnet import ConvNet, ConvNetConfig
+from core.reads import MODEL_CONFIG, config_from_json, load_state_checked, read_model_folder
 
 KIND = "distill-studio/teacher-convnet"
 FIX = "re-create it with `python -m core train-teacher --out DIR`"

@@ -18,7 +18,7 @@ from diffusers import AutoencoderKL
 from core.data.datasets import LabelledImages
 from core.device import pick_device
 from core.errors import CheckpointError
-from core.io import require_finite_module, tensors_fingerprint
+from core.reads import require_finite_module, tensors_fingerprint
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 TRAINING_RECORD = "training.json"

@@ -33,6 +33,7 @@ from core.config import (
 )
 from core.data.datasets import LabelledImages
 from core.data.latent_cache import LatentSet
+from core.models.loading import model_present
 from core.models.vae import LatentAutoencoder
 from core.quantize.ddoq import ClassQuantization, QuantizeConfig, quantize
 from core.quantize.streaming import StreamingLatents
@@ -234,20 +235,6 @@ def distill(engine: DistillEngine, config: DistillConfig, executor: LocalExecuto
                         tuple(engine.latents.class_names), config, nfe, timings, trajectories, quantization, source)
 
 
-def _generator_present(ref: str | None) -> bool:
-    """True when ``ref`` names something to load: an existing file, or a folder holding a model config
-    (its own ``config.json`` or a diffusers pipeline's ``transformer/config.json``). A folder without one
-    (e.g. only a training checkpoint) or a missing path is left out, as the embedded default's may be."""
-    from pathlib import Path
-
-    if not ref:
-        return False
-    path = Path(ref)
-    if path.is_dir():
-        return (path / "config.json").is_file() or (path / "transformer" / "config.json").is_file()
-    return path.is_file()
-
-
 def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None = None,
                 cache_dir: str | None = None, resolution: int = 32, channels: int = 3,
                 progress: Callable[[float, str], None] | None = None,
@@ -274,7 +261,6 @@ def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None 
     does not), quantizing class by class with at most ``max_store_bytes`` of latents in memory, streamed
     classes with a k-means sample of ``stream_init_size`` rows (default max(20 IPC, 4096)).
     """
-    from core.io import is_model_folder
     from core.models.loading import ModelSpec, load_diffusion, load_flow_for, load_vae
 
     spec = spec or ModelSpec()
@@ -289,9 +275,9 @@ def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None 
         vae = load_vae(spec)
         latents = (encode or encode_dataset)(data, vae, cache_dir, progress=progress)
     shape, n = latents.latent_shape, latents.num_classes
-    flow = load_flow_for(spec, shape, n) if _generator_present(spec.flow) else None
+    flow = load_flow_for(spec, shape, n) if model_present(spec.flow) else None
     diffusion = (load_diffusion(spec.diffusion, spec.device, shape, n)
-                 if spec.diffusion and is_model_folder(spec.diffusion) else None)
+                 if spec.diffusion and model_present(spec.diffusion) else None)
     return DistillEngine(data, latents, vae, flow, diffusion)
 
 
