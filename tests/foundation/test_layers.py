@@ -4,7 +4,7 @@ inside a function counts as much as one at the top; imports under ``if TYPE_CHEC
 import ast
 from pathlib import Path
 
-CORE = Path(__file__).resolve().parent.parent / "core"
+CORE = Path(__file__).resolve().parents[2] / "core"
 LAYERS = ["foundation", "data", "models", "transport", "quantize", "training", "pipeline", "evaluation", "studio",
           "cli"]
 FOUNDATION = {"core", "core.errors", "core.config", "core.reads", "core.io", "core.device"}

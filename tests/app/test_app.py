@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
 PAGES = ["pages/sampling.py", "pages/latent_space.py", "pages/trajectories.py", "pages/coverage.py",
          "pages/evaluate.py", "pages/export.py", "pages/dataset.py"]
 

@@ -25,7 +25,7 @@ from core.errors import OutputError, OutputExistsError
 from core.pipeline.distill import DistilledSet
 from core.pipeline.export import export_imagefolder, export_zip, export_zip_bytes, is_export
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_set(n: int = 6, seed: int = 0) -> DistilledSet:
@@ -155,7 +155,7 @@ SLOW_WRITER = textwrap.dedent("""
 
 def start_slow_export(tmp_path: Path, out: Path, n: int, overwrite: bool) -> subprocess.Popen:
     script = tmp_path / "slow_export.py"
-    script.write_text(SLOW_WRITER.format(root=str(ROOT), tests=str(ROOT / "tests")))
+    script.write_text(SLOW_WRITER.format(root=str(ROOT), tests=str(Path(__file__).resolve().parent)))
     return subprocess.Popen([sys.executable, str(script), str(out), str(n), "1" if overwrite else "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -7,7 +7,7 @@ from core.models.loading import load_diffusion
 from core.training.generators import train_diffusion
 from core.training.loop import LatentModelTrainConfig
 from core.transport.ddim import epsilon_loss, sample_diffusion
-from tests.test_flow import SMALL, small_model, toy_latents
+from tests.transport.test_path import SMALL, small_model, toy_latents
 
 
 def test_epsilon_loss_decreases_and_model_round_trips(tmp_path):

@@ -456,7 +456,7 @@ def test_evaluate_imagefolder_script_tests_students_on_a_real_split(tmp_path, ca
             Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
                 tmp_path / "set" / class_folder_name(i, name) / f"{k}.png")
     spec = importlib.util.spec_from_file_location("evaluate_imagefolder",
-                                                  Path(__file__).resolve().parent.parent / "scripts" / "evaluate_imagefolder.py")
+                                                  Path(__file__).resolve().parents[2] / "scripts" / "evaluate_imagefolder.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     report = tmp_path / "eval.json"
