@@ -43,6 +43,7 @@ def add_parsers(add) -> None:
 def _cmd_bench_speed(args: argparse.Namespace) -> None:
     """The engine's speed figures (quantize / guided sample / decode on the dataset, as in benchmarks/speed.json)
     and the throughput of encode, sample and decode in images/s on the device (synthetic inputs, any VAE / flow)."""
+    # Long by design: mostly the printed report, line by line.
     import warnings
 
     import torch

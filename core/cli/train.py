@@ -113,6 +113,7 @@ def _cmd_train_latent_model(args: argparse.Namespace) -> None:
 
     --model picks the network (mlp-s / mlp-m: the project's LatentMLP; sit-*: core/models/sit.py presets sized for
     the latents, train-flow only); --width / --hidden / --depth / --heads override the preset's sizes."""
+    # Long by design: options -> training config (presets and overrides) -> data (store or dataset) -> training.
     import torch
 
     from core.device import resolve_device

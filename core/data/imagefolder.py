@@ -140,6 +140,8 @@ def resolve_classes(root: str | Path, classes: str | Sequence[str] | None = None
     its human names, or through the WordNet id <-> name pairs of the class lists. Unknown classes raise
     DatasetNotFoundError listing close matches.
     """
+    # Long by design: the matching rules (exact, normalised, human names, WordNet pairs, class-list files) and
+    # their one combined error message belong together.
     root = Path(root)
     present = _class_folders(root)
     entries = _requested_entries(classes, present)

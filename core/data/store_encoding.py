@@ -92,6 +92,8 @@ def encode_to_store(folder_dataset, vae: LatentAutoencoder, store_dir: str | Pat
     shards and index first). ``progress(fraction, message)`` is called after every batch and after every
     shard ("wrote shard-00000.safetensors ..."); a tqdm bar is shown when it is None.
     """
+    # Long by design: one streamed, resumable pass (check or resume the index, keep finished shards, encode the
+    # missing ones with prefetching, write the index last); the shared state is the shard plan and the counts.
     for name, value in (("shard_size", shard_size), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

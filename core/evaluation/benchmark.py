@@ -226,6 +226,7 @@ def best_sweep_setting(results: dict) -> tuple[str, dict] | None:
 
 def write_report(results: dict, out: Path) -> Path:
     """RESULTS.md and the plots, from results.json alone."""
+    # Long by design: the RESULTS.md text, top to bottom, reads as the report it writes.
     cells = results["cells"]
     meta = results.get("meta", {})
     config = meta.get("config", {})

@@ -358,6 +358,8 @@ def load_velocity_model(ref: str | Path, latent_shape: Sequence[int] | None = No
     metadata "num_heads" or the preset). ``class_map``: the model's class id for each data class.
     Raises CheckpointError (naming the file and what differs) for unknown, corrupt or mismatched checkpoints.
     """
+    # Long by design: the one dispatch over every kind of velocity model (own folders, diffusers DiT folders,
+    # SiT/DiT state dicts), each branch a few checks and a call.
     path = Path(ref)
     name = str(path)
     if class_map is not None:

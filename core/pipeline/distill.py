@@ -173,6 +173,8 @@ def distill(engine: DistillEngine, config: DistillConfig, executor: LocalExecuto
 
     ``executor`` runs the stages (default: in this process; see ``core.pipeline.distributed.distill_distributed``).
     """
+    # Long by design: the method's stages in order (checks, quantize, sample, decode, weights), as DESIGN.md
+    # describes them; each stage is a call into its layer.
     executor = executor or LocalExecutor()
     classes = engine.check(config)
     timings: dict[str, float] = {}

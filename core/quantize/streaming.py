@@ -242,6 +242,8 @@ def quantize_class_streaming(chunks, label: int, config: QuantizeConfig, passes:
 
 def _quantize_streaming(chunks, label: int, config: QuantizeConfig, passes: int, lloyd_passes: int,
                         init_size: int | None, where: str) -> ClassQuantization:
+    # Long by design: one algorithm (seeded init, mini-batch passes, Lloyd refinement, final masses) whose
+    # steps share the same running centres and counts; split, each piece would need all of that state.
     from scipy import sparse
     from sklearn.cluster import KMeans, MiniBatchKMeans
 

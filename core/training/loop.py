@@ -146,6 +146,8 @@ def train_latent_model(config: LatentModelTrainConfig, latents: LatentSet, out: 
     position embedding is not stored (it is rebuilt from the config). ``out/checkpoint.pt`` resumes an
     interrupted run exactly (same seed, same device and precision: the same weights as an uninterrupted run).
     """
+    # Long by design: one resumable loop; model, EMA, optimiser, schedule, scaler and RNG are created, restored
+    # from a checkpoint and saved together, so the pieces stay in one place.
     from tqdm import tqdm
 
     if config.threads:
