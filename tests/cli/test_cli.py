@@ -13,7 +13,7 @@ def test_help_lists_commands():
     out = run("--help")
     assert out.returncode == 0
     for command in ("train-vae", "train-teacher", "train-flow", "train-diffusion", "encode", "distill",
-                    "evaluate", "bench", "bench-speed", "bench-engine", "eval-models"):
+                    "evaluate", "bench", "bench-speed", "bench-engine", "bench-startup", "eval-models"):
         assert command in out.stdout
 
 
@@ -38,3 +38,14 @@ def test_encode_prints_where_latents_went(tmp_path):
     assert out.returncode == 0, out.stderr
     assert str(tmp_path) in out.stdout and "10000 latents of shape (4, 8, 8)" in out.stdout
     assert list((tmp_path / "latents").glob("fashion-mnist-test-*.safetensors"))
+
+
+def test_help_and_a_mistyped_option_import_no_torch():
+    for args in (["--help"], ["distill", "--methd", "pgfm", "--out", "x"], ["distill", "--help"]):
+        out = subprocess.run([sys.executable, "-X", "importtime", "-m", "core", *args], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120)
+        imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+        assert out.returncode in (0, 2) and imported, out.stderr[-300:]
+        assert not {"torch", "diffusers", "sklearn"} & imported, (args, {"torch", "diffusers", "sklearn"} & imported)
+        if "--methd" in args:
+            assert out.returncode == 2 and "error: unrecognized arguments: --methd" in out.stderr
