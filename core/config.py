@@ -17,7 +17,7 @@ import numpy as np
 ASSETS = Path(__file__).resolve().parent.parent / "assets"   # the embedded default's shipped models
 VAE_DIR, FLOW_DIR, TEACHER_DIR = ASSETS / "vae", ASSETS / "flow", ASSETS / "teacher"
 DIFFUSION_DIR = ASSETS / "diffusion"
-DTYPE_NAMES = ("float32", "bfloat16", "float16")   # model precision of the samplers (core.transport.sampler.DTYPES)
+SAMPLER_DTYPES = ("float32", "bfloat16", "float16")   # model precision of the samplers (core.transport.sampler.DTYPES)
 
 
 SCHEDULES = ("constant", "linear", "cosine")
@@ -110,8 +110,8 @@ class SamplerConfig:
             raise ValueError(f"cfg_scale must be >= 0 (1 = no CFG), got {self.cfg_scale}")
         if not 0.0 <= self.t0 < 1.0:
             raise ValueError(f"warm start t0 must lie in [0, 1), got {self.t0}")
-        if self.dtype not in DTYPE_NAMES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
+        if self.dtype not in SAMPLER_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(SAMPLER_DTYPES)}, got {self.dtype!r}")
 
     def step_methods(self) -> list[str]:
         """The solver of each step. With guidance still active at t = 1 (λ(1) > 0), a stage evaluated at

@@ -10,6 +10,8 @@ import streamlit as st
 
 from core.config import (
     DEFAULT_PGFM_GUIDANCE,
+    DIFFUSION_METHODS,
+    FLOW_METHODS,
     METHODS,
     SCHEDULES,
     SOLVERS,
@@ -88,7 +90,8 @@ def render(studio: Studio) -> DistillConfig | None:
         chosen = st.multiselect("Classes", names, key="classes")
         st.number_input("IPC (images per class)", min_value=1, max_value=100_000, step=1, key="ipc")
         method = st.selectbox("Method", METHODS, key="method", format_func=lambda m: f"{m} — {METHOD_HELP[m]}")
-        flow, pgfm = method in ("ddoq", "fm", "pgfm"), method == "pgfm"
+        flow, pgfm = method in FLOW_METHODS, method == "pgfm"
+        generator = flow or method in DIFFUSION_METHODS
         with st.expander("PGFM guidance", expanded=pgfm):
             st.slider("Guidance λ", 0.0, 1.5, step=0.05, key="guidance", disabled=not pgfm)
             st.selectbox("Schedule λ(t)", SCHEDULES, key="schedule", disabled=not pgfm)
@@ -100,7 +103,8 @@ def render(studio: Studio) -> DistillConfig | None:
         with st.expander("Sampler", expanded=flow):
             st.selectbox("Solver", SOLVERS, key="solver", disabled=not flow)
             st.slider("Steps", 1, 64, key="steps", disabled=not flow)
-            st.slider("CFG scale", 1.0, 6.0, step=0.25, key="cfg_scale", disabled=not flow)
+            st.slider("CFG scale", 1.0, 6.0, step=0.25, key="cfg_scale", disabled=not generator,
+                      help="classifier-free guidance of the flow or the diffusion model")
             st.slider("Diffusion DDIM steps", 2, 100, key="diffusion_steps", disabled=not method.startswith("diffusion"))
         st.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key="seed")
         st.header("View")

@@ -138,7 +138,7 @@ class LatentStore:
         index_path = self.path / INDEX_NAME
         if not index_path.is_file():
             raise CheckpointError(f"{self.path}: no latent store here ({INDEX_NAME} missing); create one with "
-                                  "core.data.latent_store.encode_to_store (`python -m core encode --store DIR`)")
+                                  "core.data.store_encoding.encode_to_store (`python -m core encode --store DIR`)")
         index = read_json(index_path)
         if not isinstance(index, dict) or index.get("format") != STORE_FORMAT or index.get("version") != STORE_VERSION:
             raise CheckpointError(f"{index_path}: not a version-{STORE_VERSION} latent store index")

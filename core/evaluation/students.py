@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from core.data.datasets import LabelledImages
+from core.device import cpu_bf16_supported
 from core.evaluation.augment import dsa_augment
 from core.models.convnet import ARCHITECTURES, ConvNetConfig, build_classifier
 
@@ -72,15 +73,8 @@ class EvalConfig:
     def autocast(self) -> torch.autocast:
         """bf16 mixed precision (weights and optimiser stay fp32). On a CPU with AVX512-BF16/AMX it halves
         the time of a ConvNet-3 step; ``auto`` uses it only where oneDNN reports bf16 support."""
-        enabled = self.precision == "bf16" or (self.precision == "auto" and bf16_supported())
+        enabled = self.precision == "bf16" or (self.precision == "auto" and cpu_bf16_supported())
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
-
-
-def bf16_supported() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 @dataclass

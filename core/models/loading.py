@@ -36,7 +36,7 @@ from core.models.velocity import (
 class ModelSpec:
     """Which models to use: folders (or a diffusers hub id for the VAE).
 
-    ``flow`` may be any reference ``core.models.velocity.load_velocity_model`` takes: the project's flow folder,
+    ``flow`` may be any reference ``core.models.loading.load_velocity_model`` takes: the project's flow folder,
     a diffusers DiTTransformer2DModel folder, or a raw SiT/DiT ``.pt`` / ``.safetensors`` state dict.
     ``flow_convention``: its time / sign convention, a preset name ("sit", "diffusers-flow") or a dict / JSON
     object text (``{"time_scale": 1000, "time_reversed": true, "velocity_sign": -1}``); None: the loader's

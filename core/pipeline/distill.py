@@ -247,12 +247,12 @@ def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None 
 
     A generator that does not exist (or is set to None / "") is left out (methods that need it then raise a
     clear error). The flow is loaded by ``core.models.loading.load_flow_for``: any reference
-    ``core.models.velocity.load_velocity_model`` takes (the project's folder, a diffusers DiT folder, a SiT
+    ``core.models.loading.load_velocity_model`` takes (the project's folder, a diffusers DiT folder, a SiT
     ``.pt`` / ``.safetensors``), with ``spec.flow_convention`` / ``flow_num_heads`` / ``flow_class_map``.
     ``encode(dataset, vae, cache_dir, progress=...)`` replaces ``core.data.latent_cache.encode_dataset`` (the
     distributed loader passes one that shards the encoding and lets one process write the cache).
 
-    ``latent_store``: a folder written by ``core.data.latent_store.encode_to_store`` (``python -m core encode
+    ``latent_store``: a folder written by ``core.data.store_encoding.encode_to_store`` (``python -m core encode
     --store``) replaces the dataset and its encoding: its latents are checked against the VAE and held in
     memory (up to ``max_store_bytes`` as float32, default ``core.data.latent_store.DEFAULT_MAX_BYTES``), and the real
     images (needed by ``random`` only) are read on demand from its ImageFolder, ``data_dir`` or else the

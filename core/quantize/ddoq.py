@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from core.quantize.w2 import _CHUNK, _as_matrix, _w2_weighted_uniform, squared_distances
+from core.quantize.w2 import _as_matrix, _w2_weighted_uniform, squared_distances
+
+_CHUNK = 65_536  # rows per chunk when computing distances to prototypes
 
 METHODS = ("ddoq", "d4m", "random")
 BACKENDS = ("auto", "sklearn", "minibatch")

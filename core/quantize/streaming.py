@@ -10,6 +10,7 @@ import torch
 
 from core.data.latent_store import DEFAULT_MAX_BYTES, LatentStore
 from core.quantize.ddoq import (
+    _CHUNK,
     ClassQuantization,
     QuantizeConfig,
     _check_ipc,
@@ -20,7 +21,7 @@ from core.quantize.ddoq import (
     class_seed,
     nearest_prototype,
 )
-from core.quantize.w2 import _CHUNK, _as_matrix, _w2_weighted_uniform, squared_distances
+from core.quantize.w2 import _as_matrix, _w2_weighted_uniform, squared_distances
 
 
 class StreamingLatents:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-_CHUNK = 65_536  # rows per chunk when computing distances to prototypes
-
 
 def _as_matrix(latents: torch.Tensor | np.ndarray, name: str = "latents", dtype=np.float32) -> np.ndarray:
     """(N, *shape) tensor/array -> C-contiguous (N, d) of ``dtype`` (may share memory with the input)."""

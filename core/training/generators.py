@@ -20,7 +20,7 @@ def train_flow(config: LatentModelTrainConfig, latents: LatentSet, out: str | Pa
     """Train a flow model on ``latents`` with the flow-matching loss; EMA weights are saved to ``out``.
 
     ``config.model``: "mlp" (a LatentMLP folder, kind ``FLOW_KIND``) or a SiT preset (kind ``SIT_FLOW_KIND``); both load
-    with ``load_flow`` and ``core.models.velocity.load_velocity_model``. Returns the EMA network itself."""
+    with ``load_flow`` and ``core.models.loading.load_velocity_model``. Returns the EMA network itself."""
     kind = FLOW_KIND if config.model == "mlp" else SIT_FLOW_KIND
     return train_latent_model(config, latents, out, flow_matching_loss, kind, "train-flow", resume, log, provenance)
 

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
-from core.config import DTYPE_NAMES, SamplerConfig
+from core.config import SAMPLER_DTYPES, SamplerConfig
 from core.transport.guidance import guided_velocity, rms_distance
 from core.transport.path import cfg_velocity
 from core.transport.solvers import step, time_grid
 
-DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
+DTYPES = {name: getattr(torch, name) for name in SAMPLER_DTYPES}
 
 
 @dataclass
