@@ -220,6 +220,16 @@ SIT_MODELS = ("sit-s/2", "sit-b/2", "sit-l/2", "sit-xl/2")
 MODEL_PRESETS = tuple(MLP_PRESETS) + SIT_MODELS
 
 
+# Student protocols (DESIGN.md section 4b): label source, augmentation, and whether the teacher labels every
+# augmented batch (core.evaluation.students).
+PROTOCOLS = {
+    "hard": {"labels": "hard", "augment": "none", "relabel": False},
+    "hard-dsa": {"labels": "hard", "augment": "dsa", "relabel": False},
+    "soft": {"labels": "soft", "augment": "none", "relabel": False},
+    "soft-online": {"labels": "soft", "augment": "dsa", "relabel": True},
+}
+
+
 def config_hash(config: Any) -> str:
     """12 hex digits of SHA-256 over a config (a dataclass or a JSON-able dict) as sorted JSON: the one key
     under which runs, benchmark cells and caches are stored."""

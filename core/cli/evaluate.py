@@ -8,20 +8,23 @@ from pathlib import Path
 from core.cli.options import (
     world_size,
 )
-from core.config import (
-    TEACHER_DIR,
-)
+from core.config import PROTOCOLS, TEACHER_DIR
 
 
 def add_parsers(add) -> None:
     p = add("evaluate", "Train students only on a distilled ImageFolder and test them on the real test split.",
             _cmd_evaluate)
     p.add_argument("folder", help="an exported set (manifest weights are used) or any ImageFolder of the classes")
-    p.add_argument("--labels", default="hard", choices=["hard", "soft"])
+    p.add_argument("--protocol", default=None, choices=list(PROTOCOLS),
+                   help="hard (cross-entropy, no augmentation), hard-dsa (hard labels, DSA augmentation on every "
+                        "batch), soft (KL to the teacher's outputs on the un-augmented images, computed once), "
+                        "soft-online (every augmented batch labelled by the teacher); default: from --labels / "
+                        "--augment (hard)")
+    p.add_argument("--labels", default="hard", choices=["hard", "soft"], help="without --protocol: hard or soft")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (seed, seed+1, ...)")
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--architecture", default="convnet", choices=["convnet", "resnet"])
-    p.add_argument("--augment", default="none", choices=["none", "dsa"])
+    p.add_argument("--augment", default="none", choices=["none", "dsa"], help="without --protocol: none or dsa")
     p.add_argument("--temperature", type=float, default=4.0, help="soft labels: teacher temperature")
     p.add_argument("--no-weights", action="store_true", help="ignore the manifest's per-image weights")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
@@ -60,9 +63,12 @@ def _evaluate(args: argparse.Namespace, ctx=None) -> None:
     main = ctx is None or ctx.is_main
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = EvalConfig(architecture=args.architecture, labels=args.labels, temperature=args.temperature,
-                        epochs=args.epochs, use_weights=not args.no_weights, augment=args.augment,
-                        seeds=tuple(range(args.seed, args.seed + args.seeds)), precision=args.precision)
+    if args.protocol is not None and (args.labels, args.augment) != ("hard", "none"):
+        raise ValueError("give either --protocol or --labels / --augment, not both")
+    protocol = dict(PROTOCOLS[args.protocol]) if args.protocol else {"labels": args.labels, "augment": args.augment}
+    config = EvalConfig(architecture=args.architecture, temperature=args.temperature, epochs=args.epochs,
+                        use_weights=not args.no_weights, seeds=tuple(range(args.seed, args.seed + args.seeds)),
+                        precision=args.precision, **protocol)
     test = load_fashion_mnist("test", args.data_dir)
     images, labels, weights, classes = read_distilled_folder(args.folder, test.class_names, test.image_shape)
     if len(classes) < test.num_classes:  # an export of some classes is tested on those classes' test images
@@ -93,7 +99,7 @@ def _evaluate(args: argparse.Namespace, ctx=None) -> None:
     if not main:
         return
     where = f" ({ctx.world_size} processes)" if ctx is not None and ctx.is_distributed else ""
-    print(f"{args.folder}: {len(images)} images, {config.architecture}, {config.labels} labels, "
+    print(f"{args.folder}: {len(images)} images, {config.architecture}, protocol {config.protocol}, "
           f"{'weighted' if weights is not None and config.use_weights else 'unweighted'}: test accuracy "
           f"{100 * result.mean:.2f} ± {100 * result.std:.2f} % over {len(config.seeds)} seeds "
           f"({', '.join(f'{100 * a:.2f}' for a in result.accuracies)}); {sum(result.seconds):.1f} s{where}")

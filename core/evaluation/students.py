@@ -1,9 +1,15 @@
 """Student evaluation: train a classifier only on a distilled set, test it on the real test split.
 
 Protocol (DESIGN.md section 4): ConvNet-3 (width 128, instance norm, avg-pool), SGD lr 0.01, momentum 0.9,
-weight decay 5e-4, 300 epochs, lr x0.1 at half, mean ± std over seeds. Labels ``hard`` (cross-entropy)
-or ``soft`` (KL to the teacher's temperature-softened outputs, scaled by T²). Per-image weights (DDOQ
-cell masses, mean 1 per class) multiply each sample's loss. Optional DSA augmentation.
+weight decay 5e-4, 300 epochs, lr x0.1 at half, mean ± std over seeds. Per-image weights (DDOQ cell
+masses, mean 1 per class) multiply each sample's loss.
+
+Protocols (DESIGN.md section 4b; ``PROTOCOLS``, ``EvalConfig.protocol``):
+- ``hard``: cross-entropy on the set's labels, no augmentation;
+- ``hard-dsa``: the same with DSA augmentation drawn afresh for every batch (core.evaluation.augment);
+- ``soft``: KL (· T²) to the teacher's temperature-T outputs on the un-augmented images, computed once;
+- ``soft-online``: every batch is DSA-augmented and the teacher labels *that* batch (FKD / SRe2L / RDED
+  relabelling), KL · T².
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.config import PROTOCOLS
 from core.data.datasets import LabelledImages
 from core.device import cpu_bf16_supported
 from core.evaluation.augment import dsa_augment
@@ -47,6 +54,7 @@ class EvalConfig:
     batch_size: int = 256
     use_weights: bool = True
     augment: str = "none"            # none | dsa
+    relabel: bool = False            # soft labels from the teacher on every augmented batch (soft-online)
     seeds: tuple[int, ...] = (0, 1, 2)
     test_batch_size: int = 1000
     precision: str = "auto"          # auto | bf16 | fp32 (auto: bf16 autocast where the CPU/GPU supports it)
@@ -58,6 +66,8 @@ class EvalConfig:
             raise ValueError(f"labels must be 'hard' or 'soft', got {self.labels!r}")
         if self.augment not in ("none", "dsa"):
             raise ValueError(f"augment must be 'none' or 'dsa', got {self.augment!r}")
+        if self.relabel and self.labels != "soft":
+            raise ValueError("relabel (the teacher labels every batch) needs labels='soft'")
         for name in ("epochs", "batch_size", "width", "test_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -69,6 +79,12 @@ class EvalConfig:
             raise ValueError("seeds must name at least one seed")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
+
+    @property
+    def protocol(self) -> str:
+        """The protocol name of these label / augmentation settings (``custom`` for other combinations)."""
+        settings = {"labels": self.labels, "augment": self.augment, "relabel": self.relabel}
+        return next((name for name, fields in PROTOCOLS.items() if fields == settings), "custom")
 
     def autocast(self) -> torch.autocast:
         """bf16 mixed precision (weights and optimiser stay fp32). On a CPU with AVX512-BF16/AMX it halves
@@ -94,7 +110,7 @@ class EvalResult:
         return statistics.pstdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
 
     def to_dict(self) -> dict:
-        return {"accuracy_mean": round(self.mean, 5), "accuracy_std": round(self.std, 5),
+        return {"protocol": self.config.protocol, "accuracy_mean": round(self.mean, 5), "accuracy_std": round(self.std, 5),
                 "accuracies": [round(a, 5) for a in self.accuracies], "seconds": [round(s, 2) for s in self.seconds],
                 "num_images": self.num_images, "config": asdict(self.config), **self.extra}
 
@@ -112,8 +128,14 @@ def test_accuracy(model: torch.nn.Module, test: LabelledImages, batch_size: int 
 
 def train_student(images: torch.Tensor, labels: np.ndarray, num_classes: int, config: EvalConfig, seed: int,
                   weights: np.ndarray | None = None, soft_targets: torch.Tensor | None = None,
-                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> torch.nn.Module:
-    """Train one student on (images in [-1, 1] (N, C, H, W), labels (N,)); returns the trained model."""
+                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
+                  teacher=None) -> torch.nn.Module:
+    """Train one student on (images in [-1, 1] (N, C, H, W), labels (N,)); returns the trained model.
+
+    ``soft_targets`` (N, classes): static soft labels; with ``config.relabel`` the ``teacher`` labels every
+    (augmented) batch instead."""
+    if config.relabel and teacher is None:
+        raise ValueError("the soft-online protocol needs a teacher to label every batch")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     c, h = images.shape[1], images.shape[2]
@@ -136,11 +158,13 @@ def train_student(images: torch.Tensor, labels: np.ndarray, num_classes: int, co
             with config.autocast():
                 logits = model(x)
             logits = logits.float()
-            if soft_targets is None:
+            targets = teacher.soft_labels(x, config.temperature) if config.relabel else (
+                None if soft_targets is None else soft_targets[idx])
+            if targets is None:
                 per_sample = F.cross_entropy(logits, y[idx], reduction="none")
             else:
                 t = config.temperature
-                per_sample = F.kl_div(F.log_softmax(logits / t, 1), soft_targets[idx], reduction="none").sum(1) * t * t
+                per_sample = F.kl_div(F.log_softmax(logits / t, 1), targets, reduction="none").sum(1) * t * t
             loss = (per_sample * w[idx]).sum() / w[idx].sum().clamp_min(1e-12)  # a batch of weight-0 images: no step
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -149,6 +173,13 @@ def train_student(images: torch.Tensor, labels: np.ndarray, num_classes: int, co
         if progress is not None and (epoch % 10 == 9 or epoch == config.epochs - 1):
             progress((epoch + 1) / config.epochs, f"seed {seed}: epoch {epoch + 1}/{config.epochs}, loss {loss.item():.3f}")
     return model
+
+
+def protocol_config(protocol: str, **settings) -> EvalConfig:
+    """The EvalConfig of a protocol name (``PROTOCOLS``) with other ``settings`` (epochs, seeds, ...)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    return EvalConfig(**PROTOCOLS[protocol], **settings)
 
 
 def evaluate_set(images: torch.Tensor, labels: np.ndarray, test: LabelledImages, config: EvalConfig = EvalConfig(),
@@ -171,8 +202,9 @@ def evaluate_set(images: torch.Tensor, labels: np.ndarray, test: LabelledImages,
     soft = None
     if config.labels == "soft":
         if teacher is None:
-            raise ValueError("soft labels need a teacher")
-        soft = teacher.soft_labels(images, config.temperature)
+            raise ValueError(f"soft labels (protocol {config.protocol}) need a teacher")
+        if not config.relabel:
+            soft = teacher.soft_labels(images, config.temperature)
     accuracies, seconds = [], []
     for k, seed in enumerate(config.seeds):
         t0 = time.perf_counter()
@@ -181,7 +213,8 @@ def evaluate_set(images: torch.Tensor, labels: np.ndarray, test: LabelledImages,
             if progress is not None:
                 progress((k + fraction) / len(config.seeds), message)
 
-        model = train_student(images, labels, test.num_classes, config, seed, weights, soft, seed_progress, should_stop)
+        model = train_student(images, labels, test.num_classes, config, seed, weights, soft, seed_progress, should_stop,
+                              teacher)
         accuracies.append(test_accuracy(model, test, config.test_batch_size, config.autocast()))
         seconds.append(time.perf_counter() - t0)
         if progress is not None:
