@@ -139,7 +139,7 @@ def evaluate_run(studio: Studio, run: Run, config: EvalConfig, progress: Progres
     weights = run.dset.weights if config.use_weights else None
     result = evaluate_set(run.dset.images, run.dset.labels, studio.test, config, weights, studio.teacher,
                           progress, should_stop)
-    run.evaluations.append({"labels": config.labels, "architecture": config.architecture, "epochs": config.epochs,
+    run.evaluations.append({"protocol": config.protocol, "architecture": config.architecture, "epochs": config.epochs,
                             "seeds": list(config.seeds), "accuracy_mean": result.mean, "accuracy_std": result.std})
     return result
 

@@ -113,6 +113,10 @@ def test_evaluate_page_trains_a_student_and_records_the_result():
     assert not at.exception
     assert any("test accuracy" in s.value for s in at.success)
     assert current(at).evaluations and current(at).evaluations[0]["epochs"] == 2
+    at.selectbox(key="eval_protocol").set_value("soft-online").run()
+    next(b for b in at.button if b.label == "Start evaluation").click().run()
+    assert not at.exception and any("protocol soft-online" in s.value for s in at.success)
+    assert [e["protocol"] for e in current(at).evaluations] == ["hard", "soft-online"]
 
 
 def test_two_sessions_keep_their_own_runs_and_selections():
