@@ -21,6 +21,9 @@ def add_parsers(add) -> None:
                         "soft-online (every augmented batch labelled by the teacher); default: from --labels / "
                         "--augment (hard)")
     p.add_argument("--labels", default="hard", choices=["hard", "soft"], help="without --protocol: hard or soft")
+    p.add_argument("--split", default="test", choices=["test", "val"],
+                   help="score the students on the test split (for reported tables) or on the validation split "
+                        "(500 per class held out of train, for every choice that looks at accuracy; default test)")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (seed, seed+1, ...)")
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--architecture", default="convnet", choices=["convnet", "resnet"])
@@ -69,13 +72,14 @@ def _evaluate(args: argparse.Namespace, ctx=None) -> None:
     config = EvalConfig(architecture=args.architecture, temperature=args.temperature, epochs=args.epochs,
                         use_weights=not args.no_weights, seeds=tuple(range(args.seed, args.seed + args.seeds)),
                         precision=args.precision, **protocol)
-    test = load_fashion_mnist("test", args.data_dir)
+    test = load_fashion_mnist(args.split, args.data_dir)
+    split = {"test": "test", "val": "validation"}[args.split]
     images, labels, weights, classes = read_distilled_folder(args.folder, test.class_names, test.image_shape)
     if len(classes) < test.num_classes:  # an export of some classes is tested on those classes' test images
         test = test.subset(np.flatnonzero(np.isin(test.labels, classes)))
         if main:
             print(f"{args.folder}: classes {', '.join(test.class_names[c] for c in classes)} (as its manifest "
-                  f"records): tested on their {len(test)} test images")
+                  f"records): tested on their {len(test)} {split} images")
     teacher = None
     if config.labels == "soft":
         from core.models.loading import load_teacher
@@ -100,9 +104,9 @@ def _evaluate(args: argparse.Namespace, ctx=None) -> None:
         return
     where = f" ({ctx.world_size} processes)" if ctx is not None and ctx.is_distributed else ""
     print(f"{args.folder}: {len(images)} images, {config.architecture}, protocol {config.protocol}, "
-          f"{'weighted' if weights is not None and config.use_weights else 'unweighted'}: test accuracy "
+          f"{'weighted' if weights is not None and config.use_weights else 'unweighted'}: {split} accuracy "
           f"{100 * result.mean:.2f} ± {100 * result.std:.2f} % over {len(config.seeds)} seeds "
           f"({', '.join(f'{100 * a:.2f}' for a in result.accuracies)}); {sum(result.seconds):.1f} s{where}")
     if args.json:
-        write_json(args.json, {"folder": str(args.folder), **result.to_dict()})
+        write_json(args.json, {"folder": str(args.folder), "split": args.split, **result.to_dict()})
         print(f"result written to {args.json}")

@@ -134,15 +134,41 @@ def _download_with_torchvision(root: Path) -> bool:
     return True
 
 
+VALIDATION_PER_CLASS, VALIDATION_SEED = 500, 0
+SPLITS = ("train", "test", "val", "train-minus-val")
+
+
+def validation_indices(labels: np.ndarray, per_class: int = VALIDATION_PER_CLASS, seed: int = VALIDATION_SEED) -> np.ndarray:
+    """Sorted indices of the validation split of a training split with ``labels``: ``per_class`` images of
+    every class, drawn without replacement with ``seed`` (class c from its own stream [seed, c], so a class's
+    pick does not depend on the others). DESIGN.md section 4b: choices that look at accuracy read these."""
+    labels = np.asarray(labels)
+    picks = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        if len(members) < per_class:
+            raise ValueError(f"class {c} has {len(members)} images, fewer than the {per_class} the validation split "
+                             "holds out")
+        picks.append(np.random.default_rng([seed, int(c)]).choice(members, per_class, replace=False))
+    return np.sort(np.concatenate(picks)) if picks else np.empty(0, np.int64)
+
+
 def load_fashion_mnist(split: str = "train", root: str | Path | None = None, download: bool = False) -> LabelledImages:
-    """Fashion-MNIST ``split`` ('train' 60k or 'test' 10k), padded from 28x28 to 32x32 (background 0).
+    """Fashion-MNIST ``split``, padded from 28x28 to 32x32 (background 0): 'train' (all 60k, as the shipped
+    models were trained), 'test' (10k), 'val' (500 per class of train, ``validation_indices``) or
+    'train-minus-val' (the other 55k).
 
     Files are looked up in ``root``, $FASHION_MNIST_DIR, then /usr/share/datasets/fashion-mnist (Debian
     package ``dataset-fashion-mnist``). With ``download=True`` and torchvision installed and online, the
     files are fetched into ``root`` when missing.
     """
-    if split not in _FASHION_FILES:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split in ("val", "train-minus-val"):
+        train = load_fashion_mnist("train", root, download)
+        held_out = np.zeros(len(train), dtype=bool)
+        held_out[validation_indices(train.labels)] = True
+        return train.subset(np.flatnonzero(held_out if split == "val" else ~held_out), f"fashion-mnist-{split}")
     directory = fashion_mnist_dir(root)
     image_stem, label_stem = _FASHION_FILES[split]
     image_path, label_path = _find_idx(directory, image_stem), _find_idx(directory, label_stem)

@@ -93,3 +93,26 @@ def test_image_folder_errors(tmp_path):
         load_image_folder(tmp_path)
     with pytest.raises(DatasetNotFoundError, match="not a directory"):
         load_image_folder(tmp_path / "nope")
+
+
+def test_validation_split_is_500_per_class_seeded_and_disjoint_from_the_rest():
+    import numpy as np
+
+    from core.data.datasets import load_fashion_mnist, validation_indices
+
+    labels = np.repeat(np.arange(3), 600)
+    a, b = validation_indices(labels, 50), validation_indices(labels, 50)
+    assert np.array_equal(a, b) and len(a) == 150 and np.bincount(labels[a]).tolist() == [50, 50, 50]
+    assert not np.array_equal(a, validation_indices(labels, 50, seed=1))
+    # a class's pick does not depend on the other classes
+    assert np.array_equal(a[labels[a] == 0], validation_indices(labels[:600], 50))
+    with pytest.raises(ValueError, match="fewer than the 700"):
+        validation_indices(labels, 700)
+    try:
+        val, rest = load_fashion_mnist("val"), load_fashion_mnist("train-minus-val")
+    except Exception:  # noqa: BLE001 - the dataset package is not installed here
+        pytest.skip("Fashion-MNIST not installed")
+    assert len(val) == 5000 and np.bincount(val.labels).tolist() == [500] * 10 and len(rest) == 55000
+    train = load_fashion_mnist("train")
+    rows = {r.tobytes() for r in train.images[validation_indices(train.labels)]}
+    assert {r.tobytes() for r in val.images} == rows and not rows & {r.tobytes() for r in rest.images[:5000]}

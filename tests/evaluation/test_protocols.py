@@ -114,4 +114,6 @@ def test_evaluate_command_takes_a_protocol(tmp_path, capsys):
     import json
 
     saved = json.loads(report.read_text())
-    assert saved["protocol"] == "soft-online" and saved["config"]["relabel"] is True
+    assert saved["protocol"] == "soft-online" and saved["config"]["relabel"] is True and saved["split"] == "test"
+    assert main(["evaluate", str(out), "--split", "val", "--epochs", "1", "--seeds", "1"]) == 0
+    assert "tested on their 1000 validation images" in (text := capsys.readouterr().out) and "validation accuracy" in text
