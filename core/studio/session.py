@@ -170,7 +170,7 @@ def run_row(run: Run) -> dict:
     row["seconds"] = round(run.seconds, 3)
     if run.evaluations:
         last = run.evaluations[-1]
-        row[f"accuracy ({last['labels']})"] = round(100 * last["accuracy_mean"], 2)
+        row[f"accuracy ({last['protocol']})"] = round(100 * last["accuracy_mean"], 2)
     return row
 
 
