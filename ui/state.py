@@ -12,7 +12,7 @@ import time
 import streamlit as st
 
 from core.config import DistillConfig, config_hash
-from core.models.loading import ModelSpec
+from core.models.spec import ModelSpec
 from core.studio.jobs import BackgroundJob
 from core.studio.session import Run, RunHistory, Studio, load_studio, run_once
 

@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from core.models.loading import ModelSpec
+    from core.models.spec import ModelSpec
 
 from core.cli.options import (
     add_distill_options,

@@ -46,7 +46,7 @@ STORE_ONLY = {"classes": None, "shard_size": None, "skip_bad": False, "max_per_c
 
 def _cmd_encode(args: argparse.Namespace) -> None:
     from core.data.latent_cache import encode_dataset
-    from core.models.loading import ModelSpec
+    from core.models.spec import ModelSpec
 
     if args.store:
         return _encode_store(args)
@@ -69,7 +69,8 @@ def _encode_store(args: argparse.Namespace) -> None:
     """``encode --store DIR``: a streamed ImageFolder into a sharded, resumable latent store."""
     from core.data.imagefolder import open_image_folder
     from core.data.store_encoding import encode_to_store
-    from core.models.loading import ModelSpec, load_vae
+    from core.models.loading import load_vae
+    from core.models.spec import ModelSpec
 
     if args.dataset != "imagefolder":
         raise ValueError("--store writes a sharded latent store of an ImageFolder: add --dataset imagefolder "

@@ -61,7 +61,7 @@ def _evaluate(args: argparse.Namespace, ctx=None) -> None:
     from core.data.datasets import load_fashion_mnist
     from core.evaluation.students import EvalConfig, evaluate_set, read_distilled_folder
     from core.io import write_json
-    from core.models.loading import ModelSpec
+    from core.models.spec import ModelSpec
 
     main = ctx is None or ctx.is_main
     if args.threads:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from core.models.loading import ModelSpec
+    from core.models.spec import ModelSpec
 
 from core.config import (
     ASSETS,
@@ -56,7 +56,7 @@ def portable(path: str) -> str:
 def model_spec(args: argparse.Namespace, flow: bool = True, diffusion: bool = True,
                 device: str | None = None) -> ModelSpec:
     """The ModelSpec of the model options (checks the flow options); generators not wanted are left out."""
-    from core.models.loading import ModelSpec
+    from core.models.spec import ModelSpec
 
     return ModelSpec(vae=args.vae, flow=args.flow if flow else None,
                      diffusion=getattr(args, "diffusion", None) if diffusion else None, device=device or args.device,
@@ -100,7 +100,8 @@ def engine_from_args(args: argparse.Namespace, spec: ModelSpec | None = None, ct
 def encode_split(args: argparse.Namespace, split: str):
     from core.data.datasets import load_dataset
     from core.data.latent_cache import encode_dataset
-    from core.models.loading import ModelSpec, load_vae
+    from core.models.loading import load_vae
+    from core.models.spec import ModelSpec
 
     dataset = load_dataset(args.dataset, split, args.data_dir, args.resolution, args.channels)
     vae = load_vae(ModelSpec(vae=args.vae, device=args.device))

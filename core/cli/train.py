@@ -118,7 +118,7 @@ def _cmd_train_latent_model(args: argparse.Namespace) -> None:
 
     from core.device import resolve_device
     from core.io import write_json
-    from core.models.loading import ModelSpec
+    from core.models.spec import ModelSpec
     from core.reads import read_json
     from core.training.loop import LatentModelTrainConfig, is_sit_model, mlp_preset
 

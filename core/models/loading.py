@@ -4,23 +4,18 @@ from __future__ import annotations
 import json
 import pickle
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from core.config import (
-    DIFFUSION_DIR,
-    FLOW_DIR,
-    TEACHER_DIR,
-    VAE_DIR,
-)
 from core.errors import CheckpointError
 from core.io import save_model_folder
 from core.models.kinds import DIFFUSION_FIX, DIFFUSION_KIND, FLOW_FIX, FLOW_KIND, SIT_FLOW_KIND
 from core.models.latent_mlp import LatentMLP, load_latent_mlp
+from core.models.spec import ModelSpec
 from core.models.vae import LatentAutoencoder
 from core.models.velocity import (
     CONVENTION_FILE,
@@ -30,71 +25,6 @@ from core.models.velocity import (
     VelocityConvention,
     resolve_convention,
 )
-
-
-@dataclass
-class ModelSpec:
-    """Which models to use: folders (or a diffusers hub id for the VAE).
-
-    ``flow`` may be any reference ``core.models.loading.load_velocity_model`` takes: the project's flow folder,
-    a diffusers DiTTransformer2DModel folder, or a raw SiT/DiT ``.pt`` / ``.safetensors`` state dict.
-    ``flow_convention``: its time / sign convention, a preset name ("sit", "diffusers-flow") or a dict / JSON
-    object text (``{"time_scale": 1000, "time_reversed": true, "velocity_sign": -1}``); None: the loader's
-    default (the project's for its own folders, "sit" for state-dict files; diffusers folders must declare one).
-    ``flow_num_heads``: attention heads of a SiT whose width is no preset's. ``flow_class_map``: the flow's
-    class id of each data class (an ImageNet SiT used on an ImageNet subset). A generator set to None or ""
-    is not loaded.
-    """
-
-    vae: str = str(VAE_DIR)
-    flow: str | None = str(FLOW_DIR)
-    teacher: str = str(TEACHER_DIR)
-    diffusion: str | None = str(DIFFUSION_DIR)
-    device: str = "cpu"
-    flow_convention: Any = None
-    flow_num_heads: int | None = None
-    flow_class_map: Sequence[int] | None = None
-
-    def __post_init__(self) -> None:
-        self.flow_convention = parse_convention(self.flow_convention)
-        if self.flow_num_heads is not None and (isinstance(self.flow_num_heads, bool)
-                                                or not isinstance(self.flow_num_heads, int) or self.flow_num_heads < 1):
-            raise ValueError(f"flow_num_heads must be an integer >= 1, got {self.flow_num_heads!r}")
-        if self.flow_class_map is not None:
-            self.flow_class_map = tuple(parse_class_map(self.flow_class_map))
-
-
-def parse_convention(convention: Any) -> Any:
-    """A convention option as given (preset name, JSON object text, dict), checked; JSON text becomes a dict.
-
-    Raises ValueError naming the valid presets for an unknown name, or the JSON problem."""
-    if convention is None or convention == "":
-        return None
-    if isinstance(convention, str) and convention.strip().startswith("{"):
-        try:
-            convention = json.loads(convention)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"flow convention: not valid JSON ({exc}); give a preset name or an object such as "
-                             '{"time_scale": 1000, "time_reversed": true, "velocity_sign": -1}') from exc
-    try:
-        resolve_convention(convention, name="flow convention")
-    except TypeError as exc:
-        raise ValueError(str(exc)) from exc
-    return convention
-
-
-def parse_class_map(class_map: str | Sequence[int | str]) -> list[int]:
-    """"207,360,1" or a sequence -> [207, 360, 1]; ValueError for anything but integers >= 0."""
-    items = [c.strip() for c in class_map.split(",")] if isinstance(class_map, str) else list(class_map)
-    ids = []
-    for c in items:
-        if isinstance(c, bool) or not (isinstance(c, int) or (isinstance(c, str) and c.isdigit())):
-            raise ValueError(f"flow class map: expected comma-separated model class ids (integers >= 0), "
-                             f"one per data class, got {c!r}")
-        ids.append(int(c))
-    if not ids:
-        raise ValueError("flow class map is empty; give one model class id per data class")
-    return ids
 
 
 def load_vae(spec: ModelSpec):

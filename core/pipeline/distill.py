@@ -263,7 +263,8 @@ def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None 
     does not), quantizing class by class with at most ``max_store_bytes`` of latents in memory, streamed
     classes with a k-means sample of ``stream_init_size`` rows (default max(20 IPC, 4096)).
     """
-    from core.models.loading import ModelSpec, load_diffusion, load_flow_for, load_vae
+    from core.models.loading import load_diffusion, load_flow_for, load_vae
+    from core.models.spec import ModelSpec
 
     spec = spec or ModelSpec()
     if latent_store is not None:

@@ -59,7 +59,8 @@ def load_studio(spec=None, data_dir: str | None = None, latent_store: str | None
     """Load data, latents (encoded and cached on first use, or a latent store), models and, when the
     teacher fits the data, the real reference of the metrics and the test split (Fashion-MNIST only)."""
     from core.data.datasets import load_fashion_mnist
-    from core.models.loading import ModelSpec, load_teacher
+    from core.models.loading import load_teacher
+    from core.models.spec import ModelSpec
     from core.pipeline.distill import load_engine
 
     spec = spec or ModelSpec()

@@ -205,7 +205,7 @@ def test_stream_with_classes_larger_than_the_sample(scale, cli, tmp_path, no_tea
     for c in range(3):  # ddoq weights are K x cell mass: mean 1 within each class
         assert sum(im["weight"] for im in manifest["images"] if im["class_id"] == c) == pytest.approx(2.0)
 
-    from core.models.loading import ModelSpec
+    from core.models.spec import ModelSpec
 
     spec = ModelSpec(vae=str(scale.vae), flow=None, diffusion=None, teacher=None)
     engine = load_engine(spec, latent_store=str(scale.store), stream=True, stream_init_size=3,
@@ -243,7 +243,7 @@ def test_distill_fm_with_a_diffusers_dit_folder(scale, cli, tmp_path, no_teacher
 
 def test_engine_loads_every_flow_kind_and_leaves_a_missing_default_out(scale, tmp_path):
     from core.models.latent_mlp import LatentMLP
-    from core.models.loading import ModelSpec
+    from core.models.spec import ModelSpec
     from core.models.velocity import VelocityAdapter
     from core.pipeline.distill import StoreImages, load_engine
 

@@ -4,7 +4,8 @@ import pytest
 from core.config import ASSETS, TEACHER_DIR, VAE_DIR
 from core.data.datasets import load_fashion_mnist
 from core.evaluation.quality import flow_quality
-from core.models.loading import ModelSpec, load_flow_for, load_teacher, load_vae
+from core.models.loading import load_flow_for, load_teacher, load_vae
+from core.models.spec import ModelSpec
 from core.models.vae import measure_vae
 from core.reads import read_json
 
