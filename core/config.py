@@ -17,6 +17,8 @@ import numpy as np
 ASSETS = Path(__file__).resolve().parent.parent / "assets"   # the embedded default's shipped models
 VAE_DIR, FLOW_DIR, TEACHER_DIR = ASSETS / "vae", ASSETS / "flow", ASSETS / "teacher"
 DIFFUSION_DIR = ASSETS / "diffusion"
+# The benchmark's results of the embedded default (the app's run table takes its DD-Ranking references there).
+BENCHMARK_RESULTS = ASSETS.parent / "benchmarks" / "results.json"
 SAMPLER_DTYPES = ("float32", "bfloat16", "float16")   # model precision of the samplers (core.transport.sampler.DTYPES)
 
 
@@ -222,6 +224,9 @@ MODEL_PRESETS = tuple(MLP_PRESETS) + SIT_MODELS
 
 # Student protocols (DESIGN.md section 4b): label source, augmentation, and whether the teacher labels every
 # augmented batch (core.evaluation.students).
+# Student networks of the evaluation (core.models.convnet.ARCHITECTURES builds them; names here for the CLI).
+STUDENT_ARCHITECTURES = ("convnet", "resnet", "resnet-bn", "mlp")
+
 PROTOCOLS = {
     "hard": {"labels": "hard", "augment": "none", "relabel": False},
     "hard-dsa": {"labels": "hard", "augment": "dsa", "relabel": False},

@@ -28,7 +28,7 @@ else:
                     width="stretch", key="mode_grid")
 
 st.subheader("Run history (this session)")
-st.dataframe(pd.DataFrame(history.rows()).set_index("run"), width="stretch")
+st.dataframe(pd.DataFrame(history.rows(studio.baseline)).set_index("run"), width="stretch")
 ids = [r.run_id for r in history.runs]
 if len(ids) >= 2:
     a_col, b_col = st.columns(2)
@@ -39,7 +39,7 @@ if len(ids) >= 2:
               for name, r in runs.items() if r.coverage is not None}
     if series:
         st.plotly_chart(coverage_bars(series, names), width="stretch", key="coverage_bars")
-    st.dataframe(pd.DataFrame(history.compare(a, b)).set_index("field").astype(str), width="stretch")
+    st.dataframe(pd.DataFrame(history.compare(a, b, studio.baseline)).set_index("field").astype(str), width="stretch")
 elif run.coverage is not None:
     st.plotly_chart(coverage_bars({f"run {run.run_id}": [run.coverage.per_class.get(c, 0.0) for c in range(len(names))]},
                                   names), width="stretch", key="coverage_bars")

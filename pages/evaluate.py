@@ -2,7 +2,7 @@
 protocol); the result joins the run history."""
 import streamlit as st
 
-from core.config import PROTOCOLS
+from core.config import PROTOCOLS, STUDENT_ARCHITECTURES
 from core.evaluation.students import EvaluationCancelled, protocol_config
 from core.studio.session import evaluate_run
 from ui.frame import page_frame
@@ -22,7 +22,9 @@ protocol = cols[0].selectbox("Protocol", tuple(PROTOCOLS), key="eval_protocol",
                              help="hard: cross-entropy, no augmentation; hard-dsa: hard labels, DSA on every batch; "
                                   "soft: the teacher's outputs on the images, once; soft-online: the teacher labels "
                                   "every augmented batch")
-architecture = cols[1].selectbox("Student", ("convnet", "resnet"), key="eval_arch")
+architecture = cols[1].selectbox("Student", STUDENT_ARCHITECTURES, key="eval_arch",
+                                 help="convnet: ConvNet-3, the protocol (LRS / ARS compare it); resnet / resnet-bn: "
+                                      "ResNet-10-style (instance / batch norm); mlp: two hidden layers of 128 units")
 epochs = cols[2].number_input("Epochs", 1, 1000, 300, key="eval_epochs")
 seeds = cols[3].number_input("Seeds", 1, 10, 1, key="eval_seeds")
 use_weights = st.checkbox("Use the set's per-image weights (DDOQ cell masses)", True, key="eval_weights")

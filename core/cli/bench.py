@@ -13,19 +13,32 @@ from core.cli.options import (
 from core.config import (
     ASSETS,
     BENCH_METHODS,
+    PROTOCOLS,
+    STUDENT_ARCHITECTURES,
     TEACHER_DIR,
 )
 
 
 def add_parsers(add) -> None:
-    p = add("bench", "Benchmark every method: distil, score (coverage, PRDC, W2, NFE, time), train students "
-            "(hard and soft labels), sweep PGFM, compare NFE with diffusion; resumable.", _cmd_bench)
+    p = add("bench", "Benchmark every method: distil, score (coverage, PRDC, W2, NFE, time), train students under "
+            "each protocol (test split), the whole-data row, cross-architecture students, DD-Ranking scores, the "
+            "PGFM sweep (validation split), NFE against diffusion; resumable.", _cmd_bench)
     add_distill_options(p, single=False)
     p.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50], help="IPC values (default 1 10 50)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--methods", nargs="+", default=list(BENCH_METHODS), choices=list(BENCH_METHODS))
-    p.add_argument("--labels", nargs="+", default=["hard", "soft"], choices=["hard", "soft"])
+    p.add_argument("--protocols", nargs="+", default=["hard", "hard-dsa", "soft-online"], choices=list(PROTOCOLS),
+                   help="student protocols of the main table (DESIGN.md 4b; default hard hard-dsa soft-online)")
+    p.add_argument("--pool", default="train-minus-val", choices=["train-minus-val", "train"],
+                   help="training images the methods draw from (default: the validation split held out)")
+    p.add_argument("--whole-epochs", type=int, default=4,
+                   help="epochs of the whole-training-set students (one per protocol; default 4)")
+    p.add_argument("--no-whole", action="store_true", help="skip the whole-training-set row")
+    p.add_argument("--architectures", nargs="*", default=["resnet-bn", "mlp"], choices=list(STUDENT_ARCHITECTURES),
+                   help="cross-architecture students (hard-dsa, IPC 10 and 50; none: skip)")
+    p.add_argument("--sweep-protocol", default="hard", choices=list(PROTOCOLS),
+                   help="protocol of the PGFM sweep's validation accuracy (default hard)")
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument("--no-efficiency", action="store_true")
     p.add_argument("--report-only", action="store_true",
@@ -51,16 +64,24 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         print(results_summary(results))
         print(f"table written to {write_report(results, Path(args.out))}")
         return
-    config = BenchConfig(ipcs=tuple(args.ipc), seeds=args.seeds, methods=tuple(args.methods), labels=tuple(args.labels),
-                         epochs=args.epochs, sweep=not args.no_sweep, efficiency=not args.no_efficiency,
+    config = BenchConfig(ipcs=tuple(args.ipc), seeds=args.seeds, methods=tuple(args.methods),
+                         protocols=tuple(args.protocols), epochs=args.epochs, pool=args.pool,
+                         whole_data=not args.no_whole, whole_data_epochs=args.whole_epochs,
+                         architectures=tuple(args.architectures), sweep=not args.no_sweep,
+                         sweep_protocol=args.sweep_protocol, efficiency=not args.no_efficiency,
                          seed=args.seed, distill=distill_config_from_args(args, "pgfm", 10))
     engine = engine_from_args(args)
+    if config.pool == "train-minus-val":
+        from core.pipeline.distill import hold_out_validation
+
+        engine = hold_out_validation(engine)
     teacher = load_teacher(ModelSpec(teacher=args.teacher))
     test = load_fashion_mnist("test", args.data_dir)
+    validation = load_fashion_mnist("val", args.data_dir) if config.sweep else None
     metrics = ASSETS / "metrics.json"
     teacher_accuracy = read_json(metrics)["teacher"]["test_accuracy"] if metrics.is_file() else None
     t0 = time.perf_counter()
-    results = run_benchmark(Bench(engine, teacher, test, Path(args.out), config), teacher_accuracy)
+    results = run_benchmark(Bench(engine, teacher, test, Path(args.out), config, validation), teacher_accuracy)
     print(results_summary(results))
     print(f"benchmark finished in {(time.perf_counter() - t0) / 60:.1f} min; results in {Path(args.out) / 'results.json'}, "
           f"table in {Path(args.out) / 'RESULTS.md'}")

@@ -8,7 +8,7 @@ from pathlib import Path
 from core.cli.options import (
     world_size,
 )
-from core.config import PROTOCOLS, TEACHER_DIR
+from core.config import PROTOCOLS, STUDENT_ARCHITECTURES, TEACHER_DIR
 
 
 def add_parsers(add) -> None:
@@ -26,7 +26,9 @@ def add_parsers(add) -> None:
                         "(500 per class held out of train, for every choice that looks at accuracy; default test)")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (seed, seed+1, ...)")
     p.add_argument("--epochs", type=int, default=300)
-    p.add_argument("--architecture", default="convnet", choices=["convnet", "resnet"])
+    p.add_argument("--architecture", default="convnet", choices=list(STUDENT_ARCHITECTURES),
+                   help="student network: convnet (ConvNet-3, the protocol), resnet / resnet-bn (ResNet-10-style, instance / "
+                        "batch norm), mlp (2 hidden layers of 128 units)")
     p.add_argument("--augment", default="none", choices=["none", "dsa"], help="without --protocol: none or dsa")
     p.add_argument("--temperature", type=float, default=4.0, help="soft labels: teacher temperature")
     p.add_argument("--no-weights", action="store_true", help="ignore the manifest's per-image weights")

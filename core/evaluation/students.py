@@ -158,8 +158,11 @@ def train_student(images: torch.Tensor, labels: np.ndarray, num_classes: int, co
             with config.autocast():
                 logits = model(x)
             logits = logits.float()
-            targets = teacher.soft_labels(x, config.temperature) if config.relabel else (
-                None if soft_targets is None else soft_targets[idx])
+            if config.relabel:  # the teacher labels this augmented batch (its forward in the student's precision)
+                with config.autocast():
+                    targets = teacher.soft_labels(x, config.temperature)
+            else:
+                targets = None if soft_targets is None else soft_targets[idx]
             if targets is None:
                 per_sample = F.cross_entropy(logits, y[idx], reduction="none")
             else:

@@ -6,7 +6,7 @@ the feature space of every metric.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -102,7 +102,34 @@ class SmallResNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-ARCHITECTURES = {"convnet": ConvNet, "resnet": SmallResNet}
+class MLP(nn.Module):
+    """The MLP student of the DC/DSA cross-architecture tables: flatten -> two hidden layers of ``width``
+    ReLU units -> linear; ``features`` returns the second hidden layer."""
+
+    def __init__(self, config: ConvNetConfig):
+        super().__init__()
+        self.config = config
+        pixels = config.in_channels * config.image_size * config.image_size
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(pixels, config.width), nn.ReLU(inplace=True),
+                                  nn.Linear(config.width, config.width), nn.ReLU(inplace=True))
+        self.feature_dim = config.width
+        self.classifier = nn.Linear(config.width, config.num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+# Student architectures by name. ``resnet``: SmallResNet with the config's norm (instance norm by default);
+# ``resnet-bn``: the same with batch norm, as the cross-architecture tables of the field use.
+ARCHITECTURES = {
+    "convnet": ConvNet,
+    "resnet": SmallResNet,
+    "resnet-bn": lambda config: SmallResNet(replace(config, norm="batchnorm")),
+    "mlp": MLP,
+}
 
 
 def build_classifier(architecture: str, config: ConvNetConfig) -> nn.Module:

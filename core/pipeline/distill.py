@@ -237,6 +237,27 @@ def distill(engine: DistillEngine, config: DistillConfig, executor: LocalExecuto
                         tuple(engine.latents.class_names), config, nfe, timings, trajectories, quantization, source)
 
 
+def hold_out_validation(engine: DistillEngine) -> DistillEngine:
+    """``engine`` on its training split minus the validation split (DESIGN.md section 4b;
+    ``core.data.datasets.validation_indices``): random, DDOQ and the prototypes then draw only from images
+    students may see. The latents are the cached ones, subset (no re-encoding); the generators are shared."""
+    from core.data.datasets import validation_indices
+
+    if not isinstance(engine.latents, LatentSet):
+        raise ValueError("holding out the validation split needs the latents in memory (not a streamed store)")
+    if engine.dataset.name.endswith("-minus-val"):
+        raise ValueError(f"{engine.dataset.name}: the validation split is already held out")
+    if not np.array_equal(engine.latents.labels, engine.dataset.labels):
+        raise ValueError("the engine's latents are not row-aligned with its dataset; cannot hold out by index")
+    keep = np.ones(len(engine.dataset), dtype=bool)
+    keep[validation_indices(engine.dataset.labels)] = False
+    rows = np.flatnonzero(keep)
+    data = engine.dataset.subset(rows, f"{engine.dataset.name}-minus-val")
+    latents = replace(engine.latents, latents=engine.latents.latents[torch.from_numpy(rows)],
+                      labels=engine.latents.labels[rows], dataset_fingerprint=data.fingerprint, path=None)
+    return DistillEngine(data, latents, engine.vae, engine.flow, engine.diffusion)
+
+
 def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None = None,
                 cache_dir: str | None = None, resolution: int = 32, channels: int = 3,
                 progress: Callable[[float, str], None] | None = None,

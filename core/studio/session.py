@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from core.config import DistillConfig
+from core.config import BENCHMARK_RESULTS, DistillConfig
 from core.data.datasets import LabelledImages
 from core.evaluation.assess import (
     RealReference,
@@ -25,6 +25,7 @@ from core.evaluation.assess import (
     reference_cache_file,
 )
 from core.evaluation.metrics import CoverageResult, mode_coverage
+from core.evaluation.ranking import RankingBaseline, load_baseline
 from core.evaluation.students import EvalConfig, EvalResult, evaluate_set
 from core.pipeline.distill import DistilledSet, DistillEngine, distill
 
@@ -40,6 +41,7 @@ class Studio:
     teacher: object | None
     reference: RealReference | None
     test: LabelledImages | None
+    baseline: RankingBaseline | None = None   # random-real / whole-data accuracies of the benchmark (LRS, ARS)
     latents_by_class: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     decoded_prototypes: dict = field(default_factory=dict, repr=False)   # see _decoded_prototypes
 
@@ -74,8 +76,14 @@ def load_studio(spec=None, data_dir: str | None = None, latent_store: str | None
     report(0.6, f"teacher features and modes of {reference_per_class} real images per class (cached after the first time)…")
     reference = load_or_build_reference(engine, teacher, reference_cache_file(engine), reference_per_class)
     test = load_fashion_mnist("test", data_dir) if latent_store is None else None
+    baseline = None
+    if test is not None:
+        try:
+            baseline = load_baseline(BENCHMARK_RESULTS)
+        except ValueError as exc:   # a damaged benchmark file costs the app its LRS / ARS columns only
+            report(1.0, f"LRS / ARS unavailable: {exc}")
     report(1.0, "ready")
-    return Studio(engine, teacher, reference, test)
+    return Studio(engine, teacher, reference, test, baseline)
 
 
 @dataclass
@@ -164,14 +172,22 @@ HEADLINE_METRICS = ("mode_coverage", "precision", "recall", "density", "coverage
                     "landing_error_mean", "diversity_latent", "nfe_per_image")
 
 
-def run_row(run: Run) -> dict:
-    """Run id, parameters, headline metrics, wall time and the latest student accuracy, flat."""
+def run_row(run: Run, baseline: RankingBaseline | None = None) -> dict:
+    """Run id, parameters, headline metrics, wall time, the latest student accuracy of each protocol and,
+    given the benchmark's ``baseline``, the DD-Ranking LRS and ARS (core.evaluation.ranking) of the latest
+    ConvNet-3 evaluations with the benchmark's epochs (None where an input is missing: a class subset, or a
+    protocol not evaluated yet)."""
     row = {"run": run.run_id, **run_parameters(run.config)}
     row.update({k: run.metrics.get(k) for k in HEADLINE_METRICS})
     row["seconds"] = round(run.seconds, 3)
-    if run.evaluations:
-        last = run.evaluations[-1]
-        row[f"accuracy ({last['protocol']})"] = round(100 * last["accuracy_mean"], 2)
+    for e in run.evaluations:   # later evaluations of a protocol replace earlier ones
+        row[f"accuracy ({e['protocol']})"] = round(100 * e["accuracy_mean"], 2)
+    if baseline is not None:
+        comparable = {e["protocol"]: e["accuracy_mean"] for e in run.evaluations
+                      if e["architecture"] == "convnet" and e["epochs"] == baseline.epochs}
+        scores = baseline.scores(run.config.ipc, comparable) if run.config.classes is None else {}
+        row["LRS"] = round(scores["lrs"], 1) if "lrs" in scores else None
+        row["ARS"] = round(scores["ars"], 1) if "ars" in scores else None
     return row
 
 
@@ -196,11 +212,11 @@ class RunHistory:
                 return run
         raise KeyError(f"run {run_id} is not in this session's history (kept: {[r.run_id for r in self.runs]})")
 
-    def rows(self) -> list[dict]:
-        return [run_row(r) for r in self.runs]
+    def rows(self, baseline: RankingBaseline | None = None) -> list[dict]:
+        return [run_row(r, baseline) for r in self.runs]
 
-    def compare(self, a: int, b: int) -> list[dict]:
+    def compare(self, a: int, b: int, baseline: RankingBaseline | None = None) -> list[dict]:
         """Side-by-side rows {field, run a, run b} of every parameter and metric of two runs."""
-        row_a, row_b = run_row(self.get(a)), run_row(self.get(b))
+        row_a, row_b = run_row(self.get(a), baseline), run_row(self.get(b), baseline)
         keys = list(dict.fromkeys([*row_a, *row_b]))
         return [{"field": k, f"run {a}": row_a.get(k), f"run {b}": row_b.get(k)} for k in keys if k != "run"]

@@ -19,8 +19,9 @@ def bench_parts(engine, tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))   # the reference cache goes there
     teacher = Teacher(ConvNet(ConvNetConfig(1, 3, 32, width=8)))
     test = engine.dataset.subset(np.arange(0, 90, 3), "tiny-test")
-    config = BenchConfig(ipcs=(1, 2), seeds=1, methods=("random", "d4m", "ddoq-unweighted"), labels=("hard",),
-                         epochs=2, real_per_class=20, sweep=False, efficiency=False)
+    config = BenchConfig(ipcs=(1, 2), seeds=1, methods=("random", "d4m", "ddoq-unweighted"), protocols=("hard",),
+                         epochs=2, real_per_class=20, pool="train", whole_data=False, architectures=(), sweep=False,
+                         efficiency=False)
     return engine, teacher, test, tmp_path / "bench", config
 
 
@@ -33,7 +34,7 @@ def test_benchmark_writes_results_table_and_plots(bench_parts):
     assert cell["hard"]["config"]["use_weights"] is True
     assert results["cells"]["main/ddoq-unweighted/ipc2"]["hard"]["config"]["use_weights"] is False
     table = (out / "RESULTS.md").read_text()
-    assert "| d4m |" in table and "published:* DSA" in table and "70.6 ± 0.6" in table and "90.00%" in table
+    assert "| d4m |" in table and "published (hard-dsa protocol):* DSA" not in table and "90.00%" in table
     assert "Compute time of all 6 cells" in table
     assert (out / "accuracy_vs_ipc.png").is_file()
     on_disk = json.loads((out / "results.json").read_text())
@@ -74,8 +75,8 @@ def test_adding_a_label_protocol_evaluates_only_that(bench_parts, monkeypatch):
     first = run_benchmark(Bench(engine, teacher, test, out, hard_only, log=lambda m: None))
     calls = []
     real_evaluate = benchmark.evaluate_set
-    monkeypatch.setattr(benchmark, "evaluate_set", lambda *a, **k: calls.append(a[3].labels) or real_evaluate(*a, **k))
-    both = run_benchmark(Bench(engine, teacher, test, out, replace(hard_only, labels=("hard", "soft")), log=lambda m: None))
+    monkeypatch.setattr(benchmark, "evaluate_set", lambda *a, **k: calls.append(a[3].protocol) or real_evaluate(*a, **k))
+    both = run_benchmark(Bench(engine, teacher, test, out, replace(hard_only, protocols=("hard", "soft")), log=lambda m: None))
     assert calls == ["soft"]
     cell = both["cells"]["main/d4m/ipc2"]
     assert cell["hard"]["accuracies"] == first["cells"]["main/d4m/ipc2"]["hard"]["accuracies"] and "soft" in cell
@@ -88,7 +89,7 @@ def test_a_resumed_cell_measures_its_set_again(bench_parts):
     saved = json.loads((out / "results.json").read_text())
     saved["cells"]["main/d4m/ipc2"].update(metrics={"stale": True}, distill_seconds=-1.0)
     (out / "results.json").write_text(json.dumps(saved))
-    both = run_benchmark(Bench(engine, teacher, test, out, replace(hard_only, labels=("hard", "soft")), log=lambda m: None))
+    both = run_benchmark(Bench(engine, teacher, test, out, replace(hard_only, protocols=("hard", "soft")), log=lambda m: None))
     cell = both["cells"]["main/d4m/ipc2"]
     assert "stale" not in cell["metrics"] and "mode_coverage" in cell["metrics"] and cell["distill_seconds"] >= 0
 
@@ -115,12 +116,12 @@ def test_a_cell_interrupted_between_label_protocols_keeps_the_finished_one(bench
     real_evaluate = benchmark.evaluate_set
 
     def crash_on_soft(*args, **kwargs):
-        if args[3].labels == "soft":
+        if args[3].protocol == "soft":
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(benchmark, "evaluate_set", crash_on_soft)
-    both = replace(config, methods=("d4m",), ipcs=(2,), labels=("hard", "soft"))
+    both = replace(config, methods=("d4m",), ipcs=(2,), protocols=("hard", "soft"))
     with pytest.raises(KeyboardInterrupt):
         run_benchmark(Bench(engine, teacher, test, out, both, log=lambda m: None))
     cell = json.loads((out / "results.json").read_text())["cells"]["main/d4m/ipc2"]
@@ -160,3 +161,70 @@ def test_random_vae_time_per_image_includes_the_decode(bench_parts, monkeypatch)
     cell = results["cells"]["main/random-vae/ipc2"]
     assert cell["distill_seconds"] >= 0.5
     assert cell["metrics"]["seconds_per_image"] * cell["hard"]["num_images"] >= 0.5
+
+
+def test_benchmark_under_protocols_writes_whole_data_ranking_and_cross_architecture(bench_parts, monkeypatch):
+    engine, teacher, test, out, config = bench_parts
+    monkeypatch.setattr(benchmark, "ARCH_IPCS", (2,))
+    config = replace(config, methods=("random", "ddoq", "pgfm"), ipcs=(2,), protocols=("hard", "hard-dsa", "soft-online"),
+                     whole_data=True, whole_data_epochs=1, architectures=("mlp",))
+    results = run_benchmark(Bench(engine, teacher, test, out, config, log=lambda m: None))
+    cells = results["cells"]
+    assert {"whole/convnet", "arch/mlp/random/ipc2", "arch/mlp/ddoq/ipc2", "arch/mlp/pgfm/ipc2"} <= set(cells)
+    for name in ("main/pgfm/ipc2", "whole/convnet"):
+        assert {cells[name][p]["protocol"] for p in config.protocols} == set(config.protocols)
+    assert cells["whole/convnet"]["hard"]["num_images"] == len(engine.dataset)
+    assert cells["whole/convnet"]["hard"]["config"]["epochs"] == 1
+    assert cells["arch/mlp/ddoq/ipc2"]["hard-dsa"]["config"]["architecture"] == "mlp"
+    assert set(cells["arch/mlp/ddoq/ipc2"]) >= {"hard-dsa"} and "hard" not in cells["arch/mlp/ddoq/ipc2"]
+    # DD-Ranking rows follow the definitions from the cells' own accuracies
+    rows = {r["method"]: r for r in benchmark.ranking_rows(results)}
+    acc = lambda name, p: cells[name][p]["accuracy_mean"]  # noqa: E731
+    assert rows["ddoq"]["ior_hard-dsa"] == pytest.approx(acc("main/ddoq/ipc2", "hard-dsa") - acc("main/random/ipc2", "hard-dsa"))
+    assert rows["pgfm"]["hlr"] == pytest.approx(acc("whole/convnet", "hard") - acc("main/pgfm/ipc2", "hard"))
+    assert 0 <= rows["pgfm"]["lrs"] <= 100 and 0 <= rows["pgfm"]["ars"] <= 100
+    table = (out / "RESULTS.md").read_text()
+    for text in ("### `hard-dsa`", "*published (hard-dsa protocol):* DSA", "## DD-Ranking scores",
+                 "## Cross-architecture students", "| mlp | ddoq |", "## PGFM against random real images",
+                 "*whole training set (90 images, 1 epoch, 1 seed)*", "Seconds per ConvNet-3 student"):
+        assert text in table, text
+    assert results["meta"]["selection_split"] == "validation" and results["meta"]["pool"]["images"] == 90
+
+
+def test_a_cell_of_another_pool_is_recomputed(bench_parts):
+    engine, teacher, test, out, config = bench_parts
+    config = replace(config, methods=("random",), ipcs=(1,))
+    run_benchmark(Bench(engine, teacher, test, out, config, log=lambda m: None))
+    saved = json.loads((out / "results.json").read_text())
+    saved["cells"]["main/random/ipc1"]["hash"] = "of-a-full-train-pool"   # as a cell of an older run would be
+    (out / "results.json").write_text(json.dumps(saved))
+    messages = []
+    run_benchmark(Bench(engine, teacher, test, out, config, log=messages.append))
+    assert not any("[skip]" in m for m in messages)
+    assert json.loads((out / "results.json").read_text())["cells"]["main/random/ipc1"]["spec"]["pool"] == "train"
+
+
+def test_bench_refuses_an_engine_that_does_not_hold_its_pool_and_a_sweep_without_validation(bench_parts):
+    engine, teacher, test, out, config = bench_parts
+    with pytest.raises(ValueError, match="hold the validation split out first"):
+        Bench(engine, teacher, test, out, replace(config, pool="train-minus-val"))
+    with pytest.raises(ValueError, match="validation split"):
+        Bench(engine, teacher, test, out, replace(config, sweep=True))
+    with pytest.raises(ValueError, match="unknown protocols"):
+        replace(config, protocols=("hard", "dsa"))
+
+
+def test_the_sweep_reads_the_validation_split(bench_parts, monkeypatch):
+    engine, teacher, test, out, config = bench_parts
+    validation = engine.dataset.subset(np.arange(1, 90, 3), "tiny-val")
+    splits = []
+    real_evaluate = benchmark.evaluate_set
+    monkeypatch.setattr(benchmark, "evaluate_set", lambda *a, **k: splits.append(a[2].name) or real_evaluate(*a, **k))
+    bench = Bench(engine, teacher, test, out, replace(config, methods=("random",), ipcs=(1,), sweep=True, sweep_ipc=2),
+                  validation, log=lambda m: None)
+    monkeypatch.setattr(bench, "sweep_variants", lambda: dict(list(Bench.sweep_variants(bench).items())[:2]))
+    monkeypatch.setattr(bench, "prune_stale_sweep", lambda: None)
+    results = run_benchmark(bench)
+    assert splits == ["tiny-test", "tiny-val", "tiny-val"]
+    assert results["cells"]["sweep/default"]["spec"]["split"] == "val"
+    assert "**validation** accuracy" in (out / "RESULTS.md").read_text()

@@ -94,3 +94,21 @@ def test_read_folder_uses_manifest_weights(tmp_path):
                                                                    {"file": "01-b/x.png", "weight": 0.5}]}))
     x, y, w, classes = read_distilled_folder(tmp_path, ("a", "b"), (1, 16, 16))
     assert x.shape == (2, 1, 16, 16) and y.tolist() == [0, 1] and w.tolist() == [1.5, 0.5]
+
+
+@pytest.mark.parametrize("architecture", ["resnet-bn", "mlp"])
+def test_cross_architecture_students_learn_the_blobs(architecture):
+    train, test = blobs(5, 0), blobs(50, 1)
+    result = evaluate_set(train.batch(slice(None)), train.labels, test,
+                          EvalConfig(**{**FAST, "architecture": architecture, "width": 32}))
+    assert result.mean > 0.9 and result.to_dict()["config"]["architecture"] == architecture
+
+
+def test_the_cli_names_every_student_architecture():
+    from core.config import STUDENT_ARCHITECTURES
+    from core.models.convnet import ARCHITECTURES, ConvNetConfig, build_classifier
+
+    assert tuple(ARCHITECTURES) == STUDENT_ARCHITECTURES
+    bn = build_classifier("resnet-bn", ConvNetConfig(1, 10, 32, 128))
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in bn.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in build_classifier("resnet", ConvNetConfig()).modules())

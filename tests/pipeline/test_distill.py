@@ -98,3 +98,23 @@ def test_bad_inputs_fail_before_work(engine):
         distill(wrong, DistillConfig(method="pgfm", ipc=2))
     with pytest.raises(ValueError, match="needs a diffusion model"):
         distill(DistillEngine(engine.dataset, engine.latents, engine.vae, engine.flow), DistillConfig(method="diffusion-mg"))
+
+
+def test_hold_out_validation_keeps_the_other_rows_and_their_latents(tiny_vae):
+    from core.data.datasets import VALIDATION_PER_CLASS, LabelledImages, validation_indices
+    from core.data.latent_cache import LatentSet
+    from core.pipeline.distill import DistillEngine, hold_out_validation
+
+    n = VALIDATION_PER_CLASS + 40
+    labels = np.repeat(np.arange(2), n)
+    images = np.random.default_rng(0).integers(0, 256, (2 * n, 1, 4, 4), dtype=np.uint8)
+    data = LabelledImages(images, labels, ("a", "b"), "toy")
+    latents = LatentSet(torch.arange(2 * n, dtype=torch.float32).view(-1, 1, 1, 1), labels, ("a", "b"), data.fingerprint, "vae")
+    held = hold_out_validation(DistillEngine(data, latents, tiny_vae))
+    assert len(held.dataset) == 80 and held.dataset.name == "toy-minus-val"
+    kept = np.setdiff1d(np.arange(2 * n), validation_indices(labels))
+    assert np.array_equal(held.dataset.images, images[kept])
+    assert held.latents.latents.flatten().long().tolist() == kept.tolist()   # row-aligned with the images
+    assert held.latents.dataset_fingerprint == held.dataset.fingerprint
+    with pytest.raises(ValueError, match="already held out"):
+        hold_out_validation(held)

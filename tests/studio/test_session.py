@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from core.config import DistillConfig
+from core.config import PROTOCOLS, DistillConfig
 from core.evaluation.assess import build_reference
 from core.evaluation.students import EvalConfig
 from core.models.convnet import ConvNet, ConvNetConfig
@@ -71,6 +71,32 @@ def test_evaluating_a_run_records_the_result(studio):
     result = evaluate_run(studio, run, EvalConfig(epochs=1, seeds=(0,), width=8))
     assert run.evaluations[-1]["accuracy_mean"] == result.mean
     assert "accuracy (hard)" in run_row(run)
+
+
+def test_run_table_gives_lrs_and_ars_against_the_benchmarks_random_real_and_whole_data(studio, tmp_path):
+    from core.evaluation.ranking import load_baseline, robustness_scores
+
+    results = {"meta": {"config": {"epochs": 1}}, "cells": {
+        "main/random/ipc2": {"ipc": 2, "hard": {"accuracy_mean": 0.5}, "hard-dsa": {"accuracy_mean": 0.4},
+                             "soft-online": {"accuracy_mean": 0.55}},
+        "whole/convnet": {"hard": {"accuracy_mean": 0.9}}}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    baseline = load_baseline(tmp_path / "results.json")
+    run = run_once(studio, pgfm())
+    for protocol in ("hard", "hard-dsa"):
+        evaluate_run(studio, run, EvalConfig(epochs=1, seeds=(0,), width=8, **PROTOCOLS[protocol]), None)
+    row = run_row(run, baseline)
+    assert row["LRS"] is None   # no soft-online evaluation yet
+    acc = {e["protocol"]: e["accuracy_mean"] for e in run.evaluations}
+    assert row["ARS"] == round(robustness_scores(acc, {"hard": 0.5, "hard-dsa": 0.4}, 0.9)["ars"], 1)
+    evaluate_run(studio, run, EvalConfig(epochs=1, seeds=(0,), width=8, **PROTOCOLS["soft-online"]))
+    assert run_row(run, baseline)["LRS"] is not None and 0 <= run_row(run, baseline)["LRS"] <= 100
+    evaluate_run(studio, run, EvalConfig(epochs=2, seeds=(0,), width=8))   # other epochs than the benchmark's
+    assert run_row(run, baseline)["accuracy (hard)"] == round(100 * run.evaluations[-1]["accuracy_mean"], 2)
+    subset = run_once(studio, pgfm(classes=(0, 1)))
+    evaluate_run(studio, subset, EvalConfig(epochs=1, seeds=(0,), width=8))
+    assert run_row(subset, baseline)["ARS"] is None   # the benchmark's random real covers all classes
+    assert load_baseline(tmp_path / "missing.json") is None
 
 
 def test_plot_selection_to_ids_ignores_points_without_ids_and_stale_ids():
