@@ -81,7 +81,9 @@ def render(studio: Studio) -> DistillConfig | None:
     names = list(studio.engine.latents.class_names)
     state = st.session_state
     _keep({**DEFAULTS, "classes": names})
-    state["classes"] = [c for c in state["classes"] if c in names] or names   # after a change of dataset
+    if state.get("classes_of") != names:   # a new dataset: all its classes (an empty pick stays empty otherwise)
+        state["classes"], state["classes_of"] = names, names
+    state["classes"] = [c for c in state["classes"] if c in names]
     with st.sidebar:
         st.caption(f"{len(studio.engine.latents):,} training latents "
                    f"{'×'.join(map(str, studio.engine.latents.latent_shape))} · {len(names)} classes"

@@ -153,6 +153,13 @@ def validation_indices(labels: np.ndarray, per_class: int = VALIDATION_PER_CLASS
     return np.sort(np.concatenate(picks)) if picks else np.empty(0, np.int64)
 
 
+def training_rows(labels: np.ndarray) -> np.ndarray:
+    """Sorted indices of the training split minus its validation split (``validation_indices``)."""
+    keep = np.ones(len(labels), dtype=bool)
+    keep[validation_indices(labels)] = False
+    return np.flatnonzero(keep)
+
+
 def load_fashion_mnist(split: str = "train", root: str | Path | None = None, download: bool = False) -> LabelledImages:
     """Fashion-MNIST ``split``, padded from 28x28 to 32x32 (background 0): 'train' (all 60k, as the shipped
     models were trained), 'test' (10k), 'val' (500 per class of train, ``validation_indices``) or
@@ -166,9 +173,8 @@ def load_fashion_mnist(split: str = "train", root: str | Path | None = None, dow
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if split in ("val", "train-minus-val"):
         train = load_fashion_mnist("train", root, download)
-        held_out = np.zeros(len(train), dtype=bool)
-        held_out[validation_indices(train.labels)] = True
-        return train.subset(np.flatnonzero(held_out if split == "val" else ~held_out), f"fashion-mnist-{split}")
+        rows = validation_indices(train.labels) if split == "val" else training_rows(train.labels)
+        return train.subset(rows, f"fashion-mnist-{split}")
     directory = fashion_mnist_dir(root)
     image_stem, label_stem = _FASHION_FILES[split]
     image_path, label_path = _find_idx(directory, image_stem), _find_idx(directory, label_stem)

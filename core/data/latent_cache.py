@@ -60,6 +60,11 @@ class LatentSet:
     def of_class(self, label: int) -> torch.Tensor:
         return self.latents[torch.from_numpy(self.labels == label)]
 
+    def subset(self, rows: np.ndarray, dataset_fingerprint: str) -> "LatentSet":
+        """The latents of dataset ``rows`` (e.g. the training split minus validation), not backed by a file."""
+        return LatentSet(self.latents[torch.from_numpy(np.asarray(rows))], self.labels[rows], self.class_names,
+                         dataset_fingerprint, self.vae_fingerprint)
+
 
 def cache_key(dataset_fingerprint: str, vae_fingerprint: str) -> str:
     return hashlib.sha256(f"{dataset_fingerprint}:{vae_fingerprint}".encode()).hexdigest()[:20]

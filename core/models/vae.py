@@ -139,6 +139,7 @@ class TinyVAEConfig:
     kl_weight: float = 1e-6
     seed: int = 0
     threads: int = 0  # 0: torch's default
+    train_split: str = "train-minus-val"   # the validation split held out (DESIGN.md 4b); "train": all 60k
 
 
 def build_tiny_vae(config: TinyVAEConfig, in_channels: int = 1, sample_size: int = 32) -> AutoencoderKL:

@@ -241,7 +241,7 @@ def hold_out_validation(engine: DistillEngine) -> DistillEngine:
     """``engine`` on its training split minus the validation split (DESIGN.md section 4b;
     ``core.data.datasets.validation_indices``): random, DDOQ and the prototypes then draw only from images
     students may see. The latents are the cached ones, subset (no re-encoding); the generators are shared."""
-    from core.data.datasets import validation_indices
+    from core.data.datasets import training_rows
 
     if not isinstance(engine.latents, LatentSet):
         raise ValueError("holding out the validation split needs the latents in memory (not a streamed store)")
@@ -249,12 +249,9 @@ def hold_out_validation(engine: DistillEngine) -> DistillEngine:
         raise ValueError(f"{engine.dataset.name}: the validation split is already held out")
     if not np.array_equal(engine.latents.labels, engine.dataset.labels):
         raise ValueError("the engine's latents are not row-aligned with its dataset; cannot hold out by index")
-    keep = np.ones(len(engine.dataset), dtype=bool)
-    keep[validation_indices(engine.dataset.labels)] = False
-    rows = np.flatnonzero(keep)
+    rows = training_rows(engine.dataset.labels)
     data = engine.dataset.subset(rows, f"{engine.dataset.name}-minus-val")
-    latents = replace(engine.latents, latents=engine.latents.latents[torch.from_numpy(rows)],
-                      labels=engine.latents.labels[rows], dataset_fingerprint=data.fingerprint, path=None)
+    latents = engine.latents.subset(rows, data.fingerprint)
     return DistillEngine(data, latents, engine.vae, engine.flow, engine.diffusion)
 
 

@@ -1,7 +1,9 @@
 """Selections of synthetic samples: plot selection events -> sample ids.
 
 Conventions: a sample's id is its index in the run's DistilledSet (0..N-1). Plots put it first in each
-synthetic point's ``customdata``; points without customdata (real latents, prototypes) are ignored.
+synthetic point's ``customdata``; points without customdata (real latents, prototypes) are ignored. The
+browser sends a point's customdata as a list, a scalar, or (lasso / box selections) an object keyed by
+position (``{"0": 50, "1": 5}``).
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ def ids_from_plot_selection(event: Mapping | None, num_samples: int) -> list[int
         custom = point.get("customdata")
         if custom is None:
             continue
-        value = custom[0] if isinstance(custom, (list, tuple)) else custom
+        if isinstance(custom, Mapping):
+            custom = [custom[k] for k in sorted(custom, key=lambda k: int(k) if str(k).isdigit() else 1 << 30)]
+        value = (custom[0] if custom else None) if isinstance(custom, (list, tuple)) else custom
         try:
             sample = int(value)
         except (TypeError, ValueError):

@@ -37,7 +37,7 @@ def is_vae_folder(path: Path) -> bool:
 
 def train_tiny_vae(config: TinyVAEConfig, out: str | Path, data_dir: str | None = None,
                    log: Callable[[str], None] = print) -> dict:
-    """Train the embedded VAE on Fashion-MNIST train, set its latent scaling, save it, return metrics.
+    """Train the embedded VAE on Fashion-MNIST ``config.train_split``, set its latent scaling, save it, return metrics.
 
     The scaling convention: after training, ``shift_factor`` = mean and ``scaling_factor`` = 1 / std of
     the posterior means on 10k training images, so latents are roughly zero-mean with unit variance.
@@ -47,7 +47,7 @@ def train_tiny_vae(config: TinyVAEConfig, out: str | Path, data_dir: str | None 
     if config.threads:
         torch.set_num_threads(config.threads)
     generator = seed_everything(config.seed)
-    train, test = load_fashion_mnist("train", data_dir), load_fashion_mnist("test", data_dir)
+    train, test = load_fashion_mnist(config.train_split, data_dir), load_fashion_mnist("test", data_dir)
     vae = build_tiny_vae(config)
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
     steps = int(config.epochs * len(train) / config.batch_size)

@@ -51,6 +51,17 @@ def test_changing_guidance_reruns_and_changes_the_result():
     assert current(at).config.method == "d4m" and not at.exception
 
 
+def test_removing_every_class_shows_the_error_instead_of_running_all_classes():
+    at = open_app(ipc=2)
+    first = current(at)
+    at.multiselect(key="classes").set_value([]).run()
+    assert any("Pick at least one class" in e.value for e in at.error)
+    assert current(at).run_id == first.run_id          # nothing ran; the last good run is kept
+    assert at.multiselect(key="classes").value == []   # and the pick stays empty across reruns
+    at.run()
+    assert at.multiselect(key="classes").value == [] and current(at).run_id == first.run_id
+
+
 def test_values_survive_page_changes():
     at = open_app(ipc=2)
     at.slider(key="guidance").set_value(0.3).run()

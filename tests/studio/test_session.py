@@ -106,6 +106,12 @@ def test_plot_selection_to_ids_ignores_points_without_ids_and_stale_ids():
     assert ids_from_plot_selection(None, 10) == [] and ids_from_plot_selection({"selection": {}}, 10) == []
 
 
+def test_lasso_selections_send_customdata_as_objects_keyed_by_position():
+    event = {"selection": {"points": [{"customdata": {"0": 7, "1": 2}}, {"customdata": {"1": 0, "0": 3}},
+                                      {"customdata": {}}, {"customdata": {"0": "x"}}], "lasso": [{}]}}
+    assert ids_from_plot_selection(event, num_samples=10) == [3, 7]
+
+
 def test_selection_exports_as_a_complete_zip(studio, tmp_path):
     run = run_once(studio, pgfm())
     ids = ids_from_plot_selection({"points": [{"customdata": [1]}, {"customdata": [4]}]}, len(run.dset))
