@@ -21,6 +21,7 @@ from core.config import (
     distill_config,
 )
 from core.studio.session import Studio
+from ui.widgets import keep_values
 
 METHOD_HELP = {
     "random": "random real images", "d4m": "k-means centroids decoded by the VAE",
@@ -40,17 +41,10 @@ SOURCE_DEFAULTS = {"data_source": EMBEDDED, "store_dir": "", "image_root": "", "
                    "flow_convention": "sit", "flow_class_map": "", "flow_num_heads": 0}
 
 
-def _keep(defaults: dict) -> None:
-    # Each page renders this sidebar, so its widgets belong to that page; re-assigning their values keeps
-    # them when the user switches pages (Streamlit otherwise resets a widget it has not seen on this page).
-    for key, value in defaults.items():
-        st.session_state[key] = st.session_state.get(key, value)
-
-
 def render_source() -> dict | None:
     """Dataset and models: the embedded default, or a latent store (``python -m core encode --store``) with
     a VAE and a flow model given by reference. Returns the applied source (None: embedded)."""
-    _keep(SOURCE_DEFAULTS)
+    keep_values(SOURCE_DEFAULTS)
     with st.sidebar:
         st.header("Data and models")
         choice = st.radio("Dataset", (EMBEDDED, CUSTOM), key="data_source",
@@ -80,7 +74,7 @@ def render_source() -> dict | None:
 def render(studio: Studio) -> DistillConfig | None:
     names = list(studio.engine.latents.class_names)
     state = st.session_state
-    _keep({**DEFAULTS, "classes": names})
+    keep_values({**DEFAULTS, "classes": names})
     if state.get("classes_of") != names:   # a new dataset: all its classes (an empty pick stays empty otherwise)
         state["classes"], state["classes_of"] = names, names
     state["classes"] = [c for c in state["classes"] if c in names]

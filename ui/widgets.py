@@ -14,6 +14,17 @@ METRIC_LABELS = {
 }
 
 
+def keep_values(defaults: dict) -> None:
+    """Keep widget values across page changes; call before creating the widgets. Streamlit forgets the
+    state of a widget that a page run did not draw (the Evaluate page's settings while another page is
+    shown), so each value is also kept under a key of its own (``kept:KEY``) and given back from there."""
+    for key, value in defaults.items():
+        kept = f"kept:{key}"
+        if key in st.session_state:
+            st.session_state[kept] = st.session_state[key]
+        st.session_state[key] = st.session_state.get(kept, value)
+
+
 def require_run() -> Run:
     """The session's current run, or stop the page with a hint."""
     run = state.current_run()

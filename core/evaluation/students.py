@@ -18,6 +18,7 @@ import statistics
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from core.pipeline.distributed import DistContext
 
 Progress = Callable[[float, str], None]
+TEST_SHARE = 0.1   # the part of a seed's progress bar that the test pass fills
 
 
 class EvaluationCancelled(Exception):
@@ -116,13 +118,17 @@ class EvalResult:
 
 
 def test_accuracy(model: torch.nn.Module, test: LabelledImages, batch_size: int = 1000,
-                  autocast: torch.autocast | None = None) -> float:
+                  autocast: torch.autocast | None = None, progress: Progress | None = None) -> float:
+    """Fraction of ``test`` the model classifies correctly; ``progress(fraction, message)`` after each batch."""
     model.eval()
     correct = 0
     with torch.inference_mode(), (autocast or nullcontext()):
         for i in range(0, len(test), batch_size):
             pred = model(test.batch(slice(i, i + batch_size))).argmax(1).numpy()
             correct += int((pred == test.labels[i:i + batch_size]).sum())
+            if progress is not None:
+                done = min(i + batch_size, len(test))
+                progress(done / len(test), f"testing: {done:,} of {len(test):,} images")
     return correct / len(test)
 
 
@@ -209,16 +215,20 @@ def evaluate_set(images: torch.Tensor, labels: np.ndarray, test: LabelledImages,
         if not config.relabel:
             soft = teacher.soft_labels(images, config.temperature)
     accuracies, seconds = [], []
+    # A seed's share of the progress bar: training fills 1 - TEST_SHARE of it, then the test pass the rest.
+    train_share = 1.0 - TEST_SHARE
     for k, seed in enumerate(config.seeds):
         t0 = time.perf_counter()
 
-        def seed_progress(fraction: float, message: str, k: int = k) -> None:
+        def seed_progress(fraction: float, message: str, k: int = k, offset: float = 0.0, share: float = train_share,
+                          prefix: str = "") -> None:
             if progress is not None:
-                progress((k + fraction) / len(config.seeds), message)
+                progress((k + offset + share * fraction) / len(config.seeds), prefix + message)
 
         model = train_student(images, labels, test.num_classes, config, seed, weights, soft, seed_progress, should_stop,
                               teacher)
-        accuracies.append(test_accuracy(model, test, config.test_batch_size, config.autocast()))
+        test_progress = partial(seed_progress, offset=train_share, share=TEST_SHARE, prefix=f"seed {seed}: ")
+        accuracies.append(test_accuracy(model, test, config.test_batch_size, config.autocast(), test_progress))
         seconds.append(time.perf_counter() - t0)
         if progress is not None:
             progress((k + 1) / len(config.seeds), f"seed {seed}: test accuracy {accuracies[-1]:.2%}")

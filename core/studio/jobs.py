@@ -1,7 +1,9 @@
 """A background job with progress: run a long function in a daemon thread while the caller keeps going.
 
-Used by the app to fit UMAP once per process while PCA is already shown. ``fn(progress)`` receives a
-``progress(fraction, message)`` callback; the job exposes its latest progress, result or error.
+Used by the app to fit UMAP once per process while PCA is already shown, and to train students while the
+researcher moves between pages. ``fn(progress)`` receives a ``progress(fraction, message)`` callback; the
+job exposes its latest progress, result or error, an ETA, and a cancel flag ``fn`` may poll
+(``job.cancelled``).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ class BackgroundJob:
         self.error: BaseException | None = None
         self.started_at: float | None = None
         self.finished_at: float | None = None
+        self.cancelled = False
 
     def start(self) -> "BackgroundJob":
         """Start once; later calls do nothing."""
@@ -43,6 +46,17 @@ class BackgroundJob:
             self.message = f"failed: {exc}"
         finally:
             self.finished_at = time.perf_counter()
+
+    def cancel(self) -> None:
+        """Ask ``fn`` to stop (it polls ``job.cancelled``); the job ends with the error ``fn`` raises."""
+        self.cancelled = True
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left, extrapolated from the elapsed time and the fraction done (None before 2 %)."""
+        if self.done or self.fraction < 0.02:
+            return None
+        return self.elapsed * (1.0 - self.fraction) / self.fraction
 
     @property
     def started(self) -> bool:

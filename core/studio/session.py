@@ -153,6 +153,21 @@ def evaluate_run(studio: Studio, run: Run, config: EvalConfig, progress: Progres
     return result
 
 
+def accuracy_text(mean: float, std: float, seeds: int) -> str:
+    """'76.19 ± 0.32 % over 3 seeds', or '76.19 % (1 seed, no spread)' (accuracies as fractions)."""
+    if seeds > 1:
+        return f"{100 * mean:.2f} ± {100 * std:.2f} % over {seeds} seeds"
+    return f"{100 * mean:.2f} % (1 seed, no spread)"
+
+
+def evaluation_rows(run: Run) -> list[dict]:
+    """The run's student evaluations for a table, accuracies in % (the spread only with several seeds)."""
+    return [{"protocol": e["protocol"], "student": e["architecture"], "epochs": e["epochs"], "seeds": len(e["seeds"]),
+             "test accuracy (%)": round(100 * e["accuracy_mean"], 2),
+             "± std (%)": round(100 * e["accuracy_std"], 2) if len(e["seeds"]) > 1 else None}
+            for e in run.evaluations]
+
+
 def run_parameters(config: DistillConfig) -> dict:
     """The parameters a researcher tunes, flat, for tables."""
     s, g = config.sampler, config.sampler.guidance

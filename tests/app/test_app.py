@@ -116,18 +116,46 @@ def test_coverage_page_compares_two_runs():
     assert len(at.dataframe) == 2   # history and the side-by-side comparison
 
 
+def start_evaluation(at: AppTest, wait: bool = True) -> None:
+    """Click Start; the student trains in the session's background job: wait for it, then redraw."""
+    next(b for b in at.button if b.label == "Start evaluation").click().run()
+    assert not at.exception, at.exception
+    if wait:
+        at.session_state["eval_job"].wait(300)
+        at.run()
+
+
 def test_evaluate_page_trains_a_student_and_records_the_result():
     at = open_app(ipc=2)
     at.switch_page("pages/evaluate.py").run()
     at.number_input(key="eval_epochs").set_value(2).run()
-    next(b for b in at.button if b.label == "Start evaluation").click().run()
-    assert not at.exception
-    assert any("test accuracy" in s.value for s in at.success)
+    start_evaluation(at)
+    assert any("test accuracy" in s.value and "1 seed, no spread" in s.value and "±" not in s.value for s in at.success)
     assert current(at).evaluations and current(at).evaluations[0]["epochs"] == 2
+    table = at.dataframe[0].value
+    assert 0 <= table["test accuracy (%)"][0] <= 100 and table["test accuracy (%)"][0] > 1   # in %, not a fraction
     at.selectbox(key="eval_protocol").set_value("soft-online").run()
-    next(b for b in at.button if b.label == "Start evaluation").click().run()
-    assert not at.exception and any("protocol soft-online" in s.value for s in at.success)
+    at.number_input(key="eval_seeds").set_value(2).run()
+    start_evaluation(at)
+    assert not at.exception and any("protocol soft-online" in s.value and "over 2 seeds" in s.value for s in at.success)
     assert [e["protocol"] for e in current(at).evaluations] == ["hard", "soft-online"]
+
+
+def test_a_student_keeps_training_across_page_changes_and_the_settings_stay():
+    at = open_app(ipc=2)
+    at.switch_page("pages/evaluate.py").run()
+    at.number_input(key="eval_epochs").set_value(40).run()
+    at.selectbox(key="eval_protocol").set_value("hard-dsa").run()
+    start_evaluation(at, wait=False)
+    assert at.button(key="eval_cancel") is not None and any("Run 1, hard-dsa" in p.proto.text for p in at.get("progress"))
+    at.switch_page("pages/coverage.py").run()
+    at.session_state["eval_job"].wait(300)   # the job outlived the page change
+    at.switch_page("pages/evaluate.py").run()
+    assert at.number_input(key="eval_epochs").value == 40 and at.selectbox(key="eval_protocol").value == "hard-dsa"
+    assert [e["protocol"] for e in current(at).evaluations] == ["hard-dsa"]
+    assert any("Run 1, protocol hard-dsa" in s.value for s in at.success)
+    at.number_input(key="seed").set_value(5).run()   # a new run: the old run's message is not shown as its own
+    assert not at.success and any("last evaluation was of run 1" in i.value for i in at.info)
 
 
 def test_two_sessions_keep_their_own_runs_and_selections():

@@ -106,7 +106,7 @@ def test_evaluation_can_be_cancelled_while_a_student_trains(streamlit_server, br
     progress.filter(has_text="epoch").wait_for(timeout=120_000)   # a student is training (300 epochs)
     started = time.monotonic()
     button(page, "Cancel").click()
-    page.get_by_text("Evaluation cancelled.").wait_for(timeout=60_000)
+    page.get_by_text("Evaluation cancelled").wait_for(timeout=60_000)
     print(f"\n[e2e] Cancel -> evaluation stopped in {time.monotonic() - started:.1f} s")
     wait_for_app_idle(page)
     assert progress.count() == 0
