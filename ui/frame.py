@@ -18,9 +18,14 @@ def page_frame() -> tuple[Studio, Run | None]:
         st.sidebar.error(f"Could not load that dataset and models: {exc}")
         st.session_state["source"] = None
         studio = state.get_studio(None)
-    config = sidebar.render(studio)
-    run, error = state.update_run(studio, config)
+    config, error = sidebar.render(studio)
+    run, run_error = state.update_run(studio, config)
     autostart_umap(studio)   # after the first run, so fitting UMAP does not delay the first page
+    if run_error:
+        st.sidebar.error(f"Not run: {run_error}.")
+    error = error or run_error
     if error:
-        st.sidebar.error(f"Not run: {error}. The pages keep showing the last good result.")
+        shown = f"showing run {run.run_id}" if run is not None else "nothing to show yet"
+        st.warning(f"Your settings were not applied: {error}. The page is {shown}, the last good result.",
+                   icon="⚠️")
     return studio, run

@@ -2,7 +2,9 @@
 
 Every page renders it (through ``ui.frame.page_frame``); values live in session state and survive page
 changes.
-Returns a DistillConfig, or None with an inline error when the combination is invalid.
+Returns (DistillConfig, None), or (None, message) when the combination is invalid: the message is shown
+beside the widget it concerns (classes, IPC) or at the top of the Distillation section, and the page frame
+adds a banner on the main page.
 """
 from __future__ import annotations
 
@@ -71,7 +73,7 @@ def render_source() -> dict | None:
     return st.session_state.get("source")
 
 
-def render(studio: Studio) -> DistillConfig | None:
+def render(studio: Studio) -> tuple[DistillConfig | None, str | None]:
     names = list(studio.engine.latents.class_names)
     state = st.session_state
     keep_values({**DEFAULTS, "classes": names})
@@ -83,8 +85,13 @@ def render(studio: Studio) -> DistillConfig | None:
                    f"{'×'.join(map(str, studio.engine.latents.latent_shape))} · {len(names)} classes"
                    + ("" if studio.teacher else " · no teacher for this data: latent scores only"))
         st.header("Distillation")
-        chosen = st.multiselect("Classes", names, key="classes")
-        st.number_input("IPC (images per class)", min_value=1, max_value=100_000, step=1, key="ipc")
+        top = st.empty()   # errors that no single widget owns appear here, without scrolling
+        chosen = st.multiselect("Classes", names, key="classes", help="the classes to distil (at least one)")
+        if not chosen:
+            st.error("Pick at least one class.")
+        st.number_input("IPC (images per class)", min_value=0, max_value=100_000, step=1, key="ipc",
+                        help="synthetic images per class (≥ 1, at most the class's training images)")
+        ipc_error = st.empty()
         method = st.selectbox("Method", METHODS, key="method", format_func=lambda m: f"{m} — {METHOD_HELP[m]}")
         flow, pgfm = method in FLOW_METHODS, method == "pgfm"
         generator = flow or method in DIFFUSION_METHODS
@@ -107,8 +114,10 @@ def render(studio: Studio) -> DistillConfig | None:
         st.radio("Projection", ("PCA", "UMAP"), horizontal=True, key="projection",
                  help="UMAP is fitted once per dataset and VAE (first time ~2 min); PCA is shown meanwhile.")
         if not chosen:
-            st.error("Pick at least one class.")
-            return None
+            return None, "pick at least one class"
+        if int(state.ipc) < 1:
+            ipc_error.error("IPC must be at least 1.")
+            return None, "IPC must be at least 1"
         try:
             config = distill_config({
                 "method": method, "ipc": int(state.ipc), "classes": tuple(names.index(c) for c in chosen),
@@ -116,8 +125,12 @@ def render(studio: Studio) -> DistillConfig | None:
                 "t_start": state.t_start, "t_stop": state.t_stop, "trust_radius": state.trust_radius or None,
                 "t0": state.t0, "solver": state.solver, "steps": int(state.steps), "cfg_scale": float(state.cfg_scale),
                 "diffusion_steps": int(state.diffusion_steps)})
-            studio.engine.check(config)
         except ValueError as exc:
-            st.error(f"Not run: {exc}. The pages keep showing the last good result.")
-            return None
-    return config
+            top.error(f"Not run: {exc}.")
+            return None, str(exc)
+        try:
+            studio.engine.check(config)
+        except ValueError as exc:   # the data cannot give this IPC / these classes
+            ipc_error.error(f"Not run: {exc}.")
+            return None, str(exc)
+    return config, None

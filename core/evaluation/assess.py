@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,17 @@ class RealReference:
     modes: ClassModes
     latents_by_class: dict[int, np.ndarray]   # class -> (N_c, d) real latents (flattened)
     k: int = 5
+    _subset_radii: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def real_of(self, classes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Features and PRDC radii of the real images of ``classes`` only (a set of some classes is compared
+        with those classes' real images; radii recomputed within them, remembered per class subset)."""
+        if set(classes) >= set(np.unique(self.labels).tolist()):
+            return self.features, self.radii
+        mask = np.isin(self.labels, classes)
+        if classes not in self._subset_radii:
+            self._subset_radii[classes] = real_radii(self.features[mask], self.k)
+        return self.features[mask], self._subset_radii[classes]
 
 
 def build_reference(engine: DistillEngine, teacher, per_class: int = 1000, num_modes: int = 10, k: int = 5,
@@ -94,15 +105,15 @@ def load_or_build_reference(engine: DistillEngine, teacher, cache_file: Path | N
 
 def assess(reference: RealReference, teacher, dset: DistilledSet, w2: bool = True,
            features: np.ndarray | None = None, coverage: CoverageResult | None = None) -> dict:
-    """Mode coverage and PRDC (teacher features) plus ``latent_scores``. ``features`` / ``coverage`` of
-    ``dset`` may be passed when the caller has them already."""
+    """Mode coverage and PRDC (teacher features) plus ``latent_scores``, each against the real images of the
+    set's own classes. ``features`` / ``coverage`` of ``dset`` may be passed when the caller has them."""
     features = teacher.features(dset.images).numpy() if features is None else features
     coverage = mode_coverage(reference.modes, features, dset.labels) if coverage is None else coverage
     out = {"mode_coverage": round(coverage.overall, 4),
            "mode_coverage_per_class": {int(c): round(v, 4) for c, v in coverage.per_class.items()}}
     if len(dset) > reference.k:
-        out.update({key: round(value, 4) for key, value in
-                    prdc(reference.features, features, reference.k, reference.radii).items()})
+        real, radii = reference.real_of(tuple(int(c) for c in np.unique(dset.labels)))
+        out.update({key: round(value, 4) for key, value in prdc(real, features, reference.k, radii).items()})
     return {**out, **latent_scores(reference.latents_by_class, dset, w2)}
 
 

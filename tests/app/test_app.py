@@ -71,7 +71,7 @@ def test_values_survive_page_changes():
     assert current(at).config.sampler.guidance.strength == 0.3
 
 
-@pytest.mark.parametrize("change", [{"t_start": 0.9, "t_stop": 0.5}, {"ipc": 100_000}])
+@pytest.mark.parametrize("change", [{"t_start": 0.9, "t_stop": 0.5}, {"ipc": 100_000}, {"ipc": 0}])
 def test_an_invalid_combination_shows_an_inline_error_and_keeps_the_last_good_run(change):
     at = open_app(ipc=2)
     good = current(at)
@@ -79,7 +79,9 @@ def test_an_invalid_combination_shows_an_inline_error_and_keeps_the_last_good_ru
         (at.slider if key.startswith("t_") else at.number_input)(key=key).set_value(value)
     at.run()
     assert not at.exception
-    assert any("Not run" in e.value for e in at.sidebar.error)
+    assert any("Not run" in e.value or "IPC must be at least 1" in e.value for e in at.sidebar.error)
+    banner = [w.value for w in at.main.warning if "settings were not applied" in w.value]
+    assert banner and f"showing run {good.run_id}" in banner[0]
     assert current(at).run_id == good.run_id
     assert len(at.get("image")) >= 10   # the gallery still shows the last good set
 

@@ -284,3 +284,25 @@ def test_frechet_distance_kept():
     a = rng.normal(size=(400, 3))
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
     assert frechet_distance(a, a + 2.0) == pytest.approx(12.0, abs=1e-6)
+
+
+def test_a_class_subset_is_scored_against_the_real_images_of_its_classes(engine):
+    from core.config import DistillConfig
+    from core.evaluation.assess import assess, build_reference
+    from core.models.convnet import ConvNet, ConvNetConfig
+    from core.models.teacher import Teacher
+    from core.pipeline.distill import distill
+
+    torch.manual_seed(0)
+    teacher = Teacher(ConvNet(ConvNetConfig(1, 3, 32, width=8)))
+    reference = build_reference(engine, teacher, per_class=20, num_modes=3)
+    dset = distill(engine, DistillConfig(method="random", ipc=10, classes=(1,)))
+    scores = assess(reference, teacher, dset, w2=False)
+    own = reference.labels == 1
+    features = teacher.features(dset.images).numpy()
+    expected = metrics.prdc(reference.features[own], features, reference.k, metrics.real_radii(reference.features[own], reference.k))
+    assert scores["recall"] == pytest.approx(expected["recall"], abs=1e-4)
+    assert scores["coverage"] == pytest.approx(expected["coverage"], abs=1e-4)
+    against_all = metrics.prdc(reference.features, features, reference.k, reference.radii)
+    assert scores["coverage"] > against_all["coverage"]   # all classes' real images would dilute it
+    assert reference.real_of((0, 1, 2))[1] is reference.radii   # every class: the cached radii
