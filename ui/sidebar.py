@@ -92,24 +92,35 @@ def render(studio: Studio) -> tuple[DistillConfig | None, str | None]:
         st.number_input("IPC (images per class)", min_value=0, max_value=100_000, step=1, key="ipc",
                         help="synthetic images per class (≥ 1, at most the class's training images)")
         ipc_error = st.empty()
-        method = st.selectbox("Method", METHODS, key="method", format_func=lambda m: f"{m} — {METHOD_HELP[m]}")
+        method = st.selectbox("Method", METHODS, key="method", format_func=lambda m: f"{m} — {METHOD_HELP[m]}",
+                              help="how the synthetic images are made (DESIGN.md section 3)")
         flow, pgfm = method in FLOW_METHODS, method == "pgfm"
         generator = flow or method in DIFFUSION_METHODS
         with st.expander("PGFM guidance", expanded=pgfm):
-            st.slider("Guidance λ", 0.0, 1.5, step=0.05, key="guidance", disabled=not pgfm)
-            st.selectbox("Schedule λ(t)", SCHEDULES, key="schedule", disabled=not pgfm)
-            st.slider("Guidance starts at t", 0.0, 1.0, step=0.05, key="t_start", disabled=not pgfm)
-            st.slider("Guidance stops at t", 0.0, 1.0, step=0.05, key="t_stop", disabled=not pgfm)
-            st.slider("Warm start t₀", 0.0, 0.95, step=0.05, key="t0", disabled=not pgfm)
+            st.slider("Guidance λ", 0.0, 1.5, step=0.05, key="guidance", disabled=not pgfm,
+                      help="strength of the pull toward the assigned prototype (0 = unguided flow); higher = "
+                           "samples land closer to their prototypes")
+            st.selectbox("Schedule λ(t)", SCHEDULES, key="schedule", disabled=not pgfm,
+                         help="how λ varies inside the guidance window: constant, or decaying linearly / as a cosine")
+            st.slider("Guidance starts at t", 0.0, 1.0, step=0.05, key="t_start", disabled=not pgfm,
+                      help="time at which guidance switches on (t = 0 noise, t = 1 data)")
+            st.slider("Guidance stops at t", 0.0, 1.0, step=0.05, key="t_stop", disabled=not pgfm,
+                      help="time after which the flow runs unguided (earlier = more diversity kept)")
+            st.slider("Warm start t₀", 0.0, 0.95, step=0.05, key="t0", disabled=not pgfm,
+                      help="start the ODE at t₀ from the prototype mixed with noise instead of pure noise (0 = off)")
             st.slider("Trust radius r (0 = none)", 0.0, 2.0, step=0.05, key="trust_radius", disabled=not pgfm,
                       help="caps the guidance step at r latent RMS units")
         with st.expander("Sampler", expanded=flow):
-            st.selectbox("Solver", SOLVERS, key="solver", disabled=not flow)
-            st.slider("Steps", 1, 64, key="steps", disabled=not flow)
+            st.selectbox("Solver", SOLVERS, key="solver", disabled=not flow,
+                         help="ODE integrator: euler (1 NFE per step), heun / midpoint (2), rk4 (4)")
+            st.slider("Steps", 1, 64, key="steps", disabled=not flow,
+                      help="ODE steps from noise to data; more = closer to the exact flow, slower")
             st.slider("CFG scale", 1.0, 6.0, step=0.25, key="cfg_scale", disabled=not generator,
                       help="classifier-free guidance of the flow or the diffusion model")
-            st.slider("Diffusion DDIM steps", 2, 100, key="diffusion_steps", disabled=not method.startswith("diffusion"))
-        st.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key="seed")
+            st.slider("Diffusion DDIM steps", 2, 100, key="diffusion_steps", disabled=not method.startswith("diffusion"),
+                      help="denoising steps of the diffusion counterpart (1 NFE each)")
+        st.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key="seed",
+                        help="seeds k-means, the noise and the real picks: the same seed gives the same set")
         st.header("View")
         st.radio("Projection", ("PCA", "UMAP"), horizontal=True, key="projection",
                  help="UMAP is fitted once per dataset and VAE (first time ~2 min); PCA is shown meanwhile.")

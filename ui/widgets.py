@@ -6,11 +6,25 @@ import streamlit as st
 from core.studio.session import Run
 from ui import state
 
+# metric key -> (label, format, one-line help: what, units, which way is better)
 METRIC_LABELS = {
-    "mode_coverage": ("Mode coverage", "{:.0%}"), "precision": ("Precision", "{:.3f}"),
-    "recall": ("Recall", "{:.3f}"), "density": ("Density", "{:.3f}"), "coverage": ("PRDC coverage", "{:.3f}"),
-    "w2_latent_mean": ("W2 (latent)", "{:.3f}"), "landing_error_mean": ("Landing error", "{:.4f}"),
-    "diversity_latent": ("Diversity (latent)", "{:.2f}"), "nfe_per_image": ("NFE per image", "{}"),
+    "mode_coverage": ("Mode coverage", "{:.0%}", "share of the real data's modes (10 k-means clusters of teacher "
+                      "features per class) that some sample reaches; higher is better"),
+    "precision": ("Precision", "{:.3f}", "share of samples inside the real images' k-NN balls (teacher features): "
+                  "realism, 0–1, higher is better"),
+    "recall": ("Recall", "{:.3f}", "share of real images inside the samples' k-NN balls: diversity, 0–1, higher is "
+               "better"),
+    "density": ("Density", "{:.3f}", "how many real k-NN balls contain a sample, normalised (≈1 for real data; "
+                "higher: samples crowd dense regions)"),
+    "coverage": ("Neighbourhood coverage (PRDC)", "{:.3f}", "share of real images whose k-NN ball holds a sample "
+                 "(PRDC's coverage, not mode coverage), 0–1, higher is better"),
+    "w2_latent_mean": ("W2 (latent)", "{:.3f}", "Wasserstein-2 distance of the set to the real latents of its class "
+                       "(weighted, exact OT), mean over classes; latent units, lower is better"),
+    "landing_error_mean": ("Landing error", "{:.4f}", "RMS latent distance of each sample to its assigned prototype; "
+                           "lower = closer to the prototype (too low can mean lost diversity)"),
+    "diversity_latent": ("Diversity (latent)", "{:.2f}", "mean pairwise latent distance within a class; higher = more "
+                         "varied samples"),
+    "nfe_per_image": ("NFE per image", "{}", "network evaluations per synthetic image; lower is cheaper"),
 }
 
 
@@ -36,8 +50,9 @@ def require_run() -> Run:
 
 def metric_panel(run: Run, columns: int = 1) -> None:
     """The run's metrics (DESIGN.md section 4) as st.metric tiles."""
-    items = [(label, fmt.format(run.metrics[key])) for key, (label, fmt) in METRIC_LABELS.items() if key in run.metrics]
-    items.append(("Time (distil + score)", f"{run.seconds:.2f} s"))
+    items = [(label, fmt.format(run.metrics[key]), help) for key, (label, fmt, help) in METRIC_LABELS.items()
+             if key in run.metrics]
+    items.append(("Time (distil + score)", f"{run.seconds:.2f} s", "wall time of this run's distillation and scoring"))
     cols = st.columns(columns)
-    for k, (label, value) in enumerate(items):
-        cols[k % columns].metric(label, value)
+    for k, (label, value, help) in enumerate(items):
+        cols[k % columns].metric(label, value, help=help)

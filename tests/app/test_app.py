@@ -32,7 +32,11 @@ def current(at: AppTest):
 def test_every_page_opens_without_an_exception():
     at = open_app(ipc=2)
     assert len(at.get("image")) >= 10   # a row of pairs per class
-    assert {m.label for m in at.metric} >= {"Mode coverage", "Precision", "W2 (latent)", "NFE per image"}
+    assert {m.label for m in at.metric} >= {"Mode coverage", "Precision", "W2 (latent)", "NFE per image",
+                                            "Neighbourhood coverage (PRDC)"}
+    assert all(m.proto.help for m in at.metric), [m.label for m in at.metric if not m.proto.help]
+    knobs = [*at.sidebar.slider, *at.sidebar.selectbox, *at.sidebar.number_input, *at.sidebar.multiselect]
+    assert knobs and all(w.help for w in knobs), [w.label for w in knobs if not w.help]
     for page in PAGES:
         at.switch_page(page).run()
         assert not at.exception, (page, at.exception)
