@@ -15,9 +15,15 @@ from ui.widgets import require_run
 EXPORT_ROOT = Path(os.environ.get("DISTILL_STUDIO_EXPORT_ROOT", "exports")).resolve()
 
 
+def manifest_extra(run, ids: tuple[int, ...] | None) -> dict:
+    """The run id and the run's metrics, named as the whole set's when only a selection is exported."""
+    whole = ids is None or len(ids) == len(run.dset)
+    return {"run": run.run_id, ("metrics" if whole else "whole_set_metrics"): run.metrics}
+
+
 @st.cache_data(show_spinner="Packing the zip…", max_entries=8)
 def zip_bytes(_run, run_id: int, ids: tuple[int, ...] | None) -> bytes:
-    return export_zip_bytes(_run.dset, ids, extra={"run": run_id, "metrics": _run.metrics})
+    return export_zip_bytes(_run.dset, ids, extra=manifest_extra(_run, ids))
 
 
 studio, _ = page_frame()
@@ -43,8 +49,7 @@ st.subheader("Or write to a folder on the server")
 folder = st.text_input(f"Folder inside {EXPORT_ROOT}", name, key="export_folder")
 if st.button("Export to folder"):
     try:
-        out = export_imagefolder(run.dset, resolve_inside(EXPORT_ROOT, folder), ids,
-                                 extra={"run": run.run_id, "metrics": run.metrics})
+        out = export_imagefolder(run.dset, resolve_inside(EXPORT_ROOT, folder), ids, extra=manifest_extra(run, ids))
         st.success(f"Wrote {count} images, manifest.json and latents.safetensors to {out}")
     except (ValueError, OSError) as exc:  # refused paths, and what the file system refuses (e.g. a 300-character name)
         st.error(str(exc))

@@ -293,13 +293,18 @@ def read_manifest(root: str | Path) -> dict | None:
 
 
 def _manifest_classes(manifest: dict, num_classes: int) -> tuple[int, ...]:
-    """The classes a manifest records (its config's ``classes``; all when it names none)."""
-    classes = (manifest.get("config") or {}).get("classes") if isinstance(manifest.get("config"), dict) else None
+    """The classes a manifest records: the exported ``classes`` (a selection may hold fewer than were
+    distilled), else its config's ``classes``, else all."""
+    where = "classes"
+    classes = manifest.get("classes")
+    if classes is None:
+        where = "config.classes"
+        classes = (manifest.get("config") or {}).get("classes") if isinstance(manifest.get("config"), dict) else None
     if classes is None:
         return tuple(range(num_classes))
     if not isinstance(classes, list) or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < num_classes
                                                 for c in classes) or not classes:
-        raise ValueError(f"manifest.json: config.classes must be a list of class ids in [0, {num_classes}), "
+        raise ValueError(f"manifest.json: {where} must be a list of class ids in [0, {num_classes}), "
                          f"found {classes!r}")
     return tuple(sorted(set(classes)))
 

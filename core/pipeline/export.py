@@ -3,7 +3,10 @@ or as a zip of that folder's contents.
 
 Layout of ``out/``: one folder per class named ``NN-<class name>`` (zero-padded id, so sorting the
 folders gives the class order; characters other than letters, digits, '-', '_' and '.' become '_'),
-``manifest.json`` (every parameter and a record per image) and ``latents.safetensors``. The folder (or zip) is
+``manifest.json`` (every parameter and a record per image), ``class_index.json`` (every class folder name of
+the dataset -> its class id, also for classes with no image in the export: a torchvision-style reader that
+numbers folders in sorted order renumbers a partial export, so read labels from here or from the ``NN-``
+prefix) and ``latents.safetensors``. The folder (or zip) is
 written next to its destination and swapped into place, so no half-written export is ever visible, and
 ``overwrite`` only ever replaces a previous export of this tool.
 """
@@ -29,6 +32,7 @@ from core.io import atomic_directory, check_writable_target, new_sibling_file, p
 
 FORMAT = "distill-studio/imagefolder-v1"
 MANIFEST = "manifest.json"
+CLASS_INDEX = "class_index.json"
 LATENTS = "latents.safetensors"
 
 
@@ -41,16 +45,26 @@ def _finite_or_none(x: float) -> float | None:
 
 
 def build_manifest(dset, indices: np.ndarray, files: Sequence[str], extra: dict | None = None) -> dict:
-    """The manifest of images ``indices`` of ``dset`` (a DistilledSet) stored as ``files``."""
+    """The manifest of images ``indices`` of ``dset`` (a DistilledSet) stored as ``files``.
+
+    Counts describe what is exported: ``classes`` (the class ids present), ``images_per_class`` and
+    ``ipc`` (the common count, None when classes differ); ``distilled_ipc`` and ``config`` describe the
+    distillation it came from, and ``selection`` says whether this is all of it."""
     config = dset.config
     images = [{
         "file": files[j], "index": int(i), "class_id": int(dset.labels[i]),
         "class_name": dset.class_names[int(dset.labels[i])], "prototype_id": int(dset.prototype_ids[i]),
         "weight": round(float(dset.weights[i]), 6), "landing_error": _finite_or_none(dset.landing_error[i]),
     } for j, i in enumerate(indices)]
+    counts = np.bincount(dset.labels[indices], minlength=len(dset.class_names))
+    present = [int(c) for c in np.flatnonzero(counts)]
+    per_class = {class_folder_name(c, dset.class_names[c]): int(counts[c]) for c in present}
     return {
         "format": FORMAT, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-        "software": f"distill-studio {__version__}", "method": config.method, "ipc": config.ipc, "seed": config.seed,
+        "software": f"distill-studio {__version__}", "method": config.method, "seed": config.seed,
+        "ipc": int(counts[present[0]]) if len(set(per_class.values())) == 1 else None,
+        "distilled_ipc": config.ipc, "classes": present, "images_per_class": per_class,
+        "selection": {"whole_set": len(indices) == len(dset), "of_images": len(dset)},
         "config": config.to_dict(), "class_names": list(dset.class_names),
         "class_folders": {str(c): class_folder_name(c, n) for c, n in enumerate(dset.class_names)},
         "nfe_per_image": dset.nfe, "timings_s": {k: round(v, 4) for k, v in dset.timings.items()},
@@ -60,8 +74,8 @@ def build_manifest(dset, indices: np.ndarray, files: Sequence[str], extra: dict 
 
 def is_export(path: str | Path) -> bool:
     """True when ``path`` is what ``--overwrite`` may replace: an empty folder, or a folder or zip that holds
-    exactly what this tool writes: its ``manifest.json`` (of this tool's format), ``latents.safetensors``
-    and the image files the manifest lists, nothing else (a file added by hand makes it the user's).
+    exactly what this tool writes: its ``manifest.json`` (of this tool's format), ``class_index.json``,
+    ``latents.safetensors`` and the image files the manifest lists, nothing else (a file added by hand makes it the user's).
     Symbolic links never are."""
     path = Path(path)
     try:
@@ -86,7 +100,7 @@ def is_export(path: str | Path) -> bool:
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             return False
         listed = {im["file"] for im in manifest.get("images", []) if isinstance(im, dict) and isinstance(im.get("file"), str)}
-        return names <= listed | {MANIFEST, LATENTS} and folders <= {f.split("/")[0] for f in listed}
+        return names <= listed | {MANIFEST, CLASS_INDEX, LATENTS} and folders <= {f.split("/")[0] for f in listed}
     except Exception:  # noqa: BLE001 - anything unreadable (corrupt zip, odd JSON, permissions) is not ours
         return False
 
@@ -160,6 +174,7 @@ def _export_entries(dset, indices: np.ndarray, extra: dict | None) -> Iterator[t
         yield name, png.getvalue()
     manifest = build_manifest(dset, indices, files, extra)
     yield MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
+    yield CLASS_INDEX, (json.dumps({f: int(c) for c, f in manifest["class_folders"].items()}, indent=2) + "\n").encode()
     idx = torch.from_numpy(indices)
     tensors = {"latents": dset.latents[idx].float().contiguous(), "labels": torch.from_numpy(dset.labels[indices]),
                "weights": torch.from_numpy(dset.weights[indices]).float(),

@@ -1,5 +1,6 @@
 """The app on the embedded default, driven by Streamlit's AppTest (no browser): every page opens, the
 main widgets change the result, bad combinations show an inline error and keep the last good run."""
+import json
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,7 @@ def test_an_invalid_combination_shows_an_inline_error_and_keeps_the_last_good_ru
     assert len(at.get("image")) >= 10   # the gallery still shows the last good set
 
 
-def test_clicking_gallery_pills_selects_images_for_export():
+def test_clicking_gallery_pills_selects_images_for_export(tmp_path):
     at = open_app(ipc=2)
     run = current(at)
     key = f"pills_{run.run_id}_0"
@@ -103,6 +104,9 @@ def test_clicking_gallery_pills_selects_images_for_export():
     at.text_input(key="export_folder").set_value("my-set").run()
     next(b for b in at.button if b.label == "Export to folder").click().run()
     assert not at.exception and any("Wrote 1 images" in s.value for s in at.success)
+    manifest = json.loads((tmp_path / "exports" / "my-set" / "manifest.json").read_text())
+    assert manifest["num_images"] == 1 and manifest["ipc"] == 1 and manifest["distilled_ipc"] == 2
+    assert "whole_set_metrics" in manifest and "metrics" not in manifest
 
 
 def test_export_refuses_a_folder_outside_its_root():

@@ -118,3 +118,23 @@ def test_hold_out_validation_keeps_the_other_rows_and_their_latents(tiny_vae):
     assert held.latents.dataset_fingerprint == held.dataset.fingerprint
     with pytest.raises(ValueError, match="already held out"):
         hold_out_validation(held)
+
+
+def test_a_selection_exports_its_own_counts_and_stable_class_indices(engine, tmp_path):
+    from core.evaluation.students import read_distilled_folder
+    from core.pipeline.export import CLASS_INDEX, MANIFEST, is_export
+
+    dset = distill(engine, DistillConfig(method="random", ipc=4))
+    picks = [int(i) for i in np.flatnonzero(dset.labels == 1)[:3]] + [int(np.flatnonzero(dset.labels == 2)[0])]
+    out = export_imagefolder(dset, tmp_path / "sel", picks, extra={"whole_set_metrics": {"recall": 0.5}})
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["num_images"] == 4 and manifest["classes"] == [1, 2] and manifest["ipc"] is None
+    assert manifest["images_per_class"] == {"01-Bag": 3, "02-Coat": 1} and manifest["distilled_ipc"] == 4
+    assert manifest["selection"] == {"whole_set": False, "of_images": 12} and "whole_set_metrics" in manifest
+    assert json.loads((out / CLASS_INDEX).read_text()) == {"00-T-shirt_top": 0, "01-Bag": 1, "02-Coat": 2}
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["01-Bag", "02-Coat"]
+    assert is_export(out)                                   # --overwrite may replace it
+    read = read_distilled_folder(out, dset.class_names, (1, 32, 32))
+    assert read.classes == (1, 2) and sorted(read.labels.tolist()) == [1, 1, 1, 2]   # labels keep their ids
+    whole = json.loads((export_imagefolder(dset, tmp_path / "all") / MANIFEST).read_text())
+    assert whole["ipc"] == 4 and whole["selection"]["whole_set"] and whole["classes"] == [0, 1, 2]
