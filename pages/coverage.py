@@ -28,7 +28,14 @@ else:
                     width="stretch", key="mode_grid")
 
 st.subheader("Run history (this session)")
-st.dataframe(pd.DataFrame(history.rows(studio.baseline)).set_index("run"), width="stretch")
+table = pd.DataFrame(history.rows(studio.baseline)).set_index("run")
+first = [c for c in table.columns if c.startswith("accuracy (") or c in ("LRS", "ARS")]
+table = table[["method", "ipc", *first, *[c for c in table.columns if c not in ("method", "ipc", *first)]]]
+st.dataframe(table, width="stretch", column_config={c: st.column_config.NumberColumn(c, pinned=True) for c in first})
+dropped = history.next_id - 1 - len(history.runs)
+st.caption(f"Accuracies: test %, latest student of each protocol (Evaluate page); LRS / ARS: DD-Ranking scores "
+           f"against the benchmark's random real images (0–100, 26.9 = no better than random). This session keeps "
+           f"its latest {history.limit} runs" + (f"; {dropped} older run(s) were dropped." if dropped else "."))
 ids = [r.run_id for r in history.runs]
 if len(ids) >= 2:
     a_col, b_col = st.columns(2)
