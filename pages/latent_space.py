@@ -28,7 +28,8 @@ synth_xy, proto_xy = run_points(projection, run)
 names = run.dset.class_names
 fig = latent_scatter(projection.coords, projection.reference_labels, names, synth_xy, run.dset.labels, proto_xy,
                      run.dset.weights, state.selected_ids(),
-                     title=f"{projection.method.upper()} of {len(projection.coords):,} real latents · run {run.run_id}")
+                     title=f"{projection.method.upper()} of {len(projection.coords):,} real latents · run {run.run_id}",
+                     axis_titles=projection.axis_titles())
 event = st.plotly_chart(fig, on_select="rerun", selection_mode=("lasso", "box", "points"),
                         key=f"latent_scatter_{run.run_id}", width="stretch")
 picked = ids_from_plot_selection(event, len(run.dset))
@@ -43,5 +44,8 @@ left.write(f"**Selected:** {len(state.selected_ids())} samples (lasso/box on the
 if right.button("Clear selection", disabled=not state.selected_ids()):
     state.set_selected([])
     st.rerun()
-st.caption("Faint dots: real latents coloured by class. Diamonds: prototypes, area ∝ DDOQ weight. "
-           "Circles: synthetic samples (ringed when selected).")
+uniform = bool((run.dset.weights == run.dset.weights[0]).all())
+st.caption("Faint dots: real latents coloured by class. Diamonds: prototypes, area ∝ DDOQ weight"
+           + (f" (this {run.config.method} set's weights are all equal, so every diamond has the same size; "
+              "ddoq gives each image its k-means cell's mass)" if uniform else "")
+           + ". Circles: synthetic samples (ringed when selected).")

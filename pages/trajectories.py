@@ -25,9 +25,12 @@ left, right = st.columns([3, 1])
 chosen = left.multiselect("Samples", list(range(len(dset))), default=[i for i in default if i < len(dset)],
                           format_func=lambda i: f"#{i} {names[dset.labels[i]]}", key=f"traj_samples_{run.run_id}")
 view = right.radio("Draw", ("states x_t", "predicted endpoints x̂₁"), key="traj_view")
-projection, note = get_projection(studio, st.session_state.get("projection", "PCA"))
-if note:
-    st.caption(note)
+# Paths are drawn in PCA even when UMAP is picked: UMAP can only place a new point near the real latents it
+# was fitted on, so noise states (t near 0) would land at their nearest real latent, which means nothing.
+projection, _ = get_projection(studio, "PCA")
+if st.session_state.get("projection") == "UMAP":
+    st.caption("Paths are drawn in PCA: UMAP would put the noise states at their nearest real latents, which says "
+               "nothing about where they are.")
 times = traj.times.numpy()
 if chosen:
     idx = torch.tensor(chosen)
@@ -39,7 +42,8 @@ if chosen:
     xy = projection.transform(path.flatten(0, 1)).reshape(steps, count, 2)
     protos = None if dset.prototypes is None else projection.transform(dset.prototypes[idx])
     st.plotly_chart(trajectory_figure(xy, dset.labels[chosen], chosen, names, protos,
-                                      title=f"{view} from t = {times[0]:g} (noise) to t = 1 · {projection.method.upper()}"),
+                                      title=f"{view} from t = {times[0]:g} (noise) to t = 1 · {projection.method.upper()}",
+                                      axis_titles=projection.axis_titles()),
                     width="stretch", key="traj_fig")
     strip_id = st.selectbox("Decoded x̂₁ along the path of", chosen, format_func=lambda i: f"#{i} {names[dset.labels[i]]}")
     frames = torch.cat([traj.endpoints[:, strip_id], traj.states[-1:, strip_id]])
@@ -52,7 +56,9 @@ else:
     st.info("Pick samples to draw their paths.")
 if dset.prototypes is not None:
     distance = np.concatenate([traj.endpoint_distance.numpy(), dset.landing_error[None]])
-    st.plotly_chart(distance_to_prototype(np.r_[times[:-1], 1.0], distance, dset.labels, names),
+    guidance = run.config.sampler.guidance
+    window = (guidance.t_start, guidance.t_stop) if run.config.method == "pgfm" and guidance.strength > 0 else None
+    st.plotly_chart(distance_to_prototype(np.r_[times[:-1], 1.0], distance, dset.labels, names, window=window),
                     width="stretch", key="dist_fig")
 else:
     st.caption("Unguided fm samples have no prototype to measure distance to.")

@@ -25,10 +25,17 @@ def _layout(fig: go.Figure, title: str, height: int = 520, **kwargs) -> go.Figur
     return fig
 
 
+def _projection_axes(axis_titles: tuple[str, str]) -> dict:
+    """Projected axes: titled (e.g. 'PC 1 (23% of variance)'), no tick labels (their units mean nothing)."""
+    return dict(xaxis=dict(title=axis_titles[0], showticklabels=False, zeroline=False),
+                yaxis=dict(title=axis_titles[1], showticklabels=False, zeroline=False))
+
+
 def latent_scatter(real_xy: np.ndarray, real_labels: np.ndarray, class_names: Sequence[str],
                    synth_xy: np.ndarray | None = None, synth_labels: np.ndarray | None = None,
                    proto_xy: np.ndarray | None = None, proto_weights: np.ndarray | None = None,
-                   selected: Sequence[int] = (), title: str = "Latent space") -> go.Figure:
+                   selected: Sequence[int] = (), title: str = "Latent space",
+                   axis_titles: tuple[str, str] = ("component 1", "component 2")) -> go.Figure:
     """Real latents (small, faint, by class), prototypes (diamonds, area ∝ weight, aligned with the
     synthetic samples) and synthetic samples (circles; id i = row i of synth_xy; selected ones ringed)."""
     fig = go.Figure()
@@ -53,32 +60,51 @@ def latent_scatter(real_xy: np.ndarray, real_labels: np.ndarray, class_names: Se
                                  marker=dict(size=np.where(chosen, 13, 9), color=[class_colour(c) for c in synth_labels],
                                              line=dict(width=np.where(chosen, 3, 1), color="black")),
                                  hovertemplate="sample %{customdata[0]} (class %{customdata[1]})<extra></extra>"))
-    return _layout(fig, title, dragmode="lasso", xaxis=dict(showticklabels=False), yaxis=dict(showticklabels=False))
+    return _layout(fig, title, dragmode="lasso", **_projection_axes(axis_titles))
 
 
 def trajectory_figure(paths_xy: np.ndarray, labels: np.ndarray, ids: Sequence[int], class_names: Sequence[str],
-                      proto_xy: np.ndarray | None = None, title: str = "Trajectories") -> go.Figure:
-    """paths_xy (S+1, B, 2): sample b's path from noise (first row) to its endpoint (last row)."""
+                      proto_xy: np.ndarray | None = None, title: str = "Trajectories",
+                      axis_titles: tuple[str, str] = ("component 1", "component 2")) -> go.Figure:
+    """paths_xy (S+1, B, 2): sample b's path from noise (first row, open circle) to its endpoint (last row,
+    filled circle); one colour per sample (not per class, so that samples of a class are told apart); its
+    prototype a ✕ of the same colour."""
     fig = go.Figure()
+    steps = len(paths_xy)
+    symbols = ["circle-open"] + ["circle"] * (steps - 2) + ["circle"]
+    sizes = [11] + [4] * (steps - 2) + [12]
     for b, sample_id in enumerate(ids):
-        colour = class_colour(labels[b])
-        fig.add_trace(go.Scatter(x=paths_xy[:, b, 0], y=paths_xy[:, b, 1], mode="lines+markers",
-                                 name=f"sample {sample_id} ({class_names[labels[b]]})",
-                                 line=dict(color=colour, width=2), marker=dict(size=np.r_[np.full(len(paths_xy) - 1, 4), 11],
-                                                                               color=colour),
-                                 customdata=np.full((len(paths_xy), 1), sample_id)))
+        colour = PALETTE[b % len(PALETTE)]
+        group = f"sample {sample_id}"
+        fig.add_trace(go.Scatter(x=paths_xy[:, b, 0], y=paths_xy[:, b, 1], mode="lines+markers", legendgroup=group,
+                                 name=f"#{sample_id} {class_names[labels[b]]}", line=dict(color=colour, width=2),
+                                 marker=dict(size=sizes, symbol=symbols, color=colour, line=dict(width=2, color=colour)),
+                                 customdata=np.full((steps, 1), sample_id),
+                                 hovertemplate=f"sample {sample_id}, step %{{pointNumber}} of {steps - 1}<extra></extra>"))
         if proto_xy is not None:
-            fig.add_trace(go.Scatter(x=[proto_xy[b, 0]], y=[proto_xy[b, 1]], mode="markers", showlegend=False,
-                                     marker=dict(symbol="x", size=13, color=colour, line=dict(width=1, color="black")),
+            fig.add_trace(go.Scatter(x=[proto_xy[b, 0]], y=[proto_xy[b, 1]], mode="markers", legendgroup=group,
+                                     showlegend=False, marker=dict(symbol="x", size=13, color=colour,
+                                                                   line=dict(width=1, color="black")),
                                      hovertext=f"prototype of sample {sample_id}", hoverinfo="text"))
-    return _layout(fig, title, xaxis=dict(showticklabels=False), yaxis=dict(showticklabels=False))
+    # marker legend: what the symbols mean (entries without data)
+    legend = [("start (noise, t = 0)", "circle-open"), ("end (t = 1)", "circle")] + (
+        [("prototype", "x")] if proto_xy is not None else [])
+    for name, symbol in legend:
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name, legendgroup="symbols",
+                                 marker=dict(symbol=symbol, size=11, color="grey", line=dict(width=2, color="grey"))))
+    return _layout(fig, title, **_projection_axes(axis_titles))
 
 
 def distance_to_prototype(times: np.ndarray, distance: np.ndarray, labels: np.ndarray,
-                          class_names: Sequence[str], title: str = "Distance of x̂₁ to the prototype") -> go.Figure:
+                          class_names: Sequence[str], title: str = "Distance of x̂₁ to the prototype",
+                          window: tuple[float, float] | None = None) -> go.Figure:
     """distance (S, B): RMS latent distance of the predicted endpoint x̂₁ at the start of each step,
-    plotted against that step's time t (0 = noise, 1 = data); faint line per sample, bold class mean."""
+    plotted against that step's time t (0 = noise, 1 = data); faint line per sample, bold class mean;
+    ``window`` (t_start, t_stop): the guidance window, shaded."""
     fig = go.Figure()
+    if window is not None:
+        fig.add_vrect(x0=window[0], x1=window[1], fillcolor="gold", opacity=0.18, line_width=0,
+                      annotation_text="guidance window", annotation_position="top left")
     for c in np.unique(labels):
         m = labels == c
         for row in distance[:, m].T:

@@ -61,6 +61,7 @@ class Projection:
     components: np.ndarray | None = None           # pca: (2, d) float32
     reference_latents: np.ndarray | None = None    # umap: (M, d) float32, flattened
     knn: int = 8                                   # umap
+    explained_variance: np.ndarray | None = None   # pca: (2,) share of the reference's variance per component
 
     def __post_init__(self):
         m = len(self.coords)
@@ -74,6 +75,14 @@ class Projection:
                 and len(self.reference_latents) == m and self.knn >= 1
         if not ok:
             raise ValueError(f"inconsistent {self.method!r} projection arrays (coords {self.coords.shape})")
+
+    def axis_titles(self) -> tuple[str, str]:
+        """Axis titles: 'PC 1 (23% of variance)' for PCA; 'UMAP 1' for UMAP (its axes have no units)."""
+        if self.method == "pca":
+            share = [None, None] if self.explained_variance is None else self.explained_variance
+            return tuple(f"PC {k + 1}" + ("" if share[k] is None else f" ({100 * share[k]:.0f}% of variance)")
+                         for k in range(2))
+        return "UMAP 1", "UMAP 2"
 
     @property
     def dim(self) -> int:
@@ -194,7 +203,8 @@ def _fit(ref: np.ndarray, index: np.ndarray, ref_labels: np.ndarray, config: Pro
         from sklearn.decomposition import PCA
         pca = PCA(n_components=2, random_state=config.seed).fit(ref)
         p = Projection("pca", index, ref_labels, np.zeros((m, 2), np.float32),
-                       mean=pca.mean_.astype(np.float32), components=pca.components_.astype(np.float32))
+                       mean=pca.mean_.astype(np.float32), components=pca.components_.astype(np.float32),
+                       explained_variance=pca.explained_variance_ratio_.astype(np.float32))
         p.coords = p.transform(ref)  # exactly what transform gives for the reference latents
         progress(1.0, "done")
         return p

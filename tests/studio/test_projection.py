@@ -36,6 +36,8 @@ def test_pca_coords_equal_transform_and_match_sklearn():
     ref = x[p.reference_index]
     np.testing.assert_array_equal(p.transform(ref), p.coords)
     np.testing.assert_allclose(p.coords, PCA(2).fit_transform(ref.reshape(150, -1)), atol=1e-3)
+    share = PCA(2).fit(ref.reshape(150, -1)).explained_variance_ratio_
+    assert p.axis_titles() == tuple(f"PC {k + 1} ({100 * share[k]:.0f}% of variance)" for k in range(2))
 
 
 def test_transform_accepts_torch_numpy_and_image_shapes():

@@ -169,11 +169,17 @@ def test_figures_carry_sample_ids_for_selection(studio):
     synthetic = next(t for t in fig.data if t.name == "synthetic")
     assert [int(c[0]) for c in synthetic.customdata] == list(range(n))
     assert synthetic.marker.line.width[1] > synthetic.marker.line.width[0]   # selected sample is ringed
-    traj = trajectory_figure(rng.normal(size=(9, 2, 2)), run.dset.labels[:2], [0, 1], run.dset.class_names,
-                             rng.normal(size=(2, 2)))
-    assert len(traj.data) == 4
-    distance = distance_to_prototype(np.linspace(0, 1, 9), rng.random((9, n)), run.dset.labels, run.dset.class_names)
+    traj = trajectory_figure(rng.normal(size=(9, 2, 2)), np.array([1, 1]), [0, 1], run.dset.class_names,
+                             rng.normal(size=(2, 2)), axis_titles=("PC 1 (40% of variance)", "PC 2"))
+    paths = [t for t in traj.data if t.mode == "lines+markers"]
+    assert len(paths) == 2 and paths[0].line.color != paths[1].line.color   # same class, told apart
+    assert paths[0].marker.symbol[0] == "circle-open" and paths[0].marker.size[0] > paths[0].marker.size[1]   # start
+    assert {t.name for t in traj.data if t.showlegend is not False} >= {"start (noise, t = 0)", "end (t = 1)", "prototype"}
+    assert traj.layout.xaxis.title.text == "PC 1 (40% of variance)"
+    distance = distance_to_prototype(np.linspace(0, 1, 9), rng.random((9, n)), run.dset.labels, run.dset.class_names,
+                                     window=(0.0, 0.8))
     assert len(distance.data) == n + 3
+    assert distance.layout.shapes[0].x0 == 0.0 and distance.layout.shapes[0].x1 == 0.8   # the guidance window
     assert len(coverage_bars({"a": [0.1, 0.2, 0.3], "b": [0.3, 0.2, 0.1]}, run.dset.class_names).data) == 2
     grid = mode_grid(run.coverage.covered, covering_counts(run), run.dset.class_names)
     assert np.asarray(grid.data[0].z).shape == (3, 3)
