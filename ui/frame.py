@@ -19,7 +19,14 @@ def page_frame() -> tuple[Studio, Run | None]:
         st.session_state["source"] = None
         studio = state.get_studio(None)
     config, error = sidebar.render(studio)
-    run, run_error = state.update_run(studio, config)
+    auto = st.session_state.get("auto_apply", True)
+    apply = auto or st.session_state.pop("apply_now", False)
+    run, run_error = state.update_run(studio, config, apply)
+    if not auto and state.pending_changes(studio, config):
+        st.sidebar.button("Apply settings", type="primary", key="apply_settings",
+                          on_click=lambda: st.session_state.update(apply_now=True),
+                          help="run the distillation with the settings above (one run for all the changes)")
+        st.info("Settings changed: press **Apply settings** in the sidebar to run them.")
     autostart_umap(studio)   # after the first run, so fitting UMAP does not delay the first page
     if run_error:
         st.sidebar.error(f"Not run: {run_error}.")

@@ -35,7 +35,7 @@ DEFAULTS = {"method": "pgfm", "ipc": 10, "guidance": DEFAULT_PGFM_GUIDANCE.stren
             "schedule": DEFAULT_PGFM_GUIDANCE.schedule, "t_start": DEFAULT_PGFM_GUIDANCE.t_start,
             "t_stop": DEFAULT_PGFM_GUIDANCE.t_stop, "t0": 0.0, "trust_radius": 0.0, "solver": "euler",
             "steps": SamplerConfig().steps, "cfg_scale": SamplerConfig().cfg_scale,
-            "diffusion_steps": DiffusionSamplerConfig().steps, "seed": 0, "projection": "PCA"}
+            "diffusion_steps": DiffusionSamplerConfig().steps, "seed": 0, "projection": "PCA", "auto_apply": True}
 
 
 EMBEDDED, CUSTOM = "Fashion-MNIST (embedded)", "Latent store + models"
@@ -85,6 +85,9 @@ def render(studio: Studio) -> tuple[DistillConfig | None, str | None]:
                    f"{'×'.join(map(str, studio.engine.latents.latent_shape))} · {len(names)} classes"
                    + ("" if studio.teacher else " · no teacher for this data: latent scores only"))
         st.header("Distillation")
+        st.toggle("Apply changes at once", key="auto_apply",
+                  help="off: change several settings, then press Apply settings for one run (each run takes a "
+                       "second or more)")
         top = st.empty()   # errors that no single widget owns appear here, without scrolling
         chosen = st.multiselect("Classes", names, key="classes", help="the classes to distil (at least one)")
         if not chosen:

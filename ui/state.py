@@ -52,23 +52,34 @@ def config_key(config: DistillConfig) -> str:
     return config_hash(config)
 
 
-def update_run(studio: Studio, config: DistillConfig | None) -> tuple[Run | None, str | None]:
-    """Run ``config`` unless it is the current run's; on a bad combination keep the last good run and
-    return the error message."""
+def update_run(studio: Studio, config: DistillConfig | None, apply: bool = True) -> tuple[Run | None, str | None]:
+    """Make ``config`` the current run: the current run if it has these settings, a run of the history
+    that has them (nothing is recomputed), else a new run. With ``apply`` False nothing changes (settings
+    are staged until the Apply button). On a bad combination the last good run stays; the error returns."""
     current: Run | None = st.session_state.get("run")
-    if config is None:
+    if config is None or not apply:
         return current, None
     key = f"{id(studio)}-{config_key(config)}"   # the same settings on other data are another run
     if current is not None and st.session_state.get("run_key") == key:
         return current, None
-    try:
-        with st.spinner("Distilling and scoring…"):
-            run = history().add(run_once(studio, config))
-    except ValueError as exc:
-        return current, str(exc)
+    previous = next((r for r in reversed(history().runs) if r.studio_key == key), None)
+    if previous is not None:
+        run = previous
+    else:
+        try:
+            with st.spinner("Distilling and scoring…"):
+                run = history().add(run_once(studio, config))
+        except ValueError as exc:
+            return current, str(exc)
+        run.studio_key = key
     st.session_state["run"], st.session_state["run_key"] = run, key
     st.session_state["selected"] = []
     return run, None
+
+
+def pending_changes(studio: Studio, config: DistillConfig | None) -> bool:
+    """True when ``config`` differs from the current run's settings (what Apply would run)."""
+    return config is not None and st.session_state.get("run_key") != f"{id(studio)}-{config_key(config)}"
 
 
 def current_run() -> Run | None:

@@ -100,6 +100,7 @@ class Run:
     seconds: float
     run_id: int = 0
     evaluations: list[dict] = field(default_factory=list)
+    studio_key: str = ""   # the app's key of (data and models, settings): a run with the same key is reused
 
 
 def covering_counts(run: Run) -> dict[int, np.ndarray]:

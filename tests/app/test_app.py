@@ -212,3 +212,21 @@ def test_bad_model_references_show_an_error_and_keep_the_embedded_default(tmp_pa
     assert not at.exception
     assert any("Could not load" in e.value for e in at.sidebar.error)
     assert current(at).dset.images.shape[1:] == (1, 32, 32)
+
+
+def test_with_apply_off_several_changes_cost_one_run_and_known_settings_are_reused():
+    at = open_app(ipc=2)
+    first = current(at)
+    at.toggle(key="auto_apply").set_value(False).run()
+    at.slider(key="guidance").set_value(0.5).run()
+    at.multiselect(key="classes").set_value(["Trouser", "Bag"]).run()
+    assert current(at).run_id == first.run_id and any("press **Apply settings**" in i.value for i in at.info)
+    at.button(key="apply_settings").click().run()
+    second = current(at)
+    assert second.run_id == first.run_id + 1 and second.config.classes == (1, 8)
+    assert second.config.sampler.guidance.strength == 0.5 and not at.info
+    at.toggle(key="auto_apply").set_value(True).run()
+    at.slider(key="guidance").set_value(first.config.sampler.guidance.strength).run()
+    at.multiselect(key="classes").set_value(list(first.dset.class_names)).run()
+    assert current(at) is first   # the first run's settings again: reused from the history, not re-run
+    assert len(at.session_state["history"].runs) == 3   # the intermediate λ-only change ran once
