@@ -112,3 +112,33 @@ def test_evaluation_can_be_cancelled_while_a_student_trains(streamlit_server, br
     assert progress.count() == 0
     assert page.get_by_text("Evaluations of run").count() == 0, "a cancelled evaluation was recorded"
     no_errors(page)
+
+
+def lasso(page, chart, inset: float = 0.04) -> None:
+    """Drag a lasso around the plot area of ``chart`` (a Plotly chart in lasso drag mode), as a person would."""
+    area = chart.locator(".nsewdrag").first
+    area.wait_for(timeout=60_000)
+    box = area.bounding_box()
+    x0, y0 = box["x"] + inset * box["width"], box["y"] + inset * box["height"]
+    x1, y1 = box["x"] + (1 - inset) * box["width"], box["y"] + (1 - inset) * box["height"]
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for x, y in ((x1, y0), (x1, y1), (x0, y1), (x0, y0 + 2)):
+        page.mouse.move(x, y, steps=12)
+    page.mouse.up()
+
+
+def test_a_lasso_on_the_latent_space_selects_samples_for_export(streamlit_server, browser_page):
+    page = browser_page
+    goto_page(page, streamlit_server, "latent_space", title="Latent space", timeout=300)
+    no_errors(page)
+    chart = page.locator('[data-testid="stPlotlyChart"]').first
+    lasso(page, chart)
+    wait_for_app_idle(page)
+    text = page.inner_text('[data-testid="stMainBlockContainer"]')
+    selected = int(text.split("Selected:")[1].split("samples")[0])
+    assert selected > 0, "the lasso selected nothing"
+    print(f"\n[e2e] lasso over the latent space selected {selected} samples")
+    goto_page(page, streamlit_server, "export", title="Export")
+    no_errors(page)
+    assert f"{selected} images of run" in page.inner_text('[data-testid="stMainBlockContainer"]')
