@@ -10,7 +10,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
@@ -196,6 +196,13 @@ class DistillConfig:
     medoid: bool = False
     pgfm_weights: bool = False                      # pgfm: keep DDOQ cell masses as weights
     record_trajectories: bool = False
+    # pgfm: guide each sample to prototype + cell_offset · (a random real latent of the prototype's k-means
+    # cell − prototype): 0 = the centroid (the paper), 1 = a real latent of the cell (seeded by ``seed``)
+    cell_offset: float = 0.0
+
+    # Fields added after results were keyed by this config: recorded only when they differ from these
+    # values, so the hash (benchmark cells, caches) of a config that does not use them stays what it was.
+    LATER_DEFAULTS: ClassVar[dict[str, Any]] = {"cell_offset": 0.0}
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -204,9 +211,16 @@ class DistillConfig:
             raise ValueError(f"ipc must be an integer >= 1, got {self.ipc!r}")
         if not 0.0 <= self.ddoq_t0 < 1.0:
             raise ValueError(f"ddoq_t0 must lie in [0, 1), got {self.ddoq_t0}")
+        _check_finite("cell_offset", self.cell_offset)
+        if not 0.0 <= self.cell_offset <= 1.0:
+            raise ValueError(f"cell_offset must lie in [0, 1], got {self.cell_offset}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        for name, default in self.LATER_DEFAULTS.items():
+            if data[name] == default:
+                del data[name]
+        return data
 
 
 BENCH_METHODS = ("random", "random-vae", "d4m", "ddoq", "ddoq-unweighted", "fm", "pgfm", "diffusion-d4m",
@@ -222,11 +236,11 @@ SIT_MODELS = ("sit-s/2", "sit-b/2", "sit-l/2", "sit-xl/2")
 MODEL_PRESETS = tuple(MLP_PRESETS) + SIT_MODELS
 
 
-# Student protocols (DESIGN.md section 4b): label source, augmentation, and whether the teacher labels every
-# augmented batch (core.evaluation.students).
 # Student networks of the evaluation (core.models.convnet.ARCHITECTURES builds them; names here for the CLI).
 STUDENT_ARCHITECTURES = ("convnet", "resnet", "resnet-bn", "mlp")
 
+# Student protocols (DESIGN.md section 4b): label source, augmentation, and whether the teacher labels every
+# augmented batch (core.evaluation.students).
 PROTOCOLS = {
     "hard": {"labels": "hard", "augment": "none", "relabel": False},
     "hard-dsa": {"labels": "hard", "augment": "dsa", "relabel": False},
@@ -238,7 +252,7 @@ PROTOCOLS = {
 def config_hash(config: Any) -> str:
     """12 hex digits of SHA-256 over a config (a dataclass or a JSON-able dict) as sorted JSON: the one key
     under which runs, benchmark cells and caches are stored."""
-    data = asdict(config) if is_dataclass(config) else config
+    data = (config.to_dict() if hasattr(config, "to_dict") else asdict(config)) if is_dataclass(config) else config
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -246,7 +260,8 @@ def distill_config(options: Mapping[str, Any]) -> DistillConfig:
     """The DistillConfig that flat ``options`` describe (the CLI's parsed options or the app's sidebar state;
     a missing option takes its default). Keys: method, ipc, classes ("all", a string of names / ids or ids),
     seed; guidance, schedule, t_start, t_stop, trust_radius, t0; solver, steps, time_shift, cfg_scale, dtype,
-    sample_batch_size; diffusion_steps, strength, mg_guidance, mg_stop; ddoq_t0, medoid, pgfm_weights.
+    sample_batch_size; diffusion_steps, strength, mg_guidance, mg_stop; ddoq_t0, medoid, pgfm_weights,
+    cell_offset.
     ValueError (from the dataclasses) names what is invalid."""
     base, sampler, diffusion = DistillConfig(), SamplerConfig(), DiffusionSamplerConfig()
     o = {k: v for k, v in options.items() if v is not None}
@@ -263,6 +278,7 @@ def distill_config(options: Mapping[str, Any]) -> DistillConfig:
         method=o.get("method", base.method), ipc=o.get("ipc", base.ipc), classes=None if classes == "all" else classes,
         seed=seed, ddoq_t0=o.get("ddoq_t0", base.ddoq_t0), medoid=bool(o.get("medoid", False)),
         pgfm_weights=bool(o.get("pgfm_weights", False)), record_trajectories=False,
+        cell_offset=float(o.get("cell_offset", base.cell_offset)),
         sampler=SamplerConfig(solver=o.get("solver", sampler.solver), steps=o.get("steps", base.sampler.steps),
                               time_shift=o.get("time_shift", sampler.time_shift), cfg_scale=cfg, guidance=guidance,
                               t0=o.get("t0", sampler.t0), seed=seed, dtype=dtype, batch_size=batch),

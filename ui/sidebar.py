@@ -35,7 +35,8 @@ DEFAULTS = {"method": "pgfm", "ipc": 10, "guidance": DEFAULT_PGFM_GUIDANCE.stren
             "schedule": DEFAULT_PGFM_GUIDANCE.schedule, "t_start": DEFAULT_PGFM_GUIDANCE.t_start,
             "t_stop": DEFAULT_PGFM_GUIDANCE.t_stop, "t0": 0.0, "trust_radius": 0.0, "solver": "euler",
             "steps": SamplerConfig().steps, "cfg_scale": SamplerConfig().cfg_scale,
-            "diffusion_steps": DiffusionSamplerConfig().steps, "seed": 0, "projection": "PCA", "auto_apply": True}
+            "diffusion_steps": DiffusionSamplerConfig().steps, "seed": 0, "projection": "PCA", "auto_apply": True,
+            "cell_offset": 0.0}
 
 
 EMBEDDED, CUSTOM = "Fashion-MNIST (embedded)", "Latent store + models"
@@ -113,6 +114,9 @@ def render(studio: Studio) -> tuple[DistillConfig | None, str | None]:
                       help="start the ODE at t₀ from the prototype mixed with noise instead of pure noise (0 = off)")
             st.slider("Trust radius r (0 = none)", 0.0, 2.0, step=0.05, key="trust_radius", disabled=not pgfm,
                       help="caps the guidance step at r latent RMS units")
+            st.slider("Target inside the cell", 0.0, 1.0, step=0.05, key="cell_offset", disabled=not pgfm,
+                      help="0: guide to the k-means centroid; 1: to a random real latent of the centroid's cell "
+                           "(more diversity at high IPC); in between: the point that far along")
         with st.expander("Sampler", expanded=flow):
             st.selectbox("Solver", SOLVERS, key="solver", disabled=not flow,
                          help="ODE integrator: euler (1 NFE per step), heun / midpoint (2), rk4 (4)")
@@ -137,7 +141,8 @@ def render(studio: Studio) -> tuple[DistillConfig | None, str | None]:
                 "method": method, "ipc": int(state.ipc), "classes": tuple(names.index(c) for c in chosen),
                 "seed": int(state.seed), "guidance": state.guidance, "schedule": state.schedule,
                 "t_start": state.t_start, "t_stop": state.t_stop, "trust_radius": state.trust_radius or None,
-                "t0": state.t0, "solver": state.solver, "steps": int(state.steps), "cfg_scale": float(state.cfg_scale),
+                "t0": state.t0, "cell_offset": state.cell_offset, "solver": state.solver, "steps": int(state.steps),
+                "cfg_scale": float(state.cfg_scale),
                 "diffusion_steps": int(state.diffusion_steps)})
         except ValueError as exc:
             top.error(f"Not run: {exc}.")

@@ -39,7 +39,12 @@ def add_parsers(add) -> None:
                    help="cross-architecture students (hard-dsa, IPC 10 and 50; none: skip)")
     p.add_argument("--sweep-protocol", default="hard", choices=list(PROTOCOLS),
                    help="protocol of the PGFM sweep's validation accuracy (default hard)")
+    p.add_argument("--sweep-ipc", type=int, default=10, help="IPC of the PGFM sweep (default 10)")
+    p.add_argument("--sweep-variants", nargs="+", default=[], metavar="NAME",
+                   help="run only these sweep variants (e.g. default 'window=[0,0.5]' 'cell offset=1' 'random real')")
+    p.add_argument("--sweep-seeds", type=int, default=1, help="seeds per sweep variant (default 1)")
     p.add_argument("--no-sweep", action="store_true")
+    p.add_argument("--no-main", action="store_true", help="skip the main table (e.g. to run a sweep alone)")
     p.add_argument("--no-efficiency", action="store_true")
     p.add_argument("--report-only", action="store_true",
                    help="only rewrite RESULTS.md and the plots from the results.json in --out (e.g. of a partial run)")
@@ -67,8 +72,9 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     config = BenchConfig(ipcs=tuple(args.ipc), seeds=args.seeds, methods=tuple(args.methods),
                          protocols=tuple(args.protocols), epochs=args.epochs, pool=args.pool,
                          whole_data=not args.no_whole, whole_data_epochs=args.whole_epochs,
-                         architectures=tuple(args.architectures), sweep=not args.no_sweep,
-                         sweep_protocol=args.sweep_protocol, efficiency=not args.no_efficiency,
+                         architectures=tuple(args.architectures), main=not args.no_main, sweep=not args.no_sweep,
+                         sweep_ipc=args.sweep_ipc, sweep_seeds=args.sweep_seeds, sweep_protocol=args.sweep_protocol,
+                         sweep_variants=tuple(args.sweep_variants), efficiency=not args.no_efficiency,
                          seed=args.seed, distill=distill_config_from_args(args, "pgfm", 10))
     engine = engine_from_args(args)
     if config.pool == "train-minus-val":

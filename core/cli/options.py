@@ -180,6 +180,9 @@ def add_distill_options(p: argparse.ArgumentParser, single: bool = True) -> None
     g.add_argument("--ddoq-t0", type=float, default=0.5, help="ddoq: warm start of the decode-through-flow ODE")
     g.add_argument("--medoid", action="store_true", help="use the real latent nearest each centroid")
     g.add_argument("--pgfm-weights", action="store_true", help="pgfm: keep DDOQ cell masses as image weights")
+    g.add_argument("--cell-offset", type=float, default=None,
+                   help="pgfm: guide each sample to prototype + OFFSET · (a random real latent of its k-means cell − "
+                        "prototype), in [0, 1] (default 0: the centroid; 1: a real latent of the cell)")
     g.add_argument("--sample-batch-size", type=int, default=None, metavar="B",
                    help="rows per sampler batch, flow and diffusion (default 1024; lower it for large models on "
                         "small GPUs); under torchrun also the unit split across processes")

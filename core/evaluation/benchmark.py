@@ -63,10 +63,12 @@ class BenchConfig:
     whole_data_epochs: int = 4
     whole_data_seeds: int = 1
     architectures: tuple[str, ...] = ("resnet-bn", "mlp")
+    main: bool = True
     sweep: bool = True
     sweep_ipc: int = 10
     sweep_seeds: int = 1
     sweep_protocol: str = "hard"
+    sweep_variants: tuple[str, ...] = ()   # names of ``Bench.sweep_variants`` to run (empty: all)
     efficiency: bool = True
     seed: int = 0
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -228,8 +230,9 @@ class Bench:
                 self.cell(f"main/{method}/ipc{ipc}", method, self.distill_config(method, ipc), self.config.protocols,
                           self.config.seeds)
 
-    def sweep_variants(self) -> dict[str, DistillConfig]:
-        """One-factor-at-a-time variations of PGFM around its default."""
+    def sweep_variants(self) -> dict[str, tuple[str, DistillConfig]]:
+        """name -> (method, config): one-factor-at-a-time variations of PGFM around its default at
+        ``sweep_ipc``, and random real images there (the reference every variant must beat)."""
         base = self.config.distill.sampler
         g = base.guidance
         variants = {"default": base}
@@ -245,19 +248,34 @@ class Bench:
             variants[f"steps={steps}"] = replace(base, steps=steps)
         variants["lambda=0 (fm)"] = replace(base, guidance=GuidanceConfig(strength=0.0))
         ipc = self.config.sweep_ipc
-        return {name: self.distill_config("pgfm", ipc, sampler=s) for name, s in variants.items()}
+        configs = {name: ("pgfm", self.distill_config("pgfm", ipc, sampler=s)) for name, s in variants.items()}
+        for offset in (0.5, 1.0):
+            configs[f"cell offset={offset:g}"] = ("pgfm", self.distill_config("pgfm", ipc, cell_offset=offset))
+        configs["random real"] = ("random", self.distill_config("random", ipc))
+        chosen = self.config.sweep_variants
+        unknown = sorted(set(chosen) - set(configs))
+        if unknown:
+            raise ValueError(f"unknown sweep variants {unknown}; choose from {', '.join(configs)}")
+        return {name: v for name, v in configs.items() if not chosen or name in chosen}
+
+    def sweep_cell_name(self, variant: str) -> str:
+        return f"sweep/ipc{self.config.sweep_ipc}/{variant}"
 
     def prune_stale_sweep(self) -> None:
-        """Drop sweep cells of variants the current default no longer has (e.g. after the default moved)."""
-        current = {f"sweep/{name}" for name in self.sweep_variants()}
-        for name in [k for k in self.results["cells"] if k.startswith("sweep/") and k not in current]:
+        """Drop this IPC's sweep cells of variants the current default no longer has (e.g. after the default
+        moved); a run restricted to some variants (``sweep_variants``) keeps the others."""
+        if self.config.sweep_variants:
+            return
+        prefix = self.sweep_cell_name("")
+        current = {self.sweep_cell_name(name) for name in self.sweep_variants()}
+        for name in [k for k in self.results["cells"] if k.startswith(prefix) and k not in current]:
             del self.results["cells"][name]
 
     def run_sweep(self) -> None:
         self.prune_stale_sweep()
-        for name, dc in self.sweep_variants().items():
-            self.log(f"[sweep {name}]")
-            self.cell(f"sweep/{name}", "pgfm", dc, (self.config.sweep_protocol,), self.config.sweep_seeds,
+        for name, (method, dc) in self.sweep_variants().items():
+            self.log(f"[sweep IPC {self.config.sweep_ipc}: {name}]")
+            self.cell(self.sweep_cell_name(name), method, dc, (self.config.sweep_protocol,), self.config.sweep_seeds,
                       on_validation=True)
 
     def run_efficiency(self) -> None:
@@ -279,7 +297,8 @@ def run_benchmark(bench: Bench, teacher_accuracy: float | None = None) -> dict:
                              "pool": {"name": bench.engine.dataset.name, "images": len(bench.engine.dataset)},
                              "selection_split": "validation", "report_split": "test"}
     t0 = time.perf_counter()
-    bench.run_main()
+    if bench.config.main:
+        bench.run_main()
     if bench.config.whole_data:
         bench.run_whole_data()
     if bench.config.architectures:
@@ -317,10 +336,20 @@ def _mean(cell: dict | None, protocol: str) -> float | None:
     return cell[protocol]["accuracy_mean"] if cell and protocol in cell else None
 
 
-def best_sweep_setting(results: dict) -> tuple[str, dict, str] | None:
-    """The sweep variant with the highest validation accuracy: (name, cell, protocol)."""
+def sweeps(results: dict) -> dict[int, dict[str, dict]]:
+    """IPC -> variant name -> cell, of the sweep cells in ``results`` (``sweep/ipcN/variant``)."""
+    out: dict[int, dict[str, dict]] = {}
+    for k, c in results["cells"].items():
+        if k.startswith("sweep/ipc"):
+            _, ipc, name = k.split("/", 2)
+            out.setdefault(int(ipc[3:]), {})[name] = c
+    return dict(sorted(out.items()))
+
+
+def best_sweep_setting(results: dict, ipc: int) -> tuple[str, dict, str] | None:
+    """The PGFM sweep variant at ``ipc`` with the highest validation accuracy: (name, cell, protocol)."""
     protocol = results.get("meta", {}).get("config", {}).get("sweep_protocol", "hard")
-    sweep = {k.split("/", 1)[1]: v for k, v in results["cells"].items() if k.startswith("sweep/") and protocol in v}
+    sweep = {k: c for k, c in sweeps(results).get(ipc, {}).items() if protocol in c and c["method"] == "pgfm"}
     if not sweep:
         return None
     name = max(sweep, key=lambda k: sweep[k][protocol]["accuracy_mean"])
@@ -449,16 +478,23 @@ def write_report(results: dict, out: Path) -> Path:
             lines.append(f"| {m} | {i} | {fmt('mode_coverage', 100, 1)}% | {fmt('precision')} | {fmt('recall')} | "
                          f"{fmt('density')} | {fmt('coverage')} | {fmt('w2_latent_mean')} | {fmt('landing_error_mean', d=4)} | "
                          f"{mt['nfe_per_image']} | {mt['seconds_per_image']:.4f} | {100 * c['teacher_agreement']:.1f}% |")
-    best = best_sweep_setting(results)
-    if best:
+    for ipc, variants in sweeps(results).items():
+        best = best_sweep_setting(results, ipc)
+        if best is None:
+            continue
         name, cell, protocol = best
-        lines += ["", f"## PGFM sweep (one factor at a time around the default; `{protocol}`, **validation** accuracy)", "",
-                  "| setting | validation accuracy | mode coverage | landing error |", "|---|---|---|---|"]
-        for k, c in cells.items():
-            if k.startswith("sweep/"):
-                lines.append(f"| {k[6:]} | {_acc(c, protocol)} | {100 * c['metrics']['mode_coverage']:.1f}% | "
-                             f"{c['metrics'].get('landing_error_mean', float('nan')):.4f} |")
-        lines += ["", f"Best setting on validation: **{name}** ({_acc(cell, protocol)})."]
+        random = _mean(variants.get("random real"), protocol)
+        lines += ["", f"## PGFM sweep at IPC {ipc} (one factor at a time around the default; `{protocol}`, "
+                      "**validation** accuracy)", "",
+                  "| setting | validation accuracy | vs random real (points) | mode coverage | landing error |",
+                  "|---|---|---|---|---|"]
+        for k, c in variants.items():
+            a = _mean(c, protocol)
+            gap = "–" if a is None or random is None or k == "random real" else pct(a - random)
+            landing = c["metrics"].get("landing_error_mean")
+            lines.append(f"| {k} | {_acc(c, protocol)} | {gap} | {100 * c['metrics']['mode_coverage']:.1f}% | "
+                         f"{'–' if landing is None else f'{landing:.4f}'} |")
+        lines += ["", f"Best PGFM setting on validation at IPC {ipc}: **{name}** ({_acc(cell, protocol)})."]
     eff = {k: c for k, c in cells.items() if k.startswith("efficiency/")}
     if eff:
         lines += ["", "## Efficiency (test accuracy vs NFE, `hard`)", "",
@@ -516,15 +552,17 @@ def write_plots(results: dict, out: Path) -> list[Path]:
         axes[0][-1].legend(fontsize=7)
         fig.suptitle("Accuracy vs IPC by protocol")
         written.append(_save(fig, out / "accuracy_vs_ipc.png"))
-    sweep = {k[6:]: c for k, c in cells.items() if k.startswith("sweep/lambda") or k == "sweep/default"}
-    if sweep:
-        lam = {0.0 if "fm" in k else (float(k.split("=")[1]) if "=" in k else
-               results["meta"]["config"]["distill"]["sampler"]["guidance"]["strength"]): c for k, c in sweep.items()}
+    for ipc, variants in sweeps(results).items():
+        strength = results["meta"]["config"]["distill"]["sampler"]["guidance"]["strength"]
+        lam = {0.0 if "fm" in k else (float(k.split("=")[1]) if "=" in k else strength): c
+               for k, c in variants.items() if k.startswith("lambda") or k == "default"}
+        if len(lam) < 2:
+            continue
         xs = sorted(lam)
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot(xs, [100 * lam[x]["metrics"]["mode_coverage"] for x in xs], "o-")
-        ax.set(xlabel="guidance strength λ", ylabel="mode coverage (%)", title="Mode coverage vs λ (PGFM)")
-        written.append(_save(fig, out / "coverage_vs_lambda.png"))
+        ax.set(xlabel="guidance strength λ", ylabel="mode coverage (%)", title=f"Mode coverage vs λ (PGFM, IPC {ipc})")
+        written.append(_save(fig, out / f"coverage_vs_lambda_ipc{ipc}.png"))
     eff = {k: c for k, c in cells.items() if k.startswith("efficiency/")}
     if eff:
         fig, ax = plt.subplots(figsize=(5, 3.5))

@@ -168,6 +168,25 @@ class LocalExecutor:
         return vae.decode(latents, DECODE_BATCH)
 
 
+def cell_targets(engine: DistillEngine, quantization: list[ClassQuantization], offset: float, seed: int) -> torch.Tensor:
+    """Guidance targets moved from each prototype toward one real latent of its k-means cell:
+    p + offset · (z − p), z drawn uniformly from the cell (class c from stream [seed, c]; an empty cell keeps
+    p). (sum K_c, *latent_shape), in the order of the quantization's prototypes."""
+    if not isinstance(engine.latents, LatentSet):
+        raise ValueError("cell_offset needs the latents in memory (not a streamed store)")
+    targets = []
+    for q in quantization:
+        members = engine.latents.latents[torch.from_numpy(engine.latents.labels == q.label)]
+        rng = np.random.default_rng([seed, q.label])
+        real = q.prototypes.clone()
+        for j in range(q.ipc):
+            cell = np.flatnonzero(q.assignments == j)
+            if len(cell):
+                real[j] = members[int(rng.choice(cell))]
+        targets.append(q.prototypes + offset * (real - q.prototypes))
+    return torch.cat(targets)
+
+
 def distill(engine: DistillEngine, config: DistillConfig, executor: LocalExecutor | None = None) -> DistilledSet:
     """Run one distillation. All checks happen before any work; every random choice follows config.seed.
 
@@ -193,6 +212,8 @@ def distill(engine: DistillEngine, config: DistillConfig, executor: LocalExecuto
         prototypes = torch.cat([q.prototypes for q in quantization])
         if config.method == "ddoq" or (config.method == "pgfm" and config.pgfm_weights):
             weights = np.concatenate([q.weights * k for q in quantization])
+        if config.method == "pgfm" and config.cell_offset > 0:
+            prototypes = cell_targets(engine, quantization, config.cell_offset, config.seed)
     timings["quantize_s"] = time.perf_counter() - t0
 
     trajectories, nfe = None, 0

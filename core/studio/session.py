@@ -178,7 +178,7 @@ def run_parameters(config: DistillConfig) -> dict:
         params.update({"solver": s.solver, "steps": s.steps, "cfg": s.cfg_scale})
     if config.method == "pgfm":
         params.update({"λ": g.strength, "schedule": g.schedule, "window": f"[{g.t_start:g}, {g.t_stop:g}]",
-                       "t0": s.t0, "r": g.trust_radius})
+                       "t0": s.t0, "r": g.trust_radius, "cell offset": config.cell_offset})
     if config.method.startswith("diffusion"):
         params.update({"steps": config.diffusion.steps})
     return params

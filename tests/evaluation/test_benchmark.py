@@ -97,9 +97,10 @@ def test_a_resumed_cell_measures_its_set_again(bench_parts):
 def test_sweep_cells_of_an_earlier_default_are_dropped(bench_parts):
     engine, teacher, test, out, config = bench_parts
     bench = Bench(engine, teacher, test, out, config, log=lambda m: None)
-    bench.results = {"cells": {"sweep/lambda=0.9": {}, "sweep/default": {}, "main/d4m/ipc1": {}}}
+    bench.results = {"cells": {"sweep/ipc10/lambda=0.9": {}, "sweep/ipc10/default": {}, "sweep/ipc50/lambda=0.9": {},
+                               "main/d4m/ipc1": {}}}
     bench.prune_stale_sweep()
-    assert set(bench.results["cells"]) == {"sweep/default", "main/d4m/ipc1"}
+    assert set(bench.results["cells"]) == {"sweep/ipc10/default", "sweep/ipc50/lambda=0.9", "main/d4m/ipc1"}
 
 
 def test_long_student_training_reports_progress_in_the_log(bench_parts):
@@ -214,17 +215,20 @@ def test_bench_refuses_an_engine_that_does_not_hold_its_pool_and_a_sweep_without
         replace(config, protocols=("hard", "dsa"))
 
 
-def test_the_sweep_reads_the_validation_split(bench_parts, monkeypatch):
+def test_the_sweep_reads_the_validation_split_and_compares_with_random_real(bench_parts, monkeypatch):
     engine, teacher, test, out, config = bench_parts
     validation = engine.dataset.subset(np.arange(1, 90, 3), "tiny-val")
     splits = []
     real_evaluate = benchmark.evaluate_set
     monkeypatch.setattr(benchmark, "evaluate_set", lambda *a, **k: splits.append(a[2].name) or real_evaluate(*a, **k))
-    bench = Bench(engine, teacher, test, out, replace(config, methods=("random",), ipcs=(1,), sweep=True, sweep_ipc=2),
-                  validation, log=lambda m: None)
-    monkeypatch.setattr(bench, "sweep_variants", lambda: dict(list(Bench.sweep_variants(bench).items())[:2]))
-    monkeypatch.setattr(bench, "prune_stale_sweep", lambda: None)
-    results = run_benchmark(bench)
-    assert splits == ["tiny-test", "tiny-val", "tiny-val"]
-    assert results["cells"]["sweep/default"]["spec"]["split"] == "val"
-    assert "**validation** accuracy" in (out / "RESULTS.md").read_text()
+    config = replace(config, main=False, sweep=True, sweep_ipc=2, sweep_variants=("default", "cell offset=1", "random real"))
+    results = run_benchmark(Bench(engine, teacher, test, out, config, validation, log=lambda m: None))
+    assert splits == ["tiny-val"] * 3
+    cells = results["cells"]
+    assert set(cells) == {"sweep/ipc2/default", "sweep/ipc2/cell offset=1", "sweep/ipc2/random real"}
+    assert cells["sweep/ipc2/default"]["spec"]["split"] == "val" and cells["sweep/ipc2/random real"]["method"] == "random"
+    assert cells["sweep/ipc2/cell offset=1"]["spec"]["distill"]["cell_offset"] == 1.0
+    table = (out / "RESULTS.md").read_text()
+    assert "## PGFM sweep at IPC 2" in table and "**validation** accuracy" in table and "vs random real" in table
+    with pytest.raises(ValueError, match="unknown sweep variants"):
+        Bench(engine, teacher, test, out, replace(config, sweep_variants=("lambda=7",)), validation).sweep_variants()

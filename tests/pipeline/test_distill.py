@@ -138,3 +138,28 @@ def test_a_selection_exports_its_own_counts_and_stable_class_indices(engine, tmp
     assert read.classes == (1, 2) and sorted(read.labels.tolist()) == [1, 1, 1, 2]   # labels keep their ids
     whole = json.loads((export_imagefolder(dset, tmp_path / "all") / MANIFEST).read_text())
     assert whole["ipc"] == 4 and whole["selection"]["whole_set"] and whole["classes"] == [0, 1, 2]
+
+
+def test_cell_offset_moves_pgfm_targets_toward_a_real_latent_of_each_cell(engine):
+    from dataclasses import asdict
+
+    from core.config import config_hash
+
+    base = DistillConfig(method="pgfm", ipc=3)
+    assert "cell_offset" not in base.to_dict()   # earlier keys (benchmark cells, caches) stay valid
+    assert config_hash(base) == config_hash({k: v for k, v in asdict(base).items() if k != "cell_offset"})
+    centroid = distill(engine, base)
+    real = distill(engine, DistillConfig(method="pgfm", ipc=3, cell_offset=1.0))
+    half = distill(engine, DistillConfig(method="pgfm", ipc=3, cell_offset=0.5))
+    again = distill(engine, DistillConfig(method="pgfm", ipc=3, cell_offset=1.0))
+    assert torch.equal(real.prototypes, again.prototypes) and torch.equal(real.latents, again.latents)   # seeded
+    for q in real.quantization:   # each target is a real latent of its prototype's k-means cell
+        members = engine.latents.latents[torch.from_numpy(engine.latents.labels == q.label)].flatten(1)
+        rows = np.flatnonzero(real.labels == q.label)
+        for j, target in enumerate(real.prototypes[rows]):
+            distance, nearest = (members - target.flatten()).norm(dim=1).min(0)
+            assert distance < 1e-4 and q.assignments[int(nearest)] == j
+    torch.testing.assert_close(half.prototypes, (centroid.prototypes + real.prototypes) / 2)
+    assert "cell_offset" in real.config.to_dict()
+    with pytest.raises(ValueError, match="cell_offset must lie in"):
+        DistillConfig(method="pgfm", cell_offset=1.5)
