@@ -23,11 +23,13 @@ from core.evaluation.assess import (
     latent_scores,
     load_or_build_reference,
     reference_cache_file,
+    w2_latent_mean,
 )
 from core.evaluation.metrics import CoverageResult, mode_coverage
 from core.evaluation.ranking import RankingBaseline, load_baseline
 from core.evaluation.students import EvalConfig, EvalResult, evaluate_set
 from core.pipeline.distill import DistilledSet, DistillEngine, distill
+from core.studio.jobs import BackgroundJob
 
 Progress = Callable[[float, str], None]
 
@@ -101,6 +103,7 @@ class Run:
     run_id: int = 0
     evaluations: list[dict] = field(default_factory=list)
     studio_key: str = ""   # the app's key of (data and models, settings): a run with the same key is reused
+    w2_job: BackgroundJob | None = field(default=None, repr=False)   # run_once(defer_w2=True): W2 on its way
 
 
 def covering_counts(run: Run) -> dict[int, np.ndarray]:
@@ -123,21 +126,28 @@ def _decoded_prototypes(studio: Studio, dset: DistilledSet) -> torch.Tensor:
     return cached[1]
 
 
-def run_once(studio: Studio, config: DistillConfig) -> Run:
-    """Distil ``config`` (trajectories recorded) and score it: coverage, PRDC, W2, landing error, NFE."""
+def run_once(studio: Studio, config: DistillConfig, defer_w2: bool = False) -> Run:
+    """Distil ``config`` (trajectories recorded) and score it: coverage, PRDC, W2, landing error, NFE.
+
+    ``defer_w2``: return before the W2 score (the slowest); a background job (``run.w2_job``) adds
+    ``metrics["w2_latent_mean"]`` a moment later, so that the app shows the rest at once."""
     t0 = time.perf_counter()
     dset = distill(studio.engine, replace(config, record_trajectories=True))
     features = coverage = None
     if studio.teacher is not None:
         features = studio.teacher.features(dset.images).numpy()
         coverage = mode_coverage(studio.reference.modes, features, dset.labels)
-        metrics = assess(studio.reference, studio.teacher, dset, features=features, coverage=coverage)
+        metrics = assess(studio.reference, studio.teacher, dset, w2=not defer_w2, features=features, coverage=coverage)
     else:
-        metrics = latent_scores(studio.latents_by_class, dset)
+        metrics = latent_scores(studio.latents_by_class, dset, w2=not defer_w2)
     prototypes = None
     if dset.prototypes is not None:
         prototypes = dset.images if config.method == "d4m" else _decoded_prototypes(studio, dset)
-    return Run(config, dset, features, coverage, metrics, prototypes, time.perf_counter() - t0)
+    run = Run(config, dset, features, coverage, metrics, prototypes, time.perf_counter() - t0)
+    if defer_w2:
+        run.w2_job = BackgroundJob(lambda progress: metrics.update(
+            w2_latent_mean=w2_latent_mean(studio.latents_by_class, dset)), name="w2").start()
+    return run
 
 
 def evaluate_run(studio: Studio, run: Run, config: EvalConfig, progress: Progress | None = None,

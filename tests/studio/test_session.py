@@ -204,3 +204,12 @@ def test_real_reference_is_cached_on_disk_and_rebuilt_when_stale(studio, tmp_pat
     np.testing.assert_array_equal(again.features, built.features)
     other = load_or_build_reference(studio.engine, studio.teacher, cache, per_class=10, num_modes=3)
     assert len(other.features) == 30   # a different parameter rebuilds
+
+
+def test_a_deferred_w2_arrives_from_the_runs_background_job(studio):
+    run = run_once(studio, pgfm(), defer_w2=True)
+    assert run.w2_job is not None
+    run.w2_job.wait(60)
+    direct = run_once(studio, pgfm())
+    assert run.metrics["w2_latent_mean"] == direct.metrics["w2_latent_mean"] and direct.w2_job is None
+    assert {k for k in run.metrics} == {k for k in direct.metrics}
