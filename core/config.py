@@ -17,6 +17,8 @@ import numpy as np
 ASSETS = Path(__file__).resolve().parent.parent / "assets"   # the embedded default's shipped models
 VAE_DIR, FLOW_DIR, TEACHER_DIR = ASSETS / "vae", ASSETS / "flow", ASSETS / "teacher"
 DIFFUSION_DIR = ASSETS / "diffusion"
+# The training split without its validation split (DESIGN.md 4b; core.data.datasets.validation_indices).
+TRAIN_MINUS_VAL = "train-minus-val"
 # The benchmark's results of the embedded default (the app's run table takes its DD-Ranking references there).
 BENCHMARK_RESULTS = ASSETS.parent / "benchmarks" / "results.json"
 SAMPLER_DTYPES = ("float32", "bfloat16", "float16")   # model precision of the samplers (core.transport.sampler.DTYPES)
@@ -278,7 +280,8 @@ def distill_config(options: Mapping[str, Any]) -> DistillConfig:
         method=o.get("method", base.method), ipc=o.get("ipc", base.ipc), classes=None if classes == "all" else classes,
         seed=seed, ddoq_t0=o.get("ddoq_t0", base.ddoq_t0), medoid=bool(o.get("medoid", False)),
         pgfm_weights=bool(o.get("pgfm_weights", False)), record_trajectories=False,
-        cell_offset=float(o.get("cell_offset", base.cell_offset)),
+        # only pgfm uses it: other methods keep the default, so their configs (and hashes) do not depend on it
+        cell_offset=float(o.get("cell_offset", base.cell_offset)) if o.get("method", base.method) == "pgfm" else 0.0,
         sampler=SamplerConfig(solver=o.get("solver", sampler.solver), steps=o.get("steps", base.sampler.steps),
                               time_shift=o.get("time_shift", sampler.time_shift), cfg_scale=cfg, guidance=guidance,
                               t0=o.get("t0", sampler.t0), seed=seed, dtype=dtype, batch_size=batch),

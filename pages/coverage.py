@@ -34,7 +34,8 @@ table = table[["method", "ipc", *first, *[c for c in table.columns if c not in (
 st.dataframe(table, width="stretch", column_config={c: st.column_config.NumberColumn(c, pinned=True) for c in first})
 dropped = history.next_id - 1 - len(history.runs)
 st.caption(f"Accuracies: test %, latest student of each protocol (Evaluate page); LRS / ARS: DD-Ranking scores "
-           f"against the benchmark's random real images (0–100, 26.9 = no better than random). This session keeps "
+           f"(0–100) against the benchmark's random real images, for ConvNet-3 students with the benchmark's epochs "
+           f"(ARS 26.9: no better than random; LRS needs soft-online, ARS hard and hard-dsa). This session keeps "
            f"its latest {history.limit} runs" + (f"; {dropped} older run(s) were dropped." if dropped else "."))
 ids = [r.run_id for r in history.runs]
 if len(ids) >= 2:

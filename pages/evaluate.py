@@ -42,9 +42,10 @@ use_weights = st.checkbox("Use the set's per-image weights (DDOQ cell masses)", 
 if st.button("Start evaluation", type="primary", disabled=busy):
     config = protocol_config(protocol, architecture=architecture, epochs=int(epochs), seeds=tuple(range(int(seeds))),
                              use_weights=use_weights)
-    target = run
-    job = BackgroundJob(lambda progress: evaluate_run(studio, target, config, progress,
-                                                      should_stop=lambda: job.cancelled), name="student")
+    def train(progress, target=run, config=config):   # bound now: the job outlives this script run
+        return evaluate_run(studio, target, config, progress, should_stop=lambda: job.cancelled)
+
+    job = BackgroundJob(train, name="student")
     job.run_id, job.protocol, job.seeds = run.run_id, config.protocol, len(config.seeds)
     st.session_state["eval_job"] = job.start()
     busy = True

@@ -57,7 +57,8 @@ def update_run(studio: Studio, config: DistillConfig | None, apply: bool = True)
     that has them (nothing is recomputed), else a new run. With ``apply`` False nothing changes (settings
     are staged until the Apply button). On a bad combination the last good run stays; the error returns."""
     current: Run | None = st.session_state.get("run")
-    if config is None or not apply:
+    same_data = str(st.session_state.get("run_key", "")).startswith(f"{id(studio)}-")
+    if config is None or (not apply and same_data):   # other data and models: their run, whatever is staged
         return current, None
     key = f"{id(studio)}-{config_key(config)}"   # the same settings on other data are another run
     if current is not None and st.session_state.get("run_key") == key:

@@ -16,6 +16,7 @@ from core.config import (
     PROTOCOLS,
     STUDENT_ARCHITECTURES,
     TEACHER_DIR,
+    TRAIN_MINUS_VAL,
 )
 
 
@@ -30,7 +31,7 @@ def add_parsers(add) -> None:
     p.add_argument("--methods", nargs="+", default=list(BENCH_METHODS), choices=list(BENCH_METHODS))
     p.add_argument("--protocols", nargs="+", default=["hard", "hard-dsa", "soft-online"], choices=list(PROTOCOLS),
                    help="student protocols of the main table (DESIGN.md 4b; default hard hard-dsa soft-online)")
-    p.add_argument("--pool", default="train-minus-val", choices=["train-minus-val", "train"],
+    p.add_argument("--pool", default=TRAIN_MINUS_VAL, choices=[TRAIN_MINUS_VAL, "train"],
                    help="training images the methods draw from (default: the validation split held out)")
     p.add_argument("--whole-epochs", type=int, default=4,
                    help="epochs of the whole-training-set students (one per protocol; default 4)")
@@ -77,7 +78,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
                          sweep_variants=tuple(args.sweep_variants), efficiency=not args.no_efficiency,
                          seed=args.seed, distill=distill_config_from_args(args, "pgfm", 10))
     engine = engine_from_args(args)
-    if config.pool == "train-minus-val":
+    if config.pool == TRAIN_MINUS_VAL:
         from core.pipeline.distill import hold_out_validation
 
         engine = hold_out_validation(engine)
@@ -87,7 +88,10 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     metrics = ASSETS / "metrics.json"
     teacher_accuracy = read_json(metrics)["teacher"]["test_accuracy"] if metrics.is_file() else None
     t0 = time.perf_counter()
-    results = run_benchmark(Bench(engine, teacher, test, Path(args.out), config, validation), teacher_accuracy)
+    record = Path(args.teacher) / "training.json"
+    teacher_split = (read_json(record).get("config") or {}).get("train_split", "train") if record.is_file() else "train"
+    results = run_benchmark(Bench(engine, teacher, test, Path(args.out), config, validation), teacher_accuracy,
+                            teacher_split)
     print(results_summary(results))
     print(f"benchmark finished in {(time.perf_counter() - t0) / 60:.1f} min; results in {Path(args.out) / 'results.json'}, "
           f"table in {Path(args.out) / 'RESULTS.md'}")

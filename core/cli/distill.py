@@ -16,6 +16,7 @@ from core.cli.options import (
     portable,
     world_size,
 )
+from core.config import TRAIN_MINUS_VAL
 from core.errors import DistillError, OutputError
 
 
@@ -28,6 +29,9 @@ def add_parsers(add) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out when it is a previous export of this tool (its manifest.json says so); "
                         "anything else is refused. The old export is swapped out atomically and removed last")
+    p.add_argument("--pool", default=TRAIN_MINUS_VAL, choices=[TRAIN_MINUS_VAL, "train"],
+                   help="Fashion-MNIST images the methods draw from: train-minus-val (default: the validation split "
+                        "held out, so `evaluate --split val` may score the set) or train (all 60k); other data: all")
     p.add_argument("--latent-store", default=None, metavar="DIR",
                    help="distil from a latent store written by `encode --store DIR` instead of --dataset (checked "
                         "against --vae; held in memory up to --store-max-gib, streamed class by class above it). "
@@ -88,7 +92,7 @@ def _models_record(args: argparse.Namespace, engine) -> dict:
               "flow_model": flow_record(engine.flow, args.flow),
               "diffusion": portable(args.diffusion) if engine.diffusion is not None else None,
               "dataset": engine.dataset.name if store else args.dataset,
-              "dataset_fingerprint": engine.dataset.fingerprint}
+              "pool": engine.dataset.name, "dataset_fingerprint": engine.dataset.fingerprint}
     if models["flow_model"] is not None:
         models["flow_model"]["source"] = portable(models["flow_model"]["source"])
     if store:
@@ -106,7 +110,7 @@ def run_distill(args: argparse.Namespace, ctx=None) -> None:
 
     import numpy as np
 
-    from core.pipeline.distill import StoreImages, distill, resolve_classes
+    from core.pipeline.distill import StoreImages, distill, hold_out_validation, resolve_classes
     from core.pipeline.export import check_export_target, export_imagefolder, export_zip
 
     main = ctx is None or ctx.is_main
@@ -132,6 +136,8 @@ def run_distill(args: argparse.Namespace, ctx=None) -> None:
         raise OutputError(problem)
     as_zip = main and out.suffix.lower() == ".zip"
     engine = engine_from_args(args, spec, ctx)
+    if args.pool == TRAIN_MINUS_VAL and args.dataset == "fashion-mnist" and not args.latent_store:
+        engine = hold_out_validation(engine)
     if config.method == "random" and isinstance(engine.dataset, StoreImages):
         engine.dataset.folder()  # the real images must be there before any work
     config = replace(config, classes=resolve_classes(_store_classes(config.classes, engine), engine.latents.class_names))

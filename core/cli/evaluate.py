@@ -53,6 +53,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
             ctx.shutdown()
 
 
+def check_validation_safe(folder: str) -> None:
+    """Refuse to score a set on the validation split when its manifest says it was drawn from a pool that
+    includes the validation images (random real picks or medoids could be those very images)."""
+    from core.data.datasets import holds_out_validation
+    from core.evaluation.students import read_manifest
+
+    manifest = read_manifest(folder)
+    pool = ((manifest or {}).get("models") or {}).get("pool") if isinstance((manifest or {}).get("models"), dict) else None
+    if manifest is None:
+        print(f"warning: {folder} has no manifest.json: nothing says whether its images avoid the validation split")
+    elif not isinstance(pool, str) or not holds_out_validation(pool):
+        raise ValueError(f"{folder} was distilled from {pool or 'a pool its manifest does not record'}, which includes "
+                         "the validation images; scoring it on them would select on seen data. Distil with "
+                         "`--pool train-minus-val` (the default of `distill`) or score it on --split test")
+
+
 def _evaluate(args: argparse.Namespace, ctx=None) -> None:
     import sys as _sys
 
@@ -74,6 +90,8 @@ def _evaluate(args: argparse.Namespace, ctx=None) -> None:
     config = EvalConfig(architecture=args.architecture, temperature=args.temperature, epochs=args.epochs,
                         use_weights=not args.no_weights, seeds=tuple(range(args.seed, args.seed + args.seeds)),
                         precision=args.precision, **protocol)
+    if args.split == "val":
+        check_validation_safe(args.folder)
     test = load_fashion_mnist(args.split, args.data_dir)
     split = {"test": "test", "val": "validation"}[args.split]
     images, labels, weights, classes = read_distilled_folder(args.folder, test.class_names, test.image_shape)

@@ -19,15 +19,17 @@ from core.config import (
     MLP_PRESETS,
     MODEL_PRESETS,
     TEACHER_DIR,
+    TRAIN_MINUS_VAL,
     VAE_DIR,
 )
 from core.errors import OutputError
 
 
 def add_train_split(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--train-split", default="train-minus-val", choices=["train-minus-val", "train"],
-                   help="Fashion-MNIST images to train on: train-minus-val (default: the validation split of 500 per "
-                        "class held out, DESIGN.md 4b) or train (all 60k, as the shipped models were trained)")
+    p.add_argument("--train-split", default=None, choices=[TRAIN_MINUS_VAL, "train"],
+                   help="Fashion-MNIST images to train on: train-minus-val (the default: the validation split of 500 "
+                        "per class held out, DESIGN.md 4b) or train (all 60k, as the shipped models were trained); "
+                        "other data (an ImageFolder, a latent store) trains on all its images")
 
 
 def add_parsers(add) -> None:
@@ -105,7 +107,7 @@ def _cmd_train_vae(args: argparse.Namespace) -> None:
                           "training.json, nothing else); train-vae replaces its output folder whole, so give a new "
                           "folder or one it wrote before")
     config = TinyVAEConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                           threads=args.threads, train_split=args.train_split)
+                           threads=args.threads, train_split=args.train_split or TRAIN_MINUS_VAL)
     train_tiny_vae(config, args.out, args.data_dir)
 
 
@@ -113,7 +115,7 @@ def _cmd_train_teacher(args: argparse.Namespace) -> None:
     from core.training.teacher import TeacherTrainConfig, train_teacher
 
     config = TeacherTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                threads=args.threads, train_split=args.train_split)
+                                threads=args.threads, train_split=args.train_split or TRAIN_MINUS_VAL)
     train_teacher(config, args.out, args.data_dir)
 
 
@@ -158,6 +160,11 @@ def _cmd_train_latent_model(args: argparse.Namespace) -> None:
         checkpoint_every=args.checkpoint_every, seed=args.seed, threads=args.threads,
         model=model if sit else "mlp", sit_overrides=overrides, precision=args.precision,
         grad_checkpointing=args.grad_checkpointing, device=device, **sizes)
+    fashion = args.dataset == "fashion-mnist" and not args.latent_store
+    if args.train_split == TRAIN_MINUS_VAL and not fashion:
+        raise ValueError("--train-split train-minus-val holds out the Fashion-MNIST validation split; an ImageFolder or "
+                         "a latent store trains on all its images (leave --train-split out)")
+    train_split = (args.train_split or TRAIN_MINUS_VAL) if fashion else "train"
     if args.latent_store:
         from core.data.latent_store import LatentStore
 
@@ -169,17 +176,17 @@ def _cmd_train_latent_model(args: argparse.Namespace) -> None:
         latents = store.as_latent_set(max_bytes=int(args.store_max_gib * 2**30))
         provenance = {"vae": str(store.index.get("vae", "")), "vae_fingerprint": store.vae_fingerprint,
                       "dataset": str(store.index.get("dataset", "")), "dataset_fingerprint": store.dataset_fingerprint,
-                      "latent_store": portable(args.latent_store)}
+                      "latent_store": portable(args.latent_store), "train_split": train_split}
     else:
         dataset, vae, latents = encode_split(args, "train")
-        if args.dataset == "fashion-mnist" and args.train_split == "train-minus-val":
+        if train_split == TRAIN_MINUS_VAL:
             from core.data.datasets import training_rows
 
             rows = training_rows(dataset.labels)
             latents = latents.subset(rows, dataset.subset(rows).fingerprint)
         provenance = {"vae": portable(args.vae), "vae_fingerprint": vae.fingerprint, "dataset": args.dataset,
                       "dataset_fingerprint": latents.dataset_fingerprint,
-                      "train_split": args.train_split if args.dataset == "fashion-mnist" else "train"}
+                      "train_split": train_split}
     provenance["model_preset"] = model
     print(f"{args.command}: {model} on {len(latents)} latents of shape {latents.latent_shape}, {latents.num_classes} "
           f"classes; {device}, precision {config.precision}{', gradient checkpointing' if config.grad_checkpointing else ''}",

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from core.config import TRAIN_MINUS_VAL
 from core.errors import DatasetNotFoundError, ImageReadError
 
 FASHION_MNIST_ENV = "FASHION_MNIST_DIR"
@@ -134,8 +135,14 @@ def _download_with_torchvision(root: Path) -> bool:
     return True
 
 
-VALIDATION_PER_CLASS, VALIDATION_SEED = 500, 0
-SPLITS = ("train", "test", "val", "train-minus-val")
+VALIDATION_PER_CLASS, VALIDATION_SEED = 500, 0  # TRAIN_MINUS_VAL (core.config): the split without them
+SPLITS = ("train", "test", "val", TRAIN_MINUS_VAL)
+
+
+def holds_out_validation(name: str) -> bool:
+    """True for the name of a dataset that has its validation split held out (``hold_out_validation``,
+    ``load_fashion_mnist('train-minus-val')``): students trained on it never see a validation image."""
+    return name.endswith("-minus-val")
 
 
 def validation_indices(labels: np.ndarray, per_class: int = VALIDATION_PER_CLASS, seed: int = VALIDATION_SEED) -> np.ndarray:

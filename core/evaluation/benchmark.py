@@ -13,7 +13,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from core.config import BENCH_METHODS, PROTOCOLS, STUDENT_ARCHITECTURES, DistillConfig, GuidanceConfig, config_hash
+from core.config import (
+    BENCH_METHODS,
+    PROTOCOLS,
+    STUDENT_ARCHITECTURES,
+    TRAIN_MINUS_VAL,
+    DistillConfig,
+    GuidanceConfig,
+    config_hash,
+)
+from core.data.datasets import holds_out_validation
 from core.evaluation.assess import (
     RealReference,
     assess,
@@ -21,7 +30,7 @@ from core.evaluation.assess import (
     reference_cache_file,
     teacher_accuracy_of,
 )
-from core.evaluation.ranking import robustness_scores
+from core.evaluation.ranking import RankingBaseline
 from core.evaluation.students import evaluate_set, protocol_config
 from core.io import write_json
 from core.pipeline.distill import DistillEngine, LocalExecutor, distill
@@ -58,7 +67,7 @@ class BenchConfig:
     protocols: tuple[str, ...] = ("hard", "hard-dsa", "soft-online")
     epochs: int = 300
     real_per_class: int = 1000
-    pool: str = "train-minus-val"
+    pool: str = TRAIN_MINUS_VAL
     whole_data: bool = True
     whole_data_epochs: int = 4
     whole_data_seeds: int = 1
@@ -83,8 +92,8 @@ class BenchConfig:
         bad = [a for a in self.architectures if a not in STUDENT_ARCHITECTURES]
         if bad:
             raise ValueError(f"unknown student architectures {bad}; choose from {', '.join(STUDENT_ARCHITECTURES)}")
-        if self.pool not in ("train", "train-minus-val"):
-            raise ValueError(f"pool must be 'train' or 'train-minus-val', got {self.pool!r}")
+        if self.pool not in ("train", TRAIN_MINUS_VAL):
+            raise ValueError(f"pool must be 'train' or {TRAIN_MINUS_VAL!r}, got {self.pool!r}")
         if min(self.seeds, self.epochs, self.whole_data_epochs, self.whole_data_seeds) < 1 or not self.ipcs:
             raise ValueError("seeds and epochs must be >= 1 and at least one IPC given")
 
@@ -106,8 +115,8 @@ class Bench:
     results: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        held_out = self.engine.dataset.name.endswith("-minus-val")
-        if held_out != (self.config.pool == "train-minus-val"):
+        held_out = holds_out_validation(self.engine.dataset.name)
+        if held_out != (self.config.pool == TRAIN_MINUS_VAL):
             raise ValueError(f"the benchmark's pool is {self.config.pool!r} but the engine holds "
                              f"{self.engine.dataset.name!r}" + ("" if held_out else
                              "; hold the validation split out first (core.pipeline.distill.hold_out_validation)"))
@@ -283,19 +292,27 @@ class Bench:
         for steps in (2, 4, 8, 16):
             dc = self.distill_config("pgfm", ipc, sampler=replace(self.config.distill.sampler, steps=steps))
             self.log(f"[efficiency pgfm steps={steps}]")
-            self.cell(f"efficiency/pgfm/steps{steps}", "pgfm", dc, ("hard",), self.config.sweep_seeds)
+            self.cell(f"efficiency/ipc{ipc}/pgfm/steps{steps}", "pgfm", dc, ("hard",), self.config.sweep_seeds)
         for steps in (10, 25, 50, 100):
             dc = self.distill_config("diffusion-mg", ipc, diffusion=replace(self.config.distill.diffusion, steps=steps))
             self.log(f"[efficiency diffusion-mg steps={steps}]")
-            self.cell(f"efficiency/diffusion-mg/steps{steps}", "diffusion-mg", dc, ("hard",), self.config.sweep_seeds)
+            self.cell(f"efficiency/ipc{ipc}/diffusion-mg/steps{steps}", "diffusion-mg", dc, ("hard",),
+                      self.config.sweep_seeds)
 
 
-def run_benchmark(bench: Bench, teacher_accuracy: float | None = None) -> dict:
+def run_benchmark(bench: Bench, teacher_accuracy: float | None = None, teacher_train_split: str = "train") -> dict:
+    """Run the configured stages (resuming finished cells), then write RESULTS.md and the plots.
+    ``teacher_train_split``: what the teacher was trained on (its training.json; ``train`` when it predates
+    the validation split), said in the report."""
     bench.out.mkdir(parents=True, exist_ok=True)
     bench.load()
-    bench.results["meta"] = {"config": asdict(bench.config), "teacher_test_accuracy": teacher_accuracy,
-                             "pool": {"name": bench.engine.dataset.name, "images": len(bench.engine.dataset)},
-                             "selection_split": "validation", "report_split": "test"}
+    meta = bench.results.setdefault("meta", {})
+    # ``config`` describes the main table (its seeds and epochs): a run of other stages alone keeps it
+    if bench.config.main or "config" not in meta:
+        meta["config"] = asdict(bench.config)
+    meta.update(teacher_test_accuracy=teacher_accuracy, teacher_train_split=teacher_train_split,
+                selection_split="validation", report_split="test",
+                pool={"name": bench.engine.dataset.name, "images": len(bench.engine.dataset)})
     t0 = time.perf_counter()
     if bench.config.main:
         bench.run_main()
@@ -347,9 +364,11 @@ def sweeps(results: dict) -> dict[int, dict[str, dict]]:
 
 
 def best_sweep_setting(results: dict, ipc: int) -> tuple[str, dict, str] | None:
-    """The PGFM sweep variant at ``ipc`` with the highest validation accuracy: (name, cell, protocol)."""
-    protocol = results.get("meta", {}).get("config", {}).get("sweep_protocol", "hard")
-    sweep = {k: c for k, c in sweeps(results).get(ipc, {}).items() if protocol in c and c["method"] == "pgfm"}
+    """The PGFM sweep variant at ``ipc`` with the highest validation accuracy: (name, cell, protocol), under
+    the protocol that the IPC's sweep cells were evaluated with (the first of PROTOCOLS they share)."""
+    variants = sweeps(results).get(ipc, {})
+    protocol = next((p for p in PROTOCOLS if variants and all(p in c for c in variants.values())), None)
+    sweep = {k: c for k, c in variants.items() if protocol in c and c["method"] == "pgfm"}
     if not sweep:
         return None
     name = max(sweep, key=lambda k: sweep[k][protocol]["accuracy_mean"])
@@ -358,19 +377,14 @@ def best_sweep_setting(results: dict, ipc: int) -> tuple[str, dict, str] | None:
 
 def ranking_rows(results: dict) -> list[dict]:
     """DD-Ranking scores (core.evaluation.ranking) of every main cell that has a random-real cell at its IPC."""
-    cells = results["cells"]
-    whole = cells.get("whole/convnet")
+    baseline = RankingBaseline.from_results(results)
+    if baseline is None:
+        return []
     rows = []
-    for name, c in sorted(cells.items(), key=lambda kv: (kv[1].get("ipc", 0), kv[0])):
-        if not name.startswith("main/") or c["method"] == "random":
-            continue
-        random = cells.get(f"main/random/ipc{c['ipc']}")
-        if random is None:
-            continue
-        accuracy = {p: c[p]["accuracy_mean"] for p in PROTOCOLS if p in c}
-        random_accuracy = {p: random[p]["accuracy_mean"] for p in PROTOCOLS if p in random}
-        rows.append({"method": c["method"], "ipc": c["ipc"],
-                     **robustness_scores(accuracy, random_accuracy, _mean(whole, "hard"))})
+    for name, c in sorted(results["cells"].items(), key=lambda kv: (kv[1].get("ipc", 0), kv[0])):
+        if name.startswith("main/") and c["method"] != "random" and c["ipc"] in baseline.random:
+            accuracy = {p: c[p]["accuracy_mean"] for p in PROTOCOLS if p in c}
+            rows.append({"method": c["method"], "ipc": c["ipc"], **baseline.scores(c["ipc"], accuracy)})
     return rows
 
 
@@ -420,9 +434,11 @@ def write_report(results: dict, out: Path) -> Path:
               "section 5); they were not produced by this project and sit in the `hard-dsa` table, the protocol "
               "they used."]
     if meta.get("teacher_test_accuracy") is not None:
-        lines += ["", f"The shipped teacher (ConvNet-3 trained on all 60k training images, validation split included, "
-                      f"with its own recipe: `assets/teacher/training.json`) reaches {100 * meta['teacher_test_accuracy']:.2f}% "
-                      "test accuracy; it labels the batches of `soft-online`."]
+        seen = ("all 60k training images, validation split included" if meta.get("teacher_train_split", "train") == "train"
+                else "the training images without the validation split")
+        lines += ["", f"The shipped teacher (ConvNet-3 trained on {seen}, with its own recipe: "
+                      f"`assets/teacher/training.json`) reaches {100 * meta['teacher_test_accuracy']:.2f}% test accuracy; "
+                      "it labels the batches of `soft-online`."]
     if "pgfm" in methods and "random" in methods:
         lines += ["", "## PGFM against random real images", "",
                   "Test accuracy of PGFM minus that of random real images, same protocol and IPC (points):", "",
@@ -444,8 +460,9 @@ def write_report(results: dict, out: Path) -> Path:
         lines += ["", "## DD-Ranking scores", "",
                   "IOR: improvement over random real under a protocol (points); HLR: hard-label recovery, whole-data "
                   "`hard` accuracy minus the set's (points, lower is better); LRS (label-robust, own protocol "
-                  "`soft-online`) and ARS (augmentation-robust, `hard` and `hard-dsa`) on 0–100, 26.9 = no better "
-                  "than random real (definitions: DESIGN.md 4b).", "",
+                  "`soft-online`) and ARS (augmentation-robust, `hard` and `hard-dsa`) on 0–100; ARS 26.9 = no "
+                  "better than random real, LRS 26.9 = a gain over random real equal to the HLR (definitions: "
+                  "DESIGN.md 4b).", "",
                   "| method | IPC | IOR hard | IOR hard-dsa | IOR soft-online | HLR | LRS | ARS |", "|" + "---|" * 8]
         for r in ranking:
             score = lambda k: "–" if k not in r else f"{r[k]:.1f}"  # noqa: E731
@@ -495,13 +512,14 @@ def write_report(results: dict, out: Path) -> Path:
             lines.append(f"| {k} | {_acc(c, protocol)} | {gap} | {100 * c['metrics']['mode_coverage']:.1f}% | "
                          f"{'–' if landing is None else f'{landing:.4f}'} |")
         lines += ["", f"Best PGFM setting on validation at IPC {ipc}: **{name}** ({_acc(cell, protocol)})."]
-    eff = {k: c for k, c in cells.items() if k.startswith("efficiency/")}
+    eff = {k: c for k, c in cells.items() if k.startswith("efficiency/ipc")}
     if eff:
         lines += ["", "## Efficiency (test accuracy vs NFE, `hard`)", "",
-                  "| sampler | NFE/image | s/image | accuracy |", "|---|---|---|---|"]
+                  "| IPC | sampler | NFE/image | s/image | accuracy |", "|---|---|---|---|---|"]
         for k, c in eff.items():
-            lines.append(f"| {k[11:]} | {c['metrics']['nfe_per_image']} | {c['metrics']['seconds_per_image']:.4f} | "
-                         f"{_acc(c, 'hard')} |")
+            _, ipc, sampler = k.split("/", 2)
+            lines.append(f"| {ipc[3:]} | {sampler} | {c['metrics']['nfe_per_image']} | "
+                         f"{c['metrics']['seconds_per_image']:.4f} | {_acc(c, 'hard')} |")
     lines += ["", "## Compute", "", "Seconds per ConvNet-3 student (train and test one seed; mean over the main "
               "cells' students):", "", "| protocol | " + " | ".join(f"IPC {i}" for i in ipcs) + " |",
               "|" + "---|" * (1 + len(ipcs))]
@@ -563,14 +581,15 @@ def write_plots(results: dict, out: Path) -> list[Path]:
         ax.plot(xs, [100 * lam[x]["metrics"]["mode_coverage"] for x in xs], "o-")
         ax.set(xlabel="guidance strength λ", ylabel="mode coverage (%)", title=f"Mode coverage vs λ (PGFM, IPC {ipc})")
         written.append(_save(fig, out / f"coverage_vs_lambda_ipc{ipc}.png"))
-    eff = {k: c for k, c in cells.items() if k.startswith("efficiency/")}
+    eff = {k.split("/", 2)[1:]: c for k, c in cells.items() if k.startswith("efficiency/ipc")}
     if eff:
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for name in ("pgfm", "diffusion-mg"):
-            pts = sorted((c["metrics"]["nfe_per_image"], 100 * c["hard"]["accuracy_mean"])
-                         for k, c in eff.items() if k.startswith(f"efficiency/{name}/"))
-            if pts:
-                ax.plot(*zip(*pts), "o-", label=name)
+        for ipc in sorted({i for i, _ in eff}):
+            for name in ("pgfm", "diffusion-mg"):
+                pts = sorted((c["metrics"]["nfe_per_image"], 100 * c["hard"]["accuracy_mean"])
+                             for (i, sampler), c in eff.items() if i == ipc and sampler.startswith(f"{name}/"))
+                if pts:
+                    ax.plot(*zip(*pts), "o-", label=f"{name} IPC {ipc[3:]}")
         ax.set(xscale="log", xlabel="NFE per image", ylabel="test accuracy (%)", title="Accuracy vs NFE")
         ax.legend()
         written.append(_save(fig, out / "accuracy_vs_nfe.png"))

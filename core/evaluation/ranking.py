@@ -5,7 +5,8 @@ Accuracies are fractions in [0, 1], all at the same IPC with the same student:
 - HLR = acc(whole training set, hard) - acc(set, hard): hard-label recovery (lower is better);
 - LRS = 100 (e^a - e^-1) / (e - e^-1), a = IOR(p_own)/2 - HLR/2: label-robust score;
 - ARS = 100 (e^b - e^-1) / (e - e^-1), b = IOR(hard-dsa)/2 + IOR(hard)/2: augmentation-robust score.
-a and b lie in [-1, 1], so both scores lie in [0, 100]; a set no better than random real (a or b = 0) scores 26.9.
+a and b lie in [-1, 1], so both scores lie in [0, 100]. a = 0 or b = 0 scores 26.9: for ARS that is a set no
+better than random real under either protocol; for LRS a set whose gain over random real equals its HLR.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-# The protocol a method's LRS uses as its own: generative and relabelled sets are reported with soft-online.
+# The protocol a method's LRS uses as its own. DESIGN.md 4b: the one the method is reported under; every
+# method of this project is a generative or relabelled set reported with soft-online, so one constant serves.
 OWN_PROTOCOL = "soft-online"
 
 

@@ -18,7 +18,6 @@ import statistics
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
@@ -215,19 +214,20 @@ def evaluate_set(images: torch.Tensor, labels: np.ndarray, test: LabelledImages,
         if not config.relabel:
             soft = teacher.soft_labels(images, config.temperature)
     accuracies, seconds = [], []
-    # A seed's share of the progress bar: training fills 1 - TEST_SHARE of it, then the test pass the rest.
-    train_share = 1.0 - TEST_SHARE
+    n = len(config.seeds)
     for k, seed in enumerate(config.seeds):
         t0 = time.perf_counter()
+        # a seed's share of the bar: training fills 1 - TEST_SHARE of it, the test pass the rest
+        train_progress = test_progress = None
+        if progress is not None:
+            def train_progress(f: float, message: str, k: int = k) -> None:
+                progress((k + (1 - TEST_SHARE) * f) / n, message)
 
-        def seed_progress(fraction: float, message: str, k: int = k, offset: float = 0.0, share: float = train_share,
-                          prefix: str = "") -> None:
-            if progress is not None:
-                progress((k + offset + share * fraction) / len(config.seeds), prefix + message)
+            def test_progress(f: float, message: str, k: int = k, seed: int = seed) -> None:
+                progress((k + 1 - TEST_SHARE + TEST_SHARE * f) / n, f"seed {seed}: {message}")
 
-        model = train_student(images, labels, test.num_classes, config, seed, weights, soft, seed_progress, should_stop,
+        model = train_student(images, labels, test.num_classes, config, seed, weights, soft, train_progress, should_stop,
                               teacher)
-        test_progress = partial(seed_progress, offset=train_share, share=TEST_SHARE, prefix=f"seed {seed}: ")
         accuracies.append(test_accuracy(model, test, config.test_batch_size, config.autocast(), test_progress))
         seconds.append(time.perf_counter() - t0)
         if progress is not None:

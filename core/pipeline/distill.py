@@ -168,12 +168,16 @@ class LocalExecutor:
         return vae.decode(latents, DECODE_BATCH)
 
 
+def _require_in_memory(engine: DistillEngine, what: str) -> None:
+    if not isinstance(engine.latents, LatentSet):
+        raise ValueError(f"{what} needs the latents in memory (not a streamed latent store)")
+
+
 def cell_targets(engine: DistillEngine, quantization: list[ClassQuantization], offset: float, seed: int) -> torch.Tensor:
     """Guidance targets moved from each prototype toward one real latent of its k-means cell:
     p + offset · (z − p), z drawn uniformly from the cell (class c from stream [seed, c]; an empty cell keeps
     p). (sum K_c, *latent_shape), in the order of the quantization's prototypes."""
-    if not isinstance(engine.latents, LatentSet):
-        raise ValueError("cell_offset needs the latents in memory (not a streamed store)")
+    _require_in_memory(engine, "cell_offset")
     targets = []
     for q in quantization:
         members = engine.latents.latents[torch.from_numpy(engine.latents.labels == q.label)]
@@ -262,11 +266,10 @@ def hold_out_validation(engine: DistillEngine) -> DistillEngine:
     """``engine`` on its training split minus the validation split (DESIGN.md section 4b;
     ``core.data.datasets.validation_indices``): random, DDOQ and the prototypes then draw only from images
     students may see. The latents are the cached ones, subset (no re-encoding); the generators are shared."""
-    from core.data.datasets import training_rows
+    from core.data.datasets import holds_out_validation, training_rows
 
-    if not isinstance(engine.latents, LatentSet):
-        raise ValueError("holding out the validation split needs the latents in memory (not a streamed store)")
-    if engine.dataset.name.endswith("-minus-val"):
+    _require_in_memory(engine, "holding out the validation split")
+    if holds_out_validation(engine.dataset.name):
         raise ValueError(f"{engine.dataset.name}: the validation split is already held out")
     if not np.array_equal(engine.latents.labels, engine.dataset.labels):
         raise ValueError("the engine's latents are not row-aligned with its dataset; cannot hold out by index")

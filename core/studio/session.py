@@ -116,7 +116,7 @@ def covering_counts(run: Run) -> dict[int, np.ndarray]:
 def _decoded_prototypes(studio: Studio, dset: DistilledSet) -> torch.Tensor:
     """VAE decodes of the set's prototypes, remembered per quantization (reused while only the sampler
     changes; the engine memoises quantizations, so the same list object comes back)."""
-    key = id(dset.quantization)
+    key = (id(dset.quantization), dset.config.cell_offset)   # pgfm's cell offset moves the targets off the centroids
     cached = studio.decoded_prototypes.get(key)
     if cached is None or cached[0] is not dset.quantization:
         cached = (dset.quantization, studio.engine.vae.decode(dset.prototypes))
@@ -211,7 +211,8 @@ def run_row(run: Run, baseline: RankingBaseline | None = None) -> dict:
     if baseline is not None:
         comparable = {e["protocol"]: e["accuracy_mean"] for e in run.evaluations
                       if e["architecture"] == "convnet" and e["epochs"] == baseline.epochs}
-        scores = baseline.scores(run.config.ipc, comparable) if run.config.classes is None else {}
+        every_class = run.config.classes is None or set(run.config.classes) == set(range(len(run.dset.class_names)))
+        scores = baseline.scores(run.config.ipc, comparable) if every_class else {}
         row["LRS"] = round(scores["lrs"], 1) if "lrs" in scores else None
         row["ARS"] = round(scores["ars"], 1) if "ars" in scores else None
     return row

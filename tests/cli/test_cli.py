@@ -49,3 +49,12 @@ def test_help_and_a_mistyped_option_import_no_torch():
         assert not {"torch", "diffusers", "sklearn"} & imported, (args, {"torch", "diffusers", "sklearn"} & imported)
         if "--methd" in args:
             assert out.returncode == 2 and "error: unrecognized arguments: --methd" in out.stderr
+
+
+def test_train_split_holds_out_fashion_mnist_validation_only(tmp_path, capsys):
+    from core.cli.main import main
+
+    assert main(["train-flow", "--dataset", "imagefolder", "--data-dir", str(tmp_path), "--train-split",
+                 "train-minus-val", "--out", str(tmp_path / "flow")]) == 2
+    assert "an ImageFolder or a latent store trains on all its images" in capsys.readouterr().err
+    assert not (tmp_path / "flow").exists()

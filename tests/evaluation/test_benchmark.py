@@ -193,11 +193,15 @@ def test_benchmark_under_protocols_writes_whole_data_ranking_and_cross_architect
 
 
 def test_a_cell_of_another_pool_is_recomputed(bench_parts):
+    from core.config import config_hash
+
     engine, teacher, test, out, config = bench_parts
     config = replace(config, methods=("random",), ipcs=(1,))
     run_benchmark(Bench(engine, teacher, test, out, config, log=lambda m: None))
     saved = json.loads((out / "results.json").read_text())
-    saved["cells"]["main/random/ipc1"]["hash"] = "of-a-full-train-pool"   # as a cell of an older run would be
+    cell = saved["cells"]["main/random/ipc1"]
+    cell["spec"]["pool"] = "train-minus-val"            # the same cell, as a run on the other pool keyed it
+    cell["hash"] = config_hash(cell["spec"])
     (out / "results.json").write_text(json.dumps(saved))
     messages = []
     run_benchmark(Bench(engine, teacher, test, out, config, log=messages.append))

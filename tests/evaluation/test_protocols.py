@@ -117,3 +117,11 @@ def test_evaluate_command_takes_a_protocol(tmp_path, capsys):
     assert saved["protocol"] == "soft-online" and saved["config"]["relabel"] is True and saved["split"] == "test"
     assert main(["evaluate", str(out), "--split", "val", "--epochs", "1", "--seeds", "1"]) == 0
     assert "tested on their 1000 validation images" in (text := capsys.readouterr().out) and "validation accuracy" in text
+    full = tmp_path / "full"
+    assert main(["distill", "--method", "random", "--ipc", "1", "--classes", "0,1", "--pool", "train", "--out", str(full)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["models"]["pool"] == "fashion-mnist-train-minus-val"   # distill holds the split out by default
+    assert json.loads((full / "manifest.json").read_text())["models"]["pool"] == "fashion-mnist-train"
+    capsys.readouterr()
+    assert main(["evaluate", str(full), "--split", "val", "--epochs", "1", "--seeds", "1"]) == 2
+    assert "includes the validation images" in capsys.readouterr().err   # refused before any training

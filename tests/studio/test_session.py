@@ -7,6 +7,7 @@ import zipfile
 from dataclasses import replace
 
 import numpy as np
+import torch
 import pytest
 
 from core.config import PROTOCOLS, DistillConfig
@@ -91,8 +92,14 @@ def test_run_table_gives_lrs_and_ars_against_the_benchmarks_random_real_and_whol
     assert row["ARS"] == round(robustness_scores(acc, {"hard": 0.5, "hard-dsa": 0.4}, 0.9)["ars"], 1)
     evaluate_run(studio, run, EvalConfig(epochs=1, seeds=(0,), width=8, **PROTOCOLS["soft-online"]))
     assert run_row(run, baseline)["LRS"] is not None and 0 <= run_row(run, baseline)["LRS"] <= 100
+    ars = run_row(run, baseline)["ARS"]
     evaluate_run(studio, run, EvalConfig(epochs=2, seeds=(0,), width=8))   # other epochs than the benchmark's
     assert run_row(run, baseline)["accuracy (hard)"] == round(100 * run.evaluations[-1]["accuracy_mean"], 2)
+    assert run_row(run, baseline)["ARS"] == ars   # ...shown, but not compared with the benchmark's students
+    every = run_once(studio, pgfm(classes=(0, 1, 2)))   # the app names every class explicitly
+    for protocol in ("hard", "hard-dsa"):
+        evaluate_run(studio, every, EvalConfig(epochs=1, seeds=(0,), width=8, **PROTOCOLS[protocol]))
+    assert run_row(every, baseline)["ARS"] is not None
     subset = run_once(studio, pgfm(classes=(0, 1)))
     evaluate_run(studio, subset, EvalConfig(epochs=1, seeds=(0,), width=8))
     assert run_row(subset, baseline)["ARS"] is None   # the benchmark's random real covers all classes
@@ -213,3 +220,11 @@ def test_a_deferred_w2_arrives_from_the_runs_background_job(studio):
     direct = run_once(studio, pgfm())
     assert run.metrics["w2_latent_mean"] == direct.metrics["w2_latent_mean"] and direct.w2_job is None
     assert {k for k in run.metrics} == {k for k in direct.metrics}
+
+
+def test_decoded_prototypes_follow_the_cell_offset(studio):
+    centroid = run_once(studio, pgfm())
+    moved = run_once(studio, pgfm(cell_offset=1.0))
+    assert moved.dset.quantization is centroid.dset.quantization   # one cached quantization...
+    assert torch.equal(moved.prototype_images, studio.engine.vae.decode(moved.dset.prototypes))   # ...its own targets
+    assert not torch.equal(moved.prototype_images, centroid.prototype_images)
