@@ -7,8 +7,8 @@ import zipfile
 from dataclasses import replace
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from core.config import PROTOCOLS, DistillConfig
 from core.evaluation.assess import build_reference
