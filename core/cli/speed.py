@@ -3,6 +3,8 @@ solver orders."""
 from __future__ import annotations
 
 import argparse
+import time
+from dataclasses import replace
 
 from core.cli.options import (
     add_engine,
@@ -10,6 +12,7 @@ from core.cli.options import (
     model_spec,
     set_option,
 )
+from core.config import STUDENT_ARCHITECTURES, TEACHER_DIR
 
 
 def add_parsers(add) -> None:
@@ -31,6 +34,14 @@ def add_parsers(add) -> None:
     g.add_argument("--throughput-only", action="store_true",
                    help="skip the engine figures, which need the dataset: only --vae (at --resolution) and --flow "
                         "are loaded, e.g. an SD-VAE at 256 px and SiT-XL-2-256x256.pt")
+
+    p = add("bench-student", "Time one student training step (ConvNet-3 on 32 px, 10 classes) under each protocol and "
+            "precision, and the seconds a 300-epoch student trains at IPC 1, 10 and 50.", _cmd_bench_student)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per setting, after 3 warm-up steps (default 20)")
+    p.add_argument("--architecture", default="convnet", choices=list(STUDENT_ARCHITECTURES))
+    p.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50], help="IPC values at 10 classes (default 1 10 50)")
+    p.add_argument("--teacher", default=str(TEACHER_DIR), help="labels the soft-online batches")
+    p.add_argument("--json", default=None)
 
     p = add("bench-engine", "Print per-class W2 (weighted vs uniform), PGFM landing errors and solver orders.",
             _cmd_bench_engine)
@@ -139,6 +150,57 @@ def _cmd_bench_engine(args: argparse.Namespace) -> None:
     for solver, r in report["solver_orders"].items():
         print(f"  {solver:<8} nominal {r['nominal_order']}  steps {r['steps']}  error {r['rms_error']}  "
               f"observed order {r['observed_order']}")
+    if args.json:
+        write_json(args.json, report)
+        print(f"report written to {args.json}")
+
+
+def _cmd_bench_student(args: argparse.Namespace) -> None:
+    """Seconds per student step by protocol and precision, measured through ``train_student`` itself (so DSA
+    and the teacher's relabelling are included), and the 300-epoch student time they imply per IPC."""
+    import math
+
+    import numpy as np
+    import torch
+
+    from core.device import cpu_bf16_supported
+    from core.evaluation.students import protocol_config, train_student
+    from core.io import write_json
+    from core.models.loading import load_teacher
+    from core.models.spec import ModelSpec
+
+    if args.steps < 1 or min(args.ipc) < 1:
+        raise ValueError("--steps and --ipc must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    teacher = load_teacher(ModelSpec(teacher=args.teacher))
+    rng = np.random.default_rng(0)
+    precisions = ["fp32"] + (["bf16"] if cpu_bf16_supported() else [])
+    rows = []
+    print(f"student step: {args.architecture} on 1x32x32, 10 classes, {torch.get_num_threads()} torch threads; median of "
+          f"{args.steps} epochs of one batch (10·IPC images, at most 256)")
+    for protocol in ("hard", "hard-dsa", "soft-online"):
+        for precision in precisions:
+            config = protocol_config(protocol, architecture=args.architecture, precision=precision, epochs=1, seeds=(0,))
+            row = {"protocol": protocol, "precision": precision, "seconds_per_step": {}, "train_seconds_300_epochs": {}}
+            for ipc in args.ipc:
+                batch = min(256, 10 * ipc)
+                images = torch.from_numpy(rng.uniform(-1, 1, (batch, 1, 32, 32)).astype(np.float32))
+                labels = np.arange(batch) % 10
+                train_student(images, labels, 10, replace(config, epochs=3), 0, teacher=teacher)   # warm-up
+                times = []
+                for k in range(args.steps):
+                    t0 = time.perf_counter()
+                    train_student(images, labels, 10, config, k, teacher=teacher)
+                    times.append(time.perf_counter() - t0)
+                step = float(np.median(times))
+                row["seconds_per_step"][ipc] = round(step, 4)
+                row["train_seconds_300_epochs"][ipc] = round(300 * math.ceil(10 * ipc / batch) * step, 1)
+            rows.append(row)
+            print(f"  {protocol:<12} {precision:<5} ms/step " + " / ".join(
+                f"{1000 * row['seconds_per_step'][i]:.0f}" for i in args.ipc) + " -> 300 epochs: " + ", ".join(
+                f"IPC {i} {row['train_seconds_300_epochs'][i]:.0f} s" for i in args.ipc) + " (training; the test adds)")
+    report = {"threads": torch.get_num_threads(), "architecture": args.architecture, "rows": rows}
     if args.json:
         write_json(args.json, report)
         print(f"report written to {args.json}")

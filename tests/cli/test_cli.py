@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ def test_help_lists_commands():
     out = run("--help")
     assert out.returncode == 0
     for command in ("train-vae", "train-teacher", "train-flow", "train-diffusion", "encode", "distill",
-                    "evaluate", "bench", "bench-speed", "bench-engine", "bench-startup", "eval-models"):
+                    "evaluate", "bench", "bench-speed", "bench-student", "bench-engine", "bench-startup", "eval-models"):
         assert command in out.stdout
 
 
@@ -58,3 +59,15 @@ def test_train_split_holds_out_fashion_mnist_validation_only(tmp_path, capsys):
                  "train-minus-val", "--out", str(tmp_path / "flow")]) == 2
     assert "an ImageFolder or a latent store trains on all its images" in capsys.readouterr().err
     assert not (tmp_path / "flow").exists()
+
+
+def test_bench_student_times_every_protocol(tmp_path, capsys):
+    from core.cli.main import main
+
+    report = tmp_path / "student.json"
+    assert main(["bench-student", "--steps", "1", "--ipc", "1", "--threads", "1", "--json", str(report)]) in (0, None)
+    rows = json.loads(report.read_text())["rows"]
+    assert {r["protocol"] for r in rows} == {"hard", "hard-dsa", "soft-online"}
+    assert all(r["seconds_per_step"]["1"] > 0 and r["train_seconds_300_epochs"]["1"] >= 300 * r["seconds_per_step"]["1"] - 0.1
+               for r in rows)
+    assert "ms/step" in capsys.readouterr().out
