@@ -17,8 +17,23 @@ from core.studio.jobs import BackgroundJob
 from core.studio.session import Run, RunHistory, Studio, load_studio, run_once
 
 
+def app_threads() -> int:
+    """Torch threads of the app's process: $DISTILL_STUDIO_THREADS, else one core fewer than the machine has
+    (at least 1). The server shares the machine with the browser; on 2 cores two torch threads made guided
+    sampling several times slower under that load (MACHINE-NOTES), and scripts/bench_app.py measures both."""
+    value = os.environ.get("DISTILL_STUDIO_THREADS", "")
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"DISTILL_STUDIO_THREADS must be a whole number >= 1, got {value!r}")
+        return int(value)
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _studio_job(source_json: str) -> BackgroundJob:
+    import torch
+
+    torch.set_num_threads(app_threads())   # process-wide; before any model runs
     source = json.loads(source_json)
     spec = ModelSpec(**source["models"]) if source["models"] else None
     return BackgroundJob(lambda progress: load_studio(spec, data_dir=source["data_dir"],
