@@ -201,10 +201,13 @@ class DistillConfig:
     # pgfm: guide each sample to prototype + cell_offset · (a random real latent of the prototype's k-means
     # cell − prototype): 0 = the centroid (the paper), 1 = a real latent of the cell (seeded by ``seed``)
     cell_offset: float = 0.0
+    # pgfm: K < IPC prototypes per class, the IPC samples allocated to them in proportion to their DDOQ cell
+    # masses (largest remainder, DESIGN.md section 3): several samples (different noise) per prototype
+    prototypes_per_class: int | None = None
 
     # Fields added after results were keyed by this config: recorded only when they differ from these
     # values, so the hash (benchmark cells, caches) of a config that does not use them stays what it was.
-    LATER_DEFAULTS: ClassVar[dict[str, Any]] = {"cell_offset": 0.0}
+    LATER_DEFAULTS: ClassVar[dict[str, Any]] = {"cell_offset": 0.0, "prototypes_per_class": None}
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -216,6 +219,9 @@ class DistillConfig:
         _check_finite("cell_offset", self.cell_offset)
         if not 0.0 <= self.cell_offset <= 1.0:
             raise ValueError(f"cell_offset must lie in [0, 1], got {self.cell_offset}")
+        k = self.prototypes_per_class
+        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.ipc):
+            raise ValueError(f"prototypes_per_class must be an integer in [1, ipc = {self.ipc}], got {k!r}")
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -263,7 +269,7 @@ def distill_config(options: Mapping[str, Any]) -> DistillConfig:
     a missing option takes its default). Keys: method, ipc, classes ("all", a string of names / ids or ids),
     seed; guidance, schedule, t_start, t_stop, trust_radius, t0; solver, steps, time_shift, cfg_scale, dtype,
     sample_batch_size; diffusion_steps, strength, mg_guidance, mg_stop; ddoq_t0, medoid, pgfm_weights,
-    cell_offset.
+    cell_offset, prototypes_per_class.
     ValueError (from the dataclasses) names what is invalid."""
     base, sampler, diffusion = DistillConfig(), SamplerConfig(), DiffusionSamplerConfig()
     o = {k: v for k, v in options.items() if v is not None}
@@ -282,6 +288,7 @@ def distill_config(options: Mapping[str, Any]) -> DistillConfig:
         pgfm_weights=bool(o.get("pgfm_weights", False)), record_trajectories=False,
         # only pgfm uses it: other methods keep the default, so their configs (and hashes) do not depend on it
         cell_offset=float(o.get("cell_offset", base.cell_offset)) if o.get("method", base.method) == "pgfm" else 0.0,
+        prototypes_per_class=o.get("prototypes_per_class") if o.get("method", base.method) == "pgfm" else None,
         sampler=SamplerConfig(solver=o.get("solver", sampler.solver), steps=o.get("steps", base.sampler.steps),
                               time_shift=o.get("time_shift", sampler.time_shift), cfg_scale=cfg, guidance=guidance,
                               t0=o.get("t0", sampler.t0), seed=seed, dtype=dtype, batch_size=batch),

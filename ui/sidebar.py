@@ -36,7 +36,7 @@ DEFAULTS = {"method": "pgfm", "ipc": 10, "guidance": DEFAULT_PGFM_GUIDANCE.stren
             "t_stop": DEFAULT_PGFM_GUIDANCE.t_stop, "t0": 0.0, "trust_radius": 0.0, "solver": "euler",
             "steps": SamplerConfig().steps, "cfg_scale": SamplerConfig().cfg_scale,
             "diffusion_steps": DiffusionSamplerConfig().steps, "seed": 0, "projection": "PCA", "auto_apply": True,
-            "cell_offset": 0.0}
+            "cell_offset": 0.0, "prototypes_per_class": 0}
 
 
 EMBEDDED, CUSTOM = "Fashion-MNIST (embedded)", "Latent store + models"
@@ -114,6 +114,9 @@ def render(studio: Studio) -> tuple[DistillConfig | None, str | None]:
                       help="start the ODE at t₀ from the prototype mixed with noise instead of pure noise (0 = off)")
             st.slider("Trust radius r (0 = none)", 0.0, 2.0, step=0.05, key="trust_radius", disabled=not pgfm,
                       help="caps the guidance step at r latent RMS units")
+            st.number_input("Prototypes per class (0 = IPC)", 0, 100_000, step=1, key="prototypes_per_class",
+                            disabled=not pgfm, help="fewer prototypes than IPC: each gets several samples, as many as "
+                                                    "its k-means cell's share of the class (0: one per sample)")
             st.slider("Target inside the cell", 0.0, 1.0, step=0.05, key="cell_offset", disabled=not pgfm,
                       help="0: guide to the k-means centroid; 1: to a random real latent of the centroid's cell "
                            "(more diversity at high IPC); in between: the point that far along")
@@ -141,7 +144,8 @@ def render(studio: Studio) -> tuple[DistillConfig | None, str | None]:
                 "method": method, "ipc": int(state.ipc), "classes": tuple(names.index(c) for c in chosen),
                 "seed": int(state.seed), "guidance": state.guidance, "schedule": state.schedule,
                 "t_start": state.t_start, "t_stop": state.t_stop, "trust_radius": state.trust_radius or None,
-                "t0": state.t0, "cell_offset": state.cell_offset, "solver": state.solver, "steps": int(state.steps),
+                "t0": state.t0, "cell_offset": state.cell_offset, "prototypes_per_class": int(state.prototypes_per_class) or None,
+                "solver": state.solver, "steps": int(state.steps),
                 "cfg_scale": float(state.cfg_scale),
                 "diffusion_steps": int(state.diffusion_steps)})
         except ValueError as exc:

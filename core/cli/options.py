@@ -183,6 +183,9 @@ def add_distill_options(p: argparse.ArgumentParser, single: bool = True) -> None
     g.add_argument("--cell-offset", type=float, default=None,
                    help="pgfm: guide each sample to prototype + OFFSET · (a random real latent of its k-means cell − "
                         "prototype), in [0, 1] (default 0: the centroid; 1: a real latent of the cell)")
+    g.add_argument("--prototypes-per-class", type=int, default=None, metavar="K",
+                   help="pgfm: K < IPC prototypes per class; the IPC samples are allocated to them in proportion to "
+                        "their DDOQ cell masses (largest remainder), several samples per prototype (default: K = IPC)")
     g.add_argument("--sample-batch-size", type=int, default=None, metavar="B",
                    help="rows per sampler batch, flow and diffusion (default 1024; lower it for large models on "
                         "small GPUs); under torchrun also the unit split across processes")

@@ -35,7 +35,7 @@ from core.data.datasets import LabelledImages
 from core.data.latent_cache import LatentSet
 from core.models.loading import model_present
 from core.models.vae import LatentAutoencoder
-from core.quantize.ddoq import ClassQuantization, QuantizeConfig, quantize
+from core.quantize.ddoq import ClassQuantization, QuantizeConfig, allocate_by_weight, quantize
 from core.quantize.streaming import StreamingLatents
 from core.transport.ddim import sample_diffusion
 from core.transport.sampler import SampleResult, Trajectories, sample
@@ -173,21 +173,24 @@ def _require_in_memory(engine: DistillEngine, what: str) -> None:
         raise ValueError(f"{what} needs the latents in memory (not a streamed latent store)")
 
 
-def cell_targets(engine: DistillEngine, quantization: list[ClassQuantization], offset: float, seed: int) -> torch.Tensor:
-    """Guidance targets moved from each prototype toward one real latent of its k-means cell:
-    p + offset · (z − p), z drawn uniformly from the cell (class c from stream [seed, c]; an empty cell keeps
-    p). (sum K_c, *latent_shape), in the order of the quantization's prototypes."""
+def cell_targets(engine: DistillEngine, quantization: list[ClassQuantization], prototype_ids: np.ndarray,
+                 offset: float, seed: int) -> torch.Tensor:
+    """Guidance targets moved from each sample's prototype toward one real latent of its k-means cell:
+    p + offset · (z − p), z drawn uniformly from the cell for each sample (class c from stream [seed, c], in
+    sample order; an empty cell keeps p). ``prototype_ids``: the samples' prototypes, class by class in the
+    quantization's order. Returns (N, *latent_shape)."""
     _require_in_memory(engine, "cell_offset")
     targets = []
-    for q in quantization:
+    for q, ids in zip(quantization, np.split(prototype_ids, len(quantization))):
         members = engine.latents.latents[torch.from_numpy(engine.latents.labels == q.label)]
         rng = np.random.default_rng([seed, q.label])
-        real = q.prototypes.clone()
-        for j in range(q.ipc):
+        centres = q.prototypes[torch.from_numpy(ids)]
+        real = centres.clone()
+        for row, j in enumerate(ids):
             cell = np.flatnonzero(q.assignments == j)
             if len(cell):
-                real[j] = members[int(rng.choice(cell))]
-        targets.append(q.prototypes + offset * (real - q.prototypes))
+                real[row] = members[int(rng.choice(cell))]
+        targets.append(centres + offset * (real - centres))
     return torch.cat(targets)
 
 
@@ -212,12 +215,23 @@ def distill(engine: DistillEngine, config: DistillConfig, executor: LocalExecuto
     t0 = time.perf_counter()
     if config.method != "fm":
         q_method = {"random": "random", "d4m": "d4m", "diffusion-d4m": "d4m"}.get(config.method, "ddoq")
-        quantization = executor.quantize(engine, classes, config, q_method)
-        prototypes = torch.cat([q.prototypes for q in quantization])
+        few = config.method == "pgfm" and config.prototypes_per_class not in (None, k)
+        q_config = replace(config, ipc=config.prototypes_per_class, prototypes_per_class=None) if few else config
+        quantization = executor.quantize(engine, classes, q_config, q_method)
+        if few:   # IPC samples over K < IPC prototypes, in proportion to the cells' DDOQ masses
+            counts = [allocate_by_weight(q.weights, k) for q in quantization]
+            prototype_ids = np.concatenate([np.repeat(np.arange(q.ipc), n) for q, n in zip(quantization, counts)])
+            prototypes = torch.cat([q.prototypes.repeat_interleave(torch.from_numpy(n), dim=0)
+                                    for q, n in zip(quantization, counts)])
+        else:
+            prototypes = torch.cat([q.prototypes for q in quantization])
         if config.method == "ddoq" or (config.method == "pgfm" and config.pgfm_weights):
-            weights = np.concatenate([q.weights * k for q in quantization])
+            # a cell's mass shared by its samples (one sample per cell unless ``few``), mean 1 per class
+            per_sample = [q.weights[ids] * k / np.bincount(ids, minlength=q.ipc)[ids]
+                          for q, ids in zip(quantization, np.split(prototype_ids, len(quantization)))]
+            weights = np.concatenate(per_sample)
         if config.method == "pgfm" and config.cell_offset > 0:
-            prototypes = cell_targets(engine, quantization, config.cell_offset, config.seed)
+            prototypes = cell_targets(engine, quantization, prototype_ids, config.cell_offset, config.seed)
     timings["quantize_s"] = time.perf_counter() - t0
 
     trajectories, nfe = None, 0

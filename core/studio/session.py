@@ -114,16 +114,17 @@ def covering_counts(run: Run) -> dict[int, np.ndarray]:
 
 
 def _decoded_prototypes(studio: Studio, dset: DistilledSet) -> torch.Tensor:
-    """VAE decodes of the set's prototypes, remembered per quantization (reused while only the sampler
-    changes; the engine memoises quantizations, so the same list object comes back)."""
-    key = (id(dset.quantization), dset.config.cell_offset)   # pgfm's cell offset moves the targets off the centroids
+    """VAE decodes of the set's per-sample prototypes, remembered by their bytes (reused while only the
+    sampler changes; a cell offset or another allocation of samples to prototypes decodes anew)."""
+    import hashlib
+
+    key = hashlib.blake2b(dset.prototypes.numpy().tobytes(), digest_size=16).hexdigest()
     cached = studio.decoded_prototypes.get(key)
-    if cached is None or cached[0] is not dset.quantization:
-        cached = (dset.quantization, studio.engine.vae.decode(dset.prototypes))
-        studio.decoded_prototypes[key] = cached
+    if cached is None:
+        cached = studio.decoded_prototypes[key] = studio.engine.vae.decode(dset.prototypes)
         while len(studio.decoded_prototypes) > 16:
             studio.decoded_prototypes.pop(next(iter(studio.decoded_prototypes)))
-    return cached[1]
+    return cached
 
 
 def run_once(studio: Studio, config: DistillConfig, defer_w2: bool = False) -> Run:
@@ -188,7 +189,8 @@ def run_parameters(config: DistillConfig) -> dict:
         params.update({"solver": s.solver, "steps": s.steps, "cfg": s.cfg_scale})
     if config.method == "pgfm":
         params.update({"λ": g.strength, "schedule": g.schedule, "window": f"[{g.t_start:g}, {g.t_stop:g}]",
-                       "t0": s.t0, "r": g.trust_radius, "cell offset": config.cell_offset})
+                       "t0": s.t0, "r": g.trust_radius, "cell offset": config.cell_offset,
+                       "prototypes": config.prototypes_per_class or config.ipc})
     if config.method.startswith("diffusion"):
         params.update({"steps": config.diffusion.steps})
     return params

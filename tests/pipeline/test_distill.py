@@ -147,7 +147,7 @@ def test_cell_offset_moves_pgfm_targets_toward_a_real_latent_of_each_cell(engine
 
     base = DistillConfig(method="pgfm", ipc=3)
     assert "cell_offset" not in base.to_dict()   # earlier keys (benchmark cells, caches) stay valid
-    assert config_hash(base) == config_hash({k: v for k, v in asdict(base).items() if k != "cell_offset"})
+    assert config_hash(base) == config_hash({k: v for k, v in asdict(base).items() if k not in base.LATER_DEFAULTS})
     centroid = distill(engine, base)
     real = distill(engine, DistillConfig(method="pgfm", ipc=3, cell_offset=1.0))
     half = distill(engine, DistillConfig(method="pgfm", ipc=3, cell_offset=0.5))
@@ -163,3 +163,30 @@ def test_cell_offset_moves_pgfm_targets_toward_a_real_latent_of_each_cell(engine
     assert "cell_offset" in real.config.to_dict()
     with pytest.raises(ValueError, match="cell_offset must lie in"):
         DistillConfig(method="pgfm", cell_offset=1.5)
+
+
+def test_fewer_prototypes_than_ipc_share_the_samples_by_cell_mass(engine):
+    from core.quantize.ddoq import allocate_by_weight
+
+    config = DistillConfig(method="pgfm", ipc=6, prototypes_per_class=2, pgfm_weights=True)
+    dset = distill(engine, config)
+    assert len(dset) == 18 and all(q.ipc == 2 for q in dset.quantization)
+    for c, q in zip((0, 1, 2), dset.quantization):
+        rows = np.flatnonzero(dset.labels == c)
+        counts = np.bincount(dset.prototype_ids[rows], minlength=2)
+        assert counts.tolist() == allocate_by_weight(q.weights, 6).tolist()
+        for j in range(2):   # every sample of a prototype is guided to it, from its own noise
+            same = rows[dset.prototype_ids[rows] == j]
+            assert all(torch.equal(dset.prototypes[i], q.prototypes[j]) for i in same)
+            if len(same) > 1:
+                assert not torch.equal(dset.latents[same[0]], dset.latents[same[1]])
+        assert dset.weights[rows].mean() == pytest.approx(1.0)   # the cell mass shared by its samples
+    assert dset.config.to_dict()["prototypes_per_class"] == 2
+    offset = distill(engine, DistillConfig(method="pgfm", ipc=6, prototypes_per_class=2, cell_offset=1.0))
+    for q in offset.quantization:   # each sample's own real latent of its prototype's cell
+        members = engine.latents.latents[torch.from_numpy(engine.latents.labels == q.label)].flatten(1)
+        for i in np.flatnonzero(offset.labels == q.label):
+            distance, nearest = (members - offset.prototypes[i].flatten()).norm(dim=1).min(0)
+            assert distance < 1e-4 and q.assignments[int(nearest)] == offset.prototype_ids[i]
+    with pytest.raises(ValueError, match="prototypes_per_class must be an integer in"):
+        DistillConfig(method="pgfm", ipc=3, prototypes_per_class=4)
