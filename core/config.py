@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
@@ -17,6 +18,17 @@ import numpy as np
 ASSETS = Path(__file__).resolve().parent.parent / "assets"   # the embedded default's shipped models
 VAE_DIR, FLOW_DIR, TEACHER_DIR = ASSETS / "vae", ASSETS / "flow", ASSETS / "teacher"
 DIFFUSION_DIR = ASSETS / "diffusion"
+CACHE_ENV = "DISTILL_CACHE"
+DEFAULT_CACHE = ASSETS.parent / ".cache"
+
+
+def cache_dir(path: str | Path | None = None) -> Path:
+    """The cache root: ``path``, else $DISTILL_CACHE, else ``<repo>/.cache`` (ignored by git)."""
+    if path is not None:
+        return Path(path)
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
+
+
 # The training split without its validation split (DESIGN.md 4b; core.data.datasets.validation_indices).
 TRAIN_MINUS_VAL = "train-minus-val"
 # The benchmark's results of the embedded default (the app's run table takes its DD-Ranking references there).

@@ -16,6 +16,12 @@ def _few_threads():
     torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _own_registry(tmp_path, monkeypatch):
+    """Commands run by a test record their runs in the test's own registry, not the checkout's."""
+    monkeypatch.setenv("DISTILL_REGISTRY", str(tmp_path / "registry.sqlite"))
+
+
 @pytest.fixture
 def tiny_images() -> LabelledImages:
     """120 random 1x32x32 images in 3 classes."""

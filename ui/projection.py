@@ -7,7 +7,7 @@ import os
 import numpy as np
 import streamlit as st
 
-from core.data.latent_cache import cache_dir
+from core.config import cache_dir
 from core.studio.jobs import BackgroundJob
 from core.studio.projection import Projection, ProjectionConfig, fit_projection, load_or_fit_projection
 from core.studio.session import Run, Studio

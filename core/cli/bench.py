@@ -7,8 +7,10 @@ from pathlib import Path
 
 from core.cli.options import (
     add_distill_options,
+    add_registry,
     distill_config_from_args,
     engine_from_args,
+    open_registry,
 )
 from core.config import (
     ASSETS,
@@ -51,6 +53,7 @@ def add_parsers(add) -> None:
                    help="only rewrite RESULTS.md and the plots from the results.json in --out (e.g. of a partial run)")
     p.add_argument("--teacher", default=str(TEACHER_DIR))
     p.add_argument("--out", default="benchmarks", help="output folder (default benchmarks/)")
+    add_registry(p)
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
@@ -77,6 +80,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
                          sweep_ipc=args.sweep_ipc, sweep_seeds=args.sweep_seeds, sweep_protocol=args.sweep_protocol,
                          sweep_variants=tuple(args.sweep_variants), efficiency=not args.no_efficiency,
                          seed=args.seed, distill=distill_config_from_args(args, "pgfm", 10))
+    registry = open_registry(args)   # before any work: a file it cannot use is refused now
     engine = engine_from_args(args)
     if config.pool == TRAIN_MINUS_VAL:
         from core.pipeline.distill import hold_out_validation
@@ -90,8 +94,12 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     record = Path(args.teacher) / "training.json"
     teacher_split = (read_json(record).get("config") or {}).get("train_split", "train") if record.is_file() else "train"
-    results = run_benchmark(Bench(engine, teacher, test, Path(args.out), config, validation), teacher_accuracy,
-                            teacher_split)
+    bench = Bench(engine, teacher, test, Path(args.out), config, validation, registry=registry)
+    try:
+        results = run_benchmark(bench, teacher_accuracy, teacher_split)
+    finally:
+        if registry is not None:
+            registry.close()
     print(results_summary(results))
     print(f"benchmark finished in {(time.perf_counter() - t0) / 60:.1f} min; results in {Path(args.out) / 'results.json'}, "
           f"table in {Path(args.out) / 'RESULTS.md'}")

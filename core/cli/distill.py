@@ -10,9 +10,11 @@ if TYPE_CHECKING:
 
 from core.cli.options import (
     add_distill_options,
+    add_registry,
     distill_config_from_args,
     engine_from_args,
     model_spec,
+    open_registry,
     portable,
     world_size,
 )
@@ -24,6 +26,7 @@ def add_parsers(add) -> None:
     p = add("distill", "Distil a dataset: quantize, sample, decode, export an ImageFolder + manifest + latents.",
             _cmd_distill)
     add_distill_options(p)
+    add_registry(p)
     p.add_argument("--out", required=True, help="output folder (must be empty or new unless --overwrite), "
                    "or a path ending in .zip for the same export as one zip file")
     p.add_argument("--overwrite", action="store_true",
@@ -124,10 +127,11 @@ def run_distill(args: argparse.Namespace, ctx=None) -> None:
 
         device = rank_device(ctx, args.device)
     spec = _distill_spec(args, config.method, device)
-    problem = None
-    if main:  # the output is checked before any model is loaded (it is checked again when written)
+    problem = registry = None
+    if main:  # the output and the registry are checked before any model is loaded (the output again when written)
         try:
             out = check_export_target(args.out, args.overwrite)
+            registry = open_registry(args)
         except DistillError as exc:
             problem = str(exc)
     if ctx is not None and ctx.is_distributed:
@@ -159,6 +163,13 @@ def run_distill(args: argparse.Namespace, ctx=None) -> None:
               f"NFE {dset.nfe}/image, {dset.timings['total_s']:.2f} s{where}"
               + (f", landing error mean {np.mean(landing):.4f}" if len(landing) else ""))
         print(f"written to {out} (ImageFolder PNGs, manifest.json, latents.safetensors{', zipped' if as_zip else ''})")
+        if registry is not None:
+            from core.config import config_hash
+
+            with registry:
+                run = registry.add_run("distill", dset.config.to_dict(), {}, dset.timings, config_hash(dset.config),
+                                       export_path=str(out), source=engine.dataset.name)
+            print(f"recorded as run {run} in {registry.path}")
     if ctx is not None:
         ctx.barrier()
 

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from core.cli.options import (
+    add_registry,
+    open_registry,
     world_size,
 )
 from core.config import PROTOCOLS, STUDENT_ARCHITECTURES, TEACHER_DIR
@@ -36,6 +38,7 @@ def add_parsers(add) -> None:
                    help="student training precision (auto: bf16 mixed precision where supported)")
     p.add_argument("--teacher", default=str(TEACHER_DIR))
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
+    add_registry(p)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -92,6 +95,7 @@ def _evaluate(args: argparse.Namespace, ctx=None) -> None:
                         precision=args.precision, **protocol)
     if args.split == "val":
         check_validation_safe(args.folder)
+    registry = open_registry(args) if main else None
     test = load_fashion_mnist(args.split, args.data_dir)
     split = {"test": "test", "val": "validation"}[args.split]
     images, labels, weights, classes = read_distilled_folder(args.folder, test.class_names, test.image_shape)
@@ -130,3 +134,14 @@ def _evaluate(args: argparse.Namespace, ctx=None) -> None:
     if args.json:
         write_json(args.json, {"folder": str(args.folder), "split": args.split, **result.to_dict()})
         print(f"result written to {args.json}")
+    if registry is not None:
+        from core.evaluation.students import read_manifest
+
+        manifest = read_manifest(args.folder) or {}
+        with registry:
+            run = registry.add_run("evaluate", manifest.get("config") or {"folder": str(args.folder)},
+                                   manifest.get("whole_set_metrics") or manifest.get("metrics") or {},
+                                   export_path=str(args.folder), source=str((manifest.get("models") or {}).get("pool", "")))
+            registry.add_evaluation(run, config.protocol, config.architecture, config.epochs, args.split, config.seeds,
+                                    result.accuracies, result.seconds)
+        print(f"recorded as run {run} in {registry.path}")

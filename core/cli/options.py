@@ -65,6 +65,22 @@ def model_spec(args: argparse.Namespace, flow: bool = True, diffusion: bool = Tr
                      flow_class_map=getattr(args, "flow_class_map", None))
 
 
+def add_registry(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--registry", default=None, metavar="FILE",
+                   help="the run registry (SQLite) this command records its run in (default $DISTILL_REGISTRY, else "
+                        ".cache/runs/registry.sqlite); 'none' records nothing")
+
+
+def open_registry(args: argparse.Namespace):
+    """The run registry of ``--registry`` (None for 'none'), opened before any work so that a file it cannot
+    use is refused at once (core.registry.RegistryError)."""
+    if getattr(args, "registry", None) == "none":
+        return None
+    from core.registry import Registry
+
+    return Registry(args.registry)
+
+
 def world_size() -> int:
     try:
         return int(os.environ.get("WORLD_SIZE", "1"))

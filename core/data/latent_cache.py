@@ -8,7 +8,6 @@ Latents are stored as float16 and returned as float32, shape (N, c, h, w).
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
+from core.config import cache_dir
 from core.data.datasets import LabelledImages
 from core.errors import CacheMismatchError, CheckpointError
 from core.io import save_tensors
@@ -23,17 +23,6 @@ from core.reads import load_tensors
 
 if TYPE_CHECKING:  # the VAE is only called (encode), so the data layer needs no models
     from core.models.vae import LatentAutoencoder
-
-CACHE_ENV = "DISTILL_CACHE"
-DEFAULT_CACHE = Path(__file__).resolve().parents[2] / ".cache"
-
-
-def cache_dir(path: str | Path | None = None) -> Path:
-    """The cache root: ``path``, else $DISTILL_CACHE, else ``<repo>/.cache`` (ignored by git)."""
-    if path is not None:
-        return Path(path)
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
-
 
 @dataclass(frozen=True)
 class LatentSet:

@@ -74,7 +74,7 @@ def _reference_tensors(ref: RealReference) -> dict[str, torch.Tensor]:
 
 def reference_cache_file(engine: DistillEngine) -> Path:
     """Where the reference of ``engine``'s dataset is cached (the key inside the file decides reuse)."""
-    from core.data.latent_cache import cache_dir
+    from core.config import cache_dir
 
     return cache_dir() / "reference" / f"{engine.dataset.fingerprint[:16]}.safetensors"
 

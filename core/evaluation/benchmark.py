@@ -113,6 +113,8 @@ class Bench:
     progress_interval_s: float = 60.0
     reference: RealReference | None = None
     results: dict = field(default_factory=dict)
+    registry: object | None = None   # a core.registry.Registry: each cell and each protocol's students go there too
+    _registry_runs: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         held_out = holds_out_validation(self.engine.dataset.name)
@@ -148,6 +150,14 @@ class Bench:
             result = evaluate_set(images, labels, split, eval_config, weights, self.teacher,
                                   self._throttled_progress(f"{name} {protocol}"))
             row[protocol] = result.to_dict()
+            if self.registry is not None:
+                if name not in self._registry_runs:
+                    self._registry_runs[name] = self.registry.add_run(
+                        "bench", row["spec"], row.get("metrics", {}), {"distill_s": row.get("distill_seconds")},
+                        row["hash"], source=self.engine.dataset.name, name=name)
+                self.registry.add_evaluation(self._registry_runs[name], protocol, eval_config.architecture,
+                                             eval_config.epochs, row["spec"]["split"], eval_config.seeds,
+                                             result.accuracies, result.seconds)
             self.log(f"  {name} {protocol}: {100 * result.mean:.2f} ± {100 * result.std:.2f} "
                      f"({statistics.fmean(result.seconds):.0f} s/student)")
             row["wall_seconds"] = round(row.get("wall_seconds", 0.0) + time.perf_counter() - started, 1)

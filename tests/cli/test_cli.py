@@ -71,3 +71,29 @@ def test_bench_student_times_every_protocol(tmp_path, capsys):
     assert all(r["seconds_per_step"]["1"] > 0 and r["train_seconds_300_epochs"]["1"] >= 300 * r["seconds_per_step"]["1"] - 0.1
                for r in rows)
     assert "ms/step" in capsys.readouterr().out
+
+
+def test_distill_and_evaluate_record_their_runs_in_the_registry(tmp_path, capsys):
+    from core.cli.main import main
+    from core.registry import Registry, default_path
+
+    out = tmp_path / "set"
+    assert main(["distill", "--method", "d4m", "--ipc", "1", "--classes", "0,1", "--out", str(out)]) == 0
+    assert main(["evaluate", str(out), "--protocol", "hard", "--epochs", "1", "--seeds", "2"]) == 0
+    with Registry(default_path()) as reg:   # the test's own registry ($DISTILL_REGISTRY)
+        distilled, evaluated = reg.runs()
+    assert distilled["kind"] == "distill" and distilled["config"]["method"] == "d4m" and distilled["export_path"] == str(out)
+    assert distilled["source"] == "fashion-mnist-train-minus-val" and distilled["timings"]["total_s"] >= 0
+    assert evaluated["kind"] == "evaluate" and evaluated["config"]["ipc"] == 1
+    (e,) = evaluated["evaluations"]
+    assert e["protocol"] == "hard" and e["seeds"] == [0, 1] and len(e["accuracies"]) == 2 and e["split"] == "test"
+    assert f"recorded as run {evaluated['id']}" in capsys.readouterr().out
+    broken = tmp_path / "broken.sqlite"
+    broken.write_text("not a database")
+    assert main(["distill", "--method", "d4m", "--ipc", "1", "--out", str(tmp_path / "other"), "--registry",
+                 str(broken)]) == 2
+    assert "not a SQLite file" in capsys.readouterr().err and not (tmp_path / "other").exists()
+    assert broken.read_text() == "not a database"
+    assert main(["distill", "--method", "d4m", "--ipc", "1", "--out", str(tmp_path / "quiet"), "--registry", "none"]) == 0
+    with Registry(default_path()) as reg:
+        assert len(reg.runs()) == 2

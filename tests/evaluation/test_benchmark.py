@@ -236,3 +236,17 @@ def test_the_sweep_reads_the_validation_split_and_compares_with_random_real(benc
     assert "## PGFM sweep at IPC 2" in table and "**validation** accuracy" in table and "vs random real" in table
     with pytest.raises(ValueError, match="unknown sweep variants"):
         Bench(engine, teacher, test, out, replace(config, sweep_variants=("lambda=7",)), validation).sweep_variants()
+
+
+def test_benchmark_cells_and_their_students_go_to_the_registry(bench_parts, tmp_path):
+    from core.registry import Registry
+
+    engine, teacher, test, out, config = bench_parts
+    with Registry(tmp_path / "runs.sqlite") as reg:
+        config = replace(config, methods=("random",), ipcs=(1,), protocols=("hard", "hard-dsa"))
+        results = run_benchmark(Bench(engine, teacher, test, out, config, log=lambda m: None, registry=reg))
+        (run,) = reg.runs(kind="bench")
+    cell = results["cells"]["main/random/ipc1"]
+    assert run["name"] == "main/random/ipc1" and run["config_hash"] == cell["hash"] and run["config"] == cell["spec"]
+    assert [e["protocol"] for e in run["evaluations"]] == ["hard", "hard-dsa"]
+    assert run["evaluations"][1]["accuracies"] == pytest.approx(cell["hard-dsa"]["accuracies"], abs=1e-5)

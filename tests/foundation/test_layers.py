@@ -7,7 +7,7 @@ from pathlib import Path
 CORE = Path(__file__).resolve().parents[2] / "core"
 LAYERS = ["foundation", "data", "models", "transport", "quantize", "training", "pipeline", "evaluation", "studio",
           "cli"]
-FOUNDATION = {"core", "core.errors", "core.config", "core.reads", "core.io", "core.device"}
+FOUNDATION = {"core", "core.errors", "core.config", "core.reads", "core.io", "core.device", "core.registry"}
 
 
 def module_name(path: Path) -> str:
