@@ -19,6 +19,7 @@ import math
 import os
 import sqlite3
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -106,7 +107,8 @@ def _json(value: Any) -> str:
 
 class Registry:
     """The registry at ``path`` (created with its parent folders when missing). Use as a context manager or
-    call ``close``. Every method is one transaction; rows come back as dicts with JSON fields decoded."""
+    call ``close``. Every method is one transaction; rows come back as dicts with JSON fields decoded. One
+    object may be shared by threads (the app's sessions and jobs): its connection is used under a lock."""
 
     def __init__(self, path: str | Path | None = None, timeout_s: float = 30.0):
         self.path = Path(path) if path is not None else default_path()
@@ -114,6 +116,7 @@ class Registry:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
         try:
             self._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
             self._db.execute("PRAGMA foreign_keys = ON")
@@ -157,6 +160,10 @@ class Registry:
             raise
         db.execute("PRAGMA journal_mode = WAL")
 
+    def _execute(self, sql: str, args: tuple | list = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, args)
+
     # -- writing -----------------------------------------------------------------------------------
 
     def add_run(self, kind: str, config: dict, metrics: dict | None = None, timings: dict | None = None,
@@ -165,7 +172,7 @@ class Registry:
         """Record a run; returns its id."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        cursor = self._db.execute(
+        cursor = self._execute(
             "INSERT INTO runs (created, kind, config, metrics, config_hash, timings, git_commit, export_path, source, "
             "name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (time.time(), kind, _json(config), _json(metrics or {}), config_hash, _json(timings or {}),
@@ -178,7 +185,7 @@ class Registry:
         seeds, accuracies = list(seeds), [float(a) for a in accuracies]
         if len(seeds) != len(accuracies) or not accuracies:
             raise ValueError(f"need one accuracy per seed, got {len(accuracies)} for {len(seeds)} seeds")
-        cursor = self._db.execute(
+        cursor = self._execute(
             "INSERT INTO evaluations (run_id, created, protocol, architecture, epochs, split, seeds, accuracies, "
             "accuracy_mean, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (run_id, time.time(), protocol, architecture, int(epochs), split, _json(seeds), _json(accuracies),
@@ -192,12 +199,12 @@ class Registry:
                                      ("name", name), ("metrics", None if metrics is None else _json(metrics)))
                    if v is not None}
         if changes:
-            self._db.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in changes)} WHERE id = ?",
+            self._execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in changes)} WHERE id = ?",
                              (*changes.values(), run_id))
 
     def delete(self, run_id: int) -> None:
         """Remove a run and its evaluations (the export it points to is left alone)."""
-        self._db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        self._execute("DELETE FROM runs WHERE id = ?", (run_id,))
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -208,10 +215,12 @@ class Registry:
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
-        rows = self._db.execute("SELECT * FROM runs" + (f" WHERE {' AND '.join(where)}" if where else "")
-                                + " ORDER BY id", args).fetchall()
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM runs" + (f" WHERE {' AND '.join(where)}" if where else "")
+                                    + " ORDER BY id", args).fetchall()
+            all_evaluations = self._db.execute("SELECT * FROM evaluations ORDER BY id").fetchall()
         evaluations: dict[int, list[dict]] = {}
-        for e in self._db.execute("SELECT * FROM evaluations ORDER BY id").fetchall():
+        for e in all_evaluations:
             evaluations.setdefault(e["run_id"], []).append(
                 {**dict(e), **{k: json.loads(e[k]) for k in ("seeds", "accuracies", "seconds")}})
         return [{**dict(r), **{k: json.loads(r[k]) for k in ("config", "metrics", "timings", "tags")},

@@ -14,7 +14,7 @@ import streamlit as st
 from core.config import DistillConfig, config_hash
 from core.models.spec import ModelSpec
 from core.studio.jobs import BackgroundJob
-from core.studio.session import Run, RunHistory, Studio, load_studio, run_once
+from core.studio.session import Run, RunHistory, Studio, load_studio, record_run, run_once
 
 
 def app_threads() -> int:
@@ -88,6 +88,7 @@ def update_run(studio: Studio, config: DistillConfig | None, apply: bool = True)
         except ValueError as exc:
             return current, str(exc)
         run.studio_key = key
+        record_run(studio, run)
     st.session_state["run"], st.session_state["run_key"] = run, key
     st.session_state["selected"] = []
     return run, None

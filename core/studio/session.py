@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from core.config import BENCHMARK_RESULTS, DistillConfig
+from core.config import BENCHMARK_RESULTS, DistillConfig, config_hash
 from core.data.datasets import LabelledImages
 from core.evaluation.assess import (
     RealReference,
@@ -29,6 +29,7 @@ from core.evaluation.metrics import CoverageResult, mode_coverage
 from core.evaluation.ranking import RankingBaseline, load_baseline
 from core.evaluation.students import EvalConfig, EvalResult, evaluate_set
 from core.pipeline.distill import DistilledSet, DistillEngine, distill
+from core.registry import Registry, RegistryError
 from core.studio.jobs import BackgroundJob
 
 Progress = Callable[[float, str], None]
@@ -44,6 +45,7 @@ class Studio:
     reference: RealReference | None
     test: LabelledImages | None
     baseline: RankingBaseline | None = None   # random-real / whole-data accuracies of the benchmark (LRS, ARS)
+    registry: Registry | None = None          # where runs and their evaluations are recorded (None: nowhere)
     latents_by_class: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     decoded_prototypes: dict = field(default_factory=dict, repr=False)   # see _decoded_prototypes
 
@@ -85,7 +87,17 @@ def load_studio(spec=None, data_dir: str | None = None, latent_store: str | None
         except ValueError as exc:   # a damaged benchmark file costs the app its LRS / ARS columns only
             report(1.0, f"LRS / ARS unavailable: {exc}")
     report(1.0, "ready")
-    return Studio(engine, teacher, reference, test, baseline)
+    return Studio(engine, teacher, reference, test, baseline, open_app_registry(report))
+
+
+def open_app_registry(report: Progress) -> Registry | None:
+    """The run registry ($DISTILL_REGISTRY or the default file), or None, said through ``report``, when the
+    file is one it must not use (it is left untouched; the app then records nothing)."""
+    try:
+        return Registry()
+    except RegistryError as exc:
+        report(1.0, f"runs are not recorded: {exc}")
+        return None
 
 
 @dataclass
@@ -103,6 +115,7 @@ class Run:
     run_id: int = 0
     evaluations: list[dict] = field(default_factory=list)
     studio_key: str = ""   # the app's key of (data and models, settings): a run with the same key is reused
+    registry_id: int | None = None   # its row in the studio's run registry, once recorded
     w2_job: BackgroundJob | None = field(default=None, repr=False)   # run_once(defer_w2=True): W2 on its way
 
 
@@ -146,9 +159,23 @@ def run_once(studio: Studio, config: DistillConfig, defer_w2: bool = False) -> R
         prototypes = dset.images if config.method == "d4m" else _decoded_prototypes(studio, dset)
     run = Run(config, dset, features, coverage, metrics, prototypes, time.perf_counter() - t0)
     if defer_w2:
-        run.w2_job = BackgroundJob(lambda progress: metrics.update(
-            w2_latent_mean=w2_latent_mean(studio.latents_by_class, dset)), name="w2").start()
+        def add_w2(progress) -> None:
+            metrics["w2_latent_mean"] = w2_latent_mean(studio.latents_by_class, dset)
+            if studio.registry is not None and run.registry_id is not None:
+                studio.registry.update(run.registry_id, metrics=metrics)
+
+        run.w2_job = BackgroundJob(add_w2, name="w2").start()
     return run
+
+
+def record_run(studio: Studio, run: Run) -> None:
+    """Write ``run`` to the studio's registry (kind ``app``): config, metrics, timings, the commit."""
+    if studio.registry is None:
+        return
+    run.registry_id = studio.registry.add_run("app", run.config.to_dict(), run.metrics, run.dset.timings,
+                                              config_hash(run.config), source=studio.engine.dataset.name)
+    if run.w2_job is not None and run.w2_job.done:   # W2 came in before the row existed
+        studio.registry.update(run.registry_id, metrics=run.metrics)
 
 
 def evaluate_run(studio: Studio, run: Run, config: EvalConfig, progress: Progress | None = None,
@@ -162,6 +189,9 @@ def evaluate_run(studio: Studio, run: Run, config: EvalConfig, progress: Progres
                           progress, should_stop)
     run.evaluations.append({"protocol": config.protocol, "architecture": config.architecture, "epochs": config.epochs,
                             "seeds": list(config.seeds), "accuracy_mean": result.mean, "accuracy_std": result.std})
+    if studio.registry is not None and run.registry_id is not None:
+        studio.registry.add_evaluation(run.registry_id, config.protocol, config.architecture, config.epochs, "test",
+                                       config.seeds, result.accuracies, result.seconds)
     return result
 
 

@@ -47,6 +47,7 @@ def test_every_page_opens_without_an_exception():
 def test_changing_guidance_reruns_and_changes_the_result():
     at = open_app(ipc=2)
     first = current(at)
+    assert first.registry_id is not None   # recorded in the run registry
     at.slider(key="guidance").set_value(1.0).run()
     second = current(at)
     assert second.run_id == first.run_id + 1

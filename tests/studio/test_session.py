@@ -228,3 +228,21 @@ def test_decoded_prototypes_follow_the_cell_offset(studio):
     assert moved.dset.quantization is centroid.dset.quantization   # one cached quantization...
     assert torch.equal(moved.prototype_images, studio.engine.vae.decode(moved.dset.prototypes))   # ...its own targets
     assert not torch.equal(moved.prototype_images, centroid.prototype_images)
+
+
+def test_app_runs_and_their_evaluations_are_recorded_in_the_registry(studio, tmp_path):
+    from dataclasses import replace as dc_replace
+
+    from core.registry import Registry
+    from core.studio.session import record_run
+
+    with Registry(tmp_path / "runs.sqlite") as reg:
+        own = dc_replace(studio, registry=reg)
+        run = run_once(own, pgfm(), defer_w2=True)
+        record_run(own, run)
+        run.w2_job.wait(60)
+        evaluate_run(own, run, EvalConfig(epochs=1, seeds=(0,), width=8))
+        (row,) = reg.runs(kind="app")
+    assert row["id"] == run.registry_id and row["config"]["method"] == "pgfm"
+    assert row["metrics"]["w2_latent_mean"] == run.metrics["w2_latent_mean"]   # the W2 that came in later
+    assert row["evaluations"][0]["accuracies"] == [run.evaluations[0]["accuracy_mean"]]
