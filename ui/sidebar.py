@@ -74,18 +74,64 @@ def render_source() -> dict | None:
     return st.session_state.get("source")
 
 
+def restore_from_url(names: list[str]) -> list[str]:
+    """Once per browser session: the sidebar settings that the page's address carries (``st.query_params``,
+    written by ``settings_to_url``), so a link or a reload restores them. Values that do not parse are
+    skipped and named in the returned list."""
+    state, params = st.session_state, st.query_params
+    if state.get("url_restored"):
+        return []
+    state["url_restored"] = True
+    skipped = []
+    for key, default in DEFAULTS.items():
+        if key not in params:
+            continue
+        raw = params[key]
+        try:
+            if isinstance(default, bool):
+                if raw not in ("0", "1"):
+                    raise ValueError(raw)
+                state[key] = raw == "1"
+            else:
+                state[key] = type(default)(raw)
+        except ValueError:
+            skipped.append(key)
+    if "classes" in params:
+        try:
+            picked = [names[int(i)] for i in params["classes"].split(",") if i != ""]
+            state["classes"], state["classes_of"] = picked, names
+        except (ValueError, IndexError):
+            skipped.append("classes")
+    return skipped
+
+
+def settings_to_url(names: list[str]) -> None:
+    """Write the sidebar settings into the page's address (only those that differ from the defaults)."""
+    state = st.session_state
+    values = {k: ("1" if state[k] else "0") if isinstance(v, bool) else str(state[k])
+              for k, v in DEFAULTS.items() if state.get(k) != v}
+    if state.get("classes") != names:
+        values["classes"] = ",".join(str(names.index(c)) for c in state.get("classes", []))
+    if dict(st.query_params) != values:
+        st.query_params.from_dict(values)
+
+
 def render(studio: Studio) -> tuple[DistillConfig | None, str | None]:
     names = list(studio.engine.latents.class_names)
     state = st.session_state
+    skipped = restore_from_url(names)
     keep_values({**DEFAULTS, "classes": names})
     if state.get("classes_of") != names:   # a new dataset: all its classes (an empty pick stays empty otherwise)
         state["classes"], state["classes_of"] = names, names
     state["classes"] = [c for c in state["classes"] if c in names]
+    settings_to_url(names)
     with st.sidebar:
         st.caption(f"{len(studio.engine.latents):,} training latents "
                    f"{'×'.join(map(str, studio.engine.latents.latent_shape))} · {len(names)} classes"
                    + ("" if studio.teacher else " · no teacher for this data: latent scores only"))
         st.header("Distillation")
+        if skipped:
+            st.warning(f"Ignored settings in the address that do not parse: {', '.join(skipped)}.")
         st.toggle("Apply changes at once", key="auto_apply",
                   help="off: change several settings, then press Apply settings for one run (each run takes a "
                        "second or more)")

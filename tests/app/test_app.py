@@ -231,3 +231,20 @@ def test_with_apply_off_several_changes_cost_one_run_and_known_settings_are_reus
     at.multiselect(key="classes").set_value(list(first.dset.class_names)).run()
     assert current(at) is first   # the first run's settings again: reused from the history, not re-run
     assert len(at.session_state["history"].runs) == 3   # the intermediate λ-only change ran once
+
+
+def test_settings_live_in_the_address_so_a_link_or_reload_restores_them():
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.query_params.update({"ipc": "2", "guidance": "1.2", "classes": "1,8", "t_stop": "oops"})
+    at.run()
+    assert not at.exception, at.exception
+    run = current(at)
+    assert run.config.ipc == 2 and run.config.sampler.guidance.strength == 1.2 and run.config.classes == (1, 8)
+    assert any("t_stop" in w.value for w in at.sidebar.warning)   # what did not parse is named, not applied
+    at.slider(key="guidance").set_value(0.5).run()
+    params = {k: v[0] if isinstance(v, list) else v for k, v in at.query_params.items()}
+    assert params["guidance"] == "0.5" and params["classes"] == "1,8" and "t_stop" not in params
+    reloaded = AppTest.from_file(APP, default_timeout=300)   # a new browser session with the same address
+    reloaded.query_params.update(params)
+    reloaded.run()
+    assert current(reloaded).config == current(at).config

@@ -142,3 +142,17 @@ def test_a_lasso_on_the_latent_space_selects_samples_for_export(streamlit_server
     goto_page(page, streamlit_server, "export", title="Export")
     no_errors(page)
     assert f"{selected} images of run" in page.inner_text('[data-testid="stMainBlockContainer"]')
+
+
+def test_a_reload_restores_the_settings_from_the_address(streamlit_server, browser_page):
+    page = browser_page
+    goto_page(page, streamlit_server, "", timeout=300)
+    wait_for_images(page)
+    lambda_step_seconds(page)   # λ 0.90 -> 0.95, as a person presses → on the slider
+    assert [float(v) for v in slider_value(page, "Guidance λ")] == [0.95]
+    assert "guidance=0.95" in page.url
+    page.reload()
+    wait_for_app_idle(page)
+    wait_for_images(page)
+    assert [float(v) for v in slider_value(page, "Guidance λ")] == [0.95], "the reload lost λ"
+    no_errors(page)
