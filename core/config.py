@@ -9,7 +9,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
@@ -241,6 +241,34 @@ class DistillConfig:
             if data[name] == default:
                 del data[name]
         return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DistillConfig":
+        """The config that ``to_dict`` wrote (a manifest's ``config``, a registry row). ValueError names a field
+        this code does not know, or an invalid value."""
+        def build(kind: type, values: Any, where: str, nested: dict[str, type] | None = None):
+            if not isinstance(values, Mapping):
+                raise ValueError(f"{where} must be an object, got {type(values).__name__}")
+            unknown = sorted(set(values) - {f.name for f in fields(kind)})
+            if unknown:
+                raise ValueError(f"{where}: unknown fields {unknown}")
+            values = dict(values)
+            for name, sub in (nested or {}).items():
+                if name in values:
+                    values[name] = build(sub, values[name], f"{where}.{name}")
+            try:
+                return kind(**values)
+            except TypeError as exc:
+                raise ValueError(f"{where}: {exc}") from exc
+
+        values = dict(data)
+        if values.get("classes") is not None:
+            values["classes"] = tuple(values["classes"])
+        if "sampler" in values:
+            values["sampler"] = build(SamplerConfig, values["sampler"], "sampler", {"guidance": GuidanceConfig})
+        if "diffusion" in values:
+            values["diffusion"] = build(DiffusionSamplerConfig, values["diffusion"], "diffusion")
+        return build(cls, values, "config")
 
 
 BENCH_METHODS = ("random", "random-vae", "d4m", "ddoq", "ddoq-unweighted", "fm", "pgfm", "diffusion-d4m",

@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 PAGES = ["pages/sampling.py", "pages/latent_space.py", "pages/trajectories.py", "pages/coverage.py",
-         "pages/evaluate.py", "pages/export.py", "pages/dataset.py"]
+         "pages/evaluate.py", "pages/runs.py", "pages/export.py", "pages/dataset.py"]
 
 
 @pytest.fixture(autouse=True)
@@ -248,3 +248,21 @@ def test_settings_live_in_the_address_so_a_link_or_reload_restores_them():
     reloaded.query_params.update(params)
     reloaded.run()
     assert current(reloaded).config == current(at).config
+
+
+def test_runs_page_lists_registry_runs_pins_them_and_reapplies_their_settings():
+    at = open_app(ipc=2)
+    first = current(at)
+    at.slider(key="guidance").set_value(0.4).run()
+    second = current(at)
+    at.switch_page("pages/runs.py").run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert {first.registry_id, second.registry_id} <= set(table.index)
+    at.selectbox(key="runs_pick").set_value(first.registry_id).run()
+    at.button(key="runs_pin").click().run()
+    table = at.dataframe[0].value
+    assert table.loc[first.registry_id, "pinned"] and table["pinned"].iloc[0]   # pinned runs come first
+    at.button(key="runs_same").click().run()   # back to the first run's settings: its run, from the history
+    assert not at.exception, at.exception
+    assert current(at).config == first.config and current(at) is first

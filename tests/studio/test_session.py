@@ -246,3 +246,28 @@ def test_app_runs_and_their_evaluations_are_recorded_in_the_registry(studio, tmp
     assert row["id"] == run.registry_id and row["config"]["method"] == "pgfm"
     assert row["metrics"]["w2_latent_mean"] == run.metrics["w2_latent_mean"]   # the W2 that came in later
     assert row["evaluations"][0]["accuracies"] == [run.evaluations[0]["accuracy_mean"]]
+
+
+def test_registry_rows_become_a_table_and_sidebar_settings(tmp_path):
+    from core.config import DistillConfig
+    from core.registry import Registry
+    from core.studio.runs import differing_columns, sidebar_settings, table_rows
+
+    a = DistillConfig(method="pgfm", ipc=3, classes=(1,), cell_offset=0.5)
+    with Registry(tmp_path / "r.sqlite") as reg:
+        first = reg.add_run("app", a.to_dict(), {"mode_coverage": 0.5}, commit="")
+        reg.add_evaluation(first, "hard", "convnet", 300, "test", [0], [0.75])
+        reg.add_evaluation(first, "hard", "convnet", 300, "val", [0], [0.70])
+        reg.add_run("bench", {"method": "pgfm", "distill": DistillConfig(method="pgfm", ipc=4).to_dict()}, commit="")
+        reg.add_run("evaluate", {"folder": "somewhere"}, commit="")
+        reg.update(first, pinned=True)
+        runs = reg.runs()
+    rows = table_rows(runs)
+    assert [r["id"] for r in rows] == [first, 3, 2]                       # pinned first, then newest
+    assert rows[0]["accuracy (hard) %"] == 75.0 and rows[0]["cell offset"] == 0.5   # test split only
+    assert rows[2]["ipc"] == 4 and rows[1]["method"] is None                # bench config read; a folder has none
+    assert "ipc" in differing_columns(rows[:1] + rows[2:]) and differing_columns(rows[:1]) == []
+    names = ["a", "b", "c"]
+    settings = sidebar_settings(runs[0], names)
+    assert settings["classes"] == ["b"] and settings["cell_offset"] == 0.5 and settings["ipc"] == 3
+    assert sidebar_settings(runs[2], names) is None
