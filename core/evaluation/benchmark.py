@@ -270,6 +270,10 @@ class Bench:
         configs = {name: ("pgfm", self.distill_config("pgfm", ipc, sampler=s)) for name, s in variants.items()}
         for offset in (0.5, 1.0):
             configs[f"cell offset={offset:g}"] = ("pgfm", self.distill_config("pgfm", ipc, cell_offset=offset))
+        if ipc >= 2:   # half as many prototypes, two samples each (by cell mass), alone and with real-latent targets
+            configs[f"prototypes={ipc // 2}"] = ("pgfm", self.distill_config("pgfm", ipc, prototypes_per_class=ipc // 2))
+            configs[f"prototypes={ipc // 2}, cell offset=1"] = (
+                "pgfm", self.distill_config("pgfm", ipc, prototypes_per_class=ipc // 2, cell_offset=1.0))
         configs["random real"] = ("random", self.distill_config("random", ipc))
         chosen = self.config.sweep_variants
         unknown = sorted(set(chosen) - set(configs))
