@@ -31,7 +31,7 @@ from core.evaluation.assess import (
     teacher_accuracy_of,
 )
 from core.evaluation.ranking import RankingBaseline
-from core.evaluation.students import evaluate_set, protocol_config
+from core.evaluation.students import EvalResult, evaluate_set, protocol_config
 from core.io import write_json
 from core.pipeline.distill import DistillEngine, LocalExecutor, distill
 from core.reads import read_json
@@ -47,6 +47,10 @@ PUBLISHED = {
     "KIP images → ConvNet (Nguyen et al., NeurIPS 2021)": {1: "73.8", 10: "86.8", 50: "87.8"},
 }
 
+
+# Random real images are drawn anew for every student seed (seed s draws with seed s): a single draw at
+# IPC 1 decides the baseline by luck (one image per class), and the spread over draws belongs in its ±.
+PER_SEED = "one per student seed"
 
 # The benchmark's stages beside the main table (DESIGN.md section 4b).
 ARCH_IPCS = (10, 50)                     # cross-architecture students, at these IPC (those the run has)
@@ -141,14 +145,22 @@ class Bench:
             row = None  # parameters changed: recompute
         return row, [p for p in protocols if row is None or p not in row], key
 
-    def _evaluate(self, name: str, row: dict, missing: list[str], images, labels, weights, split, started: float,
+    def _evaluate(self, name: str, row: dict, missing: list[str], sets: dict, split, started: float,
                   **settings) -> None:
         """Train and test the students of each missing protocol; results.json is rewritten after each one,
-        so an interrupted IPC 50 cell keeps its finished protocols."""
+        so an interrupted IPC 50 cell keeps its finished protocols. ``sets``: student seed -> (images,
+        labels, weights) it trains on; one key ``None`` when every seed trains on the same set."""
         for protocol in missing:
             eval_config = protocol_config(protocol, **settings)
-            result = evaluate_set(images, labels, split, eval_config, weights, self.teacher,
-                                  self._throttled_progress(f"{name} {protocol}"))
+            progress = self._throttled_progress(f"{name} {protocol}")
+            if None in sets:
+                images, labels, weights = sets[None]
+                result = evaluate_set(images, labels, split, eval_config, weights, self.teacher, progress)
+            else:   # each seed its own set (random real: one draw per seed)
+                parts = [evaluate_set(*sets[s][:2], split, replace(eval_config, seeds=(s,)), sets[s][2], self.teacher,
+                                      progress) for s in eval_config.seeds]
+                result = EvalResult([p.accuracies[0] for p in parts], [p.seconds[0] for p in parts], eval_config,
+                                    parts[0].num_images, {"draws": "one set per seed"})
             row[protocol] = result.to_dict()
             if self.registry is not None:
                 if name not in self._registry_runs:
@@ -172,6 +184,8 @@ class Bench:
         deterministic for the seed)."""
         spec = {"method": method, "distill": distill_config.to_dict(), "seeds": seeds, "epochs": self.config.epochs,
                 "architecture": architecture, "pool": self.config.pool, "split": "val" if on_validation else "test"}
+        if method in ("random", "random-vae"):   # random real: which images is the main source of spread
+            spec["draws"] = PER_SEED
         row, missing, key = self._row(name, spec, protocols)
         if not missing:
             self.log(f"[skip] {name} (already in results.json)")
@@ -181,6 +195,24 @@ class Bench:
             self.reference = load_or_build_reference(self.engine, self.teacher, reference_cache_file(self.engine),
                                                      self.config.real_per_class, seed=self.config.seed)
         t0 = time.perf_counter()
+        dset = self._distill(method, distill_config)
+        row = row or {"hash": key, "method": method, "ipc": distill_config.ipc, "spec": spec}
+        # the set's measurements always describe its latest distillation (seconds, cheap next to training)
+        row.update(metrics=assess(self.reference, self.teacher, dset),
+                   teacher_agreement=round(teacher_accuracy_of(self.teacher, dset), 4),
+                   distill_seconds=round(dset.timings["total_s"], 3))
+        seeds_used = self._seeds(seeds)
+        if spec.get("draws") == PER_SEED:   # the seed's own draw; the metrics above are seed 0's
+            sets = {s: self._distill(method, replace(distill_config, seed=s)) for s in seeds_used}
+            sets = {s: (d.images, d.labels, d.weights) for s, d in sets.items()}
+        else:
+            sets = {None: (dset.images, dset.labels, dset.weights)}
+        self._evaluate(name, row, missing, sets, self.validation if on_validation else self.test, t0,
+                       architecture=architecture, epochs=self.config.epochs, seeds=seeds_used,
+                       use_weights=method != "ddoq-unweighted")
+        return row
+
+    def _distill(self, method: str, distill_config: DistillConfig):
         dset = distill(self.engine, distill_config)
         if method == "random-vae":
             t_decode = time.perf_counter()
@@ -188,15 +220,7 @@ class Bench:
             decode_s = time.perf_counter() - t_decode   # counted in s/image like the other methods' decode
             dset = replace(dset, images=images, timings={**dset.timings, "decode_s": dset.timings["decode_s"] + decode_s,
                                                          "total_s": dset.timings["total_s"] + decode_s})
-        row = row or {"hash": key, "method": method, "ipc": distill_config.ipc, "spec": spec}
-        # the set's measurements always describe its latest distillation (seconds, cheap next to training)
-        row.update(metrics=assess(self.reference, self.teacher, dset),
-                   teacher_agreement=round(teacher_accuracy_of(self.teacher, dset), 4),
-                   distill_seconds=round(dset.timings["total_s"], 3))
-        self._evaluate(name, row, missing, dset.images, dset.labels, dset.weights,
-                       self.validation if on_validation else self.test, t0, architecture=architecture,
-                       epochs=self.config.epochs, seeds=self._seeds(seeds), use_weights=method != "ddoq-unweighted")
-        return row
+        return dset
 
     def _seeds(self, n: int) -> tuple[int, ...]:
         return tuple(range(self.config.seed, self.config.seed + n))
@@ -215,8 +239,8 @@ class Bench:
             return row
         row = row or {"hash": key, "method": "whole", "spec": spec}
         data = self.engine.dataset
-        self._evaluate(name, row, missing, data.batch(slice(None)), data.labels, None, self.test, time.perf_counter(),
-                       epochs=c.whole_data_epochs, seeds=self._seeds(c.whole_data_seeds))
+        self._evaluate(name, row, missing, {None: (data.batch(slice(None)), data.labels, None)}, self.test,
+                       time.perf_counter(), epochs=c.whole_data_epochs, seeds=self._seeds(c.whole_data_seeds))
         return row
 
     def run_architectures(self) -> None:

@@ -8,6 +8,7 @@ import torch
 
 import core.evaluation.benchmark as benchmark
 from core.cli.main import main
+from core.config import DistillConfig
 from core.evaluation.benchmark import Bench, BenchConfig, run_benchmark
 from core.models.convnet import ConvNet, ConvNetConfig
 from core.models.teacher import Teacher
@@ -250,3 +251,20 @@ def test_benchmark_cells_and_their_students_go_to_the_registry(bench_parts, tmp_
     assert run["name"] == "main/random/ipc1" and run["config_hash"] == cell["hash"] and run["config"] == cell["spec"]
     assert [e["protocol"] for e in run["evaluations"]] == ["hard", "hard-dsa"]
     assert run["evaluations"][1]["accuracies"] == pytest.approx(cell["hard-dsa"]["accuracies"], abs=1e-5)
+
+
+def test_random_real_draws_its_images_anew_for_every_student_seed(bench_parts, monkeypatch):
+    engine, teacher, test, out, config = bench_parts
+    trained = []
+    real_evaluate = benchmark.evaluate_set
+    monkeypatch.setattr(benchmark, "evaluate_set",
+                        lambda images, *a, **k: trained.append((images, a[2].seeds)) or real_evaluate(images, *a, **k))
+    results = run_benchmark(Bench(engine, teacher, test, out, replace(config, methods=("random", "d4m"), ipcs=(2,), seeds=2),
+                                  log=lambda m: None))
+    (draw0, s0), (draw1, s1), (d4m, both) = trained
+    assert (s0, s1, both) == ((0,), (1,), (0, 1))            # random: a student per seed; d4m: one set for both
+    assert torch.equal(draw0, distill(engine, replace(DistillConfig(method="random", ipc=2), seed=0)).images)
+    assert torch.equal(draw1, distill(engine, replace(DistillConfig(method="random", ipc=2), seed=1)).images)
+    cell = results["cells"]["main/random/ipc2"]
+    assert cell["spec"]["draws"] == benchmark.PER_SEED and cell["hard"]["draws"] == "one set per seed"
+    assert len(cell["hard"]["accuracies"]) == 2 and list(cell["hard"]["config"]["seeds"]) == [0, 1]
