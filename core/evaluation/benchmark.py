@@ -384,6 +384,8 @@ def _acc(cell: dict | None, protocol: str) -> str:
     if not cell or protocol not in cell:
         return "–"
     r = cell[protocol]
+    if len(r.get("accuracies", [])) == 1:   # one seed: no spread to show
+        return f"{100 * r['accuracy_mean']:.1f} (1 seed)"
     return f"{100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f}"
 
 
