@@ -49,15 +49,18 @@ def fresh_process(env: dict, with_umap: bool = False) -> tuple[float, float | No
 
 
 def lambda_changes(repeats: int) -> dict[str, list[float]]:
+    """Per page: seconds of script time for a λ change (each to a λ no earlier run had, so nothing is reused
+    from the history), and seconds until that run's W2, scored in the background, is in."""
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=900).run()
     timings = {}
-    values = [0.3, 0.5, 0.7, 0.9, 1.1, 0.4, 0.8, 1.0][:repeats]
+    grid = iter([round(0.3 + 0.05 * k, 2) for k in range(40)])   # λ values, each used once
     for page in PAGES:
         at.switch_page(page).run()
         times, w2 = [], []
-        for lam in values:
+        for _ in range(repeats):
+            lam = next(grid)
             t0 = time.perf_counter()
             at.slider(key="guidance").set_value(lam).run()
             times.append(time.perf_counter() - t0)
@@ -66,9 +69,10 @@ def lambda_changes(repeats: int) -> dict[str, list[float]]:
             assert run.config.sampler.guidance.strength == lam
             if run.w2_job is not None:
                 run.w2_job.wait()
-                w2.append(run.w2_job.finished_at - t0)
-        timings[page] = times
-        timings[f"{page} W2 in"] = w2
+                w2.append(max(time.perf_counter() - t0, 0.0) if not run.w2_job.finished_at else
+                          run.w2_job.finished_at - t0)
+        timings[Path(page).stem] = times
+        timings[f"{Path(page).stem}: W2 in"] = w2
     return timings
 
 
@@ -100,7 +104,7 @@ def main() -> None:
     print("change λ -> re-sample, re-score, redraw (10 classes x IPC 10, 8 Euler steps; target <= 0.5 s script time):")
     for page, times in timings.items():
         if times:
-            print(f"  {Path(page).stem:<20} median {statistics.median(times):.2f} s, max {max(times):.2f} s")
+            print(f"  {page:<22} median {statistics.median(times):.2f} s, max {max(times):.2f} s")
 
     if args.cold:
         with tempfile.TemporaryDirectory(prefix="distill-cold-") as cache:
