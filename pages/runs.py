@@ -12,7 +12,7 @@ studio, _ = page_frame()
 st.title("Runs")
 registry = studio.registry
 if registry is None:
-    st.info("No run registry: the registry file could not be used (see the loading message), so nothing is "
+    st.info("No run registry: the registry file could not be used (the sidebar says why), so nothing is "
             "recorded. Point $DISTILL_REGISTRY at a new file and restart the app.")
     st.stop()
 if st.session_state.pop("go_sampling", False):   # set by "same settings": show the re-created set

@@ -18,6 +18,8 @@ def page_frame() -> tuple[Studio, Run | None]:
         st.sidebar.error(f"Could not load that dataset and models: {exc}")
         st.session_state["source"] = None
         studio = state.get_studio(None)
+    for warning in studio.warnings:
+        st.sidebar.warning(warning)
     config, error = sidebar.render(studio)
     auto = st.session_state.get("auto_apply", True)
     apply = auto or st.session_state.pop("apply_now", False)

@@ -46,6 +46,7 @@ class Studio:
     test: LabelledImages | None
     baseline: RankingBaseline | None = None   # random-real / whole-data accuracies of the benchmark (LRS, ARS)
     registry: Registry | None = None          # where runs and their evaluations are recorded (None: nowhere)
+    warnings: tuple[str, ...] = ()            # what loading could not do (shown by every page)
     latents_by_class: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     decoded_prototypes: dict = field(default_factory=dict, repr=False)   # see _decoded_prototypes
 
@@ -80,24 +81,19 @@ def load_studio(spec=None, data_dir: str | None = None, latent_store: str | None
     report(0.6, f"teacher features and modes of {reference_per_class} real images per class (cached after the first time)…")
     reference = load_or_build_reference(engine, teacher, reference_cache_file(engine), reference_per_class)
     test = load_fashion_mnist("test", data_dir) if latent_store is None else None
-    baseline = None
+    baseline, warnings = None, []
     if test is not None:
         try:
             baseline = load_baseline(BENCHMARK_RESULTS)
         except ValueError as exc:   # a damaged benchmark file costs the app its LRS / ARS columns only
-            report(1.0, f"LRS / ARS unavailable: {exc}")
-    report(1.0, "ready")
-    return Studio(engine, teacher, reference, test, baseline, open_app_registry(report))
-
-
-def open_app_registry(report: Progress) -> Registry | None:
-    """The run registry ($DISTILL_REGISTRY or the default file), or None, said through ``report``, when the
-    file is one it must not use (it is left untouched; the app then records nothing)."""
+            warnings.append(f"LRS / ARS are not shown: {exc}")
+    registry = None
     try:
-        return Registry()
-    except RegistryError as exc:
-        report(1.0, f"runs are not recorded: {exc}")
-        return None
+        registry = Registry()
+    except RegistryError as exc:   # a file it must not use is left untouched; the app records nothing
+        warnings.append(f"runs are not recorded: {exc}")
+    report(1.0, "ready")
+    return Studio(engine, teacher, reference, test, baseline, registry, tuple(warnings))
 
 
 @dataclass

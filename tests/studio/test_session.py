@@ -271,3 +271,14 @@ def test_registry_rows_become_a_table_and_sidebar_settings(tmp_path):
     settings = sidebar_settings(runs[0], names)
     assert settings["classes"] == ["b"] and settings["cell_offset"] == 0.5 and settings["ipc"] == 3
     assert sidebar_settings(runs[2], names) is None
+
+
+def test_an_unusable_registry_file_is_left_alone_and_said_on_every_page(tmp_path, monkeypatch):
+    from core.studio.session import load_studio
+
+    broken = tmp_path / "registry.sqlite"
+    broken.write_text("my notes")
+    monkeypatch.setenv("DISTILL_REGISTRY", str(broken))
+    studio = load_studio()
+    assert studio.registry is None and any("runs are not recorded" in w for w in studio.warnings)
+    assert broken.read_text() == "my notes"
