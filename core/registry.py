@@ -28,7 +28,7 @@ from core.errors import DistillError
 
 APPLICATION_ID = 0x44535452   # "DSTR": marks a Distill Studio registry
 REGISTRY_ENV = "DISTILL_REGISTRY"
-KINDS = ("distill", "app", "evaluate", "bench")
+KINDS = ("distill", "app", "evaluate", "bench", "sweep", "tune")
 
 # MIGRATIONS[v] takes a file from schema version v to v + 1 (a new file runs them all).
 MIGRATIONS: tuple[str, ...] = (

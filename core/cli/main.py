@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from core.cli import bench, distill, encode, eval_models, evaluate, speed, startup, train
+from core.cli import bench, distill, encode, eval_models, evaluate, speed, startup, sweep, train
 from core.cli.options import non_negative_int
 from core.errors import DistillError, OutputError
 
-COMMANDS = (train, encode, distill, bench, speed, startup, evaluate, eval_models)
+COMMANDS = (train, encode, distill, bench, speed, startup, evaluate, eval_models, sweep)
 
 
 class _Parser(argparse.ArgumentParser):

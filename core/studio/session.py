@@ -47,6 +47,8 @@ class Studio:
     baseline: RankingBaseline | None = None   # random-real / whole-data accuracies of the benchmark (LRS, ARS)
     registry: Registry | None = None          # where runs and their evaluations are recorded (None: nowhere)
     warnings: tuple[str, ...] = ()            # what loading could not do (shown by every page)
+    validation: LabelledImages | None = None  # the validation split (sweeps and tuning test students on it)
+    held_out: DistillEngine | None = None     # engine without the validation images (core.studio.sweeps)
     latents_by_class: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     decoded_prototypes: dict = field(default_factory=dict, repr=False)   # see _decoded_prototypes
 
@@ -62,38 +64,45 @@ def _teacher_fits(teacher, data) -> bool:
 
 
 def load_studio(spec=None, data_dir: str | None = None, latent_store: str | None = None,
-                reference_per_class: int = 1000, progress: Progress | None = None) -> Studio:
+                reference_per_class: int = 1000, progress: Progress | None = None,
+                registry: Registry | None = None) -> Studio:
     """Load data, latents (encoded and cached on first use, or a latent store), models and, when the
-    teacher fits the data, the real reference of the metrics and the test split (Fashion-MNIST only)."""
-    from core.data.datasets import load_fashion_mnist
+    teacher fits the data, the real reference of the metrics and the test and validation splits (Fashion-MNIST
+    only). ``registry``: where runs are recorded (default: the default registry file, when usable)."""
+    from core.data.datasets import load_fashion_mnist, validation_indices
     from core.models.loading import load_teacher
     from core.models.spec import ModelSpec
     from core.pipeline.distill import load_engine
 
     spec = spec or ModelSpec()
     report = progress or (lambda fraction, message: None)
+    warnings = []
+    if registry is None:
+        try:
+            registry = Registry()
+        except RegistryError as exc:   # a file it must not use is left untouched; the app records nothing
+            warnings.append(f"runs are not recorded: {exc}")
     report(0.0, "loading the dataset, its latents (encoded once, then cached) and the models…")
     engine = load_engine(spec, data_dir=data_dir, latent_store=latent_store, progress=lambda f, m: report(0.6 * f, m))
     teacher = load_teacher(spec) if spec.teacher else None
     if teacher is None or not _teacher_fits(teacher, engine.dataset):
         report(1.0, "ready (no teacher for this data: latent scores only)")
-        return Studio(engine, None, None, None)
+        return Studio(engine, None, None, None, registry=registry, warnings=tuple(warnings))
     report(0.6, f"teacher features and modes of {reference_per_class} real images per class (cached after the first time)…")
     reference = load_or_build_reference(engine, teacher, reference_cache_file(engine), reference_per_class)
-    test = load_fashion_mnist("test", data_dir) if latent_store is None else None
-    baseline, warnings = None, []
+    test = validation = None
+    if latent_store is None:
+        test = load_fashion_mnist("test", data_dir)
+        validation = (engine.dataset.subset(validation_indices(engine.dataset.labels), "fashion-mnist-val")
+                      if engine.dataset.name == "fashion-mnist-train" else load_fashion_mnist("val", data_dir))
+    baseline = None
     if test is not None:
         try:
             baseline = load_baseline(BENCHMARK_RESULTS)
         except ValueError as exc:   # a damaged benchmark file costs the app its LRS / ARS columns only
             warnings.append(f"LRS / ARS are not shown: {exc}")
-    registry = None
-    try:
-        registry = Registry()
-    except RegistryError as exc:   # a file it must not use is left untouched; the app records nothing
-        warnings.append(f"runs are not recorded: {exc}")
     report(1.0, "ready")
-    return Studio(engine, teacher, reference, test, baseline, registry, tuple(warnings))
+    return Studio(engine, teacher, reference, test, baseline, registry, tuple(warnings), validation)
 
 
 @dataclass

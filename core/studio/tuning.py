@@ -1,0 +1,239 @@
+"""Auto-tune: a budgeted, seeded Optuna TPE search over guidance knobs, resumable from the run registry.
+
+The search space gives each knob (core.studio.sweeps.KNOBS) a range ("guidance=0:1.5", "steps=4:16") or a
+list of choices ("solver=euler,heun"). Objectives (``OBJECTIVES``):
+
+- ``val-accuracy``: mean validation accuracy of students trained under a protocol (DESIGN.md 4b: a choice
+  reads validation, never test);
+- ``mode-coverage``: mode coverage, with the landing error kept at or below a cap. TPE maximises the
+  coverage of a trial within the cap and minus its excess landing error beyond it (below every feasible
+  trial, and pointing back inside); the best is the feasible trial with the highest coverage.
+
+Every trial is a registry run (kind ``tune``, the study's name), so a search stopped by a cancel, a closed
+tab or a killed process resumes: the trials recorded under the name are given back to a fresh study before it
+asks for more. A resumed search continues from those trials, so its later picks can differ from an
+uninterrupted one with the same seed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from core.config import DistillConfig
+from core.evaluation.students import EvalConfig, EvaluationCancelled
+from core.pipeline.distill import DistillEngine
+from core.studio.session import Progress, Studio
+from core.studio.sweeps import distill_point, knob, validation_engine
+
+OBJECTIVES = ("val-accuracy", "mode-coverage")
+
+
+@dataclass(frozen=True)
+class SearchKnob:
+    """A knob of the search space: ``low``..``high`` for a number (log-uniform never: these are all linear
+    settings), or ``choices``."""
+
+    name: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple = ()
+
+    def distribution(self):
+        import optuna
+
+        k = knob(self.name)
+        if k.kind == "choice":
+            return optuna.distributions.CategoricalDistribution(list(self.choices))
+        if k.kind == "int":
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high))
+        return optuna.distributions.FloatDistribution(float(self.low), float(self.high))
+
+
+def parse_search_knob(text: str) -> SearchKnob:
+    """``NAME=LOW:HIGH`` for a number, ``NAME=A,B,...`` for a choice (the CLI's --space, the app's fields)."""
+    name, sep, values = text.partition("=")
+    name = name.strip()
+    if not sep:
+        raise ValueError(f"a search knob is NAME=LOW:HIGH or NAME=A,B (e.g. guidance=0:1.5), got {text!r}")
+    k = knob(name)
+    if k.kind == "choice":
+        choices = tuple(dict.fromkeys(k.cast(v) for v in values.split(",") if v.strip()))
+        if len(choices) < 2:
+            raise ValueError(f"{name}: a search needs at least two choices, got {values!r}")
+        return SearchKnob(name, choices=choices)
+    parts = values.split(":")
+    if len(parts) != 2:
+        raise ValueError(f"{name}: a search range is LOW:HIGH, got {values!r}")
+    low, high = k.cast(parts[0]), k.cast(parts[1])
+    if not low < high:
+        raise ValueError(f"{name}: the range needs LOW < HIGH, got {low}:{high}")
+    return SearchKnob(name, low, high)
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """What to search: ``space`` around ``base``, ``trials`` in all (recorded ones included), ``seed`` of
+    the TPE sampler. ``student`` is required by ``val-accuracy``; ``landing_cap`` by ``mode-coverage``."""
+
+    base: DistillConfig
+    space: tuple[SearchKnob, ...]
+    objective: str = "val-accuracy"
+    trials: int = 20
+    seed: int = 0
+    student: EvalConfig | None = None
+    landing_cap: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.space:
+            raise ValueError("the search space is empty: give at least one knob")
+        names = [k.name for k in self.space]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a knob appears twice in the search space: {', '.join(names)}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.objective == "val-accuracy" and self.student is None:
+            raise ValueError("the val-accuracy objective trains students: give the student settings")
+        if self.objective == "mode-coverage" and (self.landing_cap is None or not self.landing_cap > 0):
+            raise ValueError("the mode-coverage objective needs a landing-error cap > 0")
+        if self.trials < 1:
+            raise ValueError(f"trials must be >= 1, got {self.trials}")
+        if self.base.method != "pgfm":
+            raise ValueError(f"auto-tune searches PGFM's guidance knobs; the base method is {self.base.method!r}")
+
+    def config(self, params: dict) -> DistillConfig:
+        config = self.base
+        for name, value in params.items():
+            config = knob(name).set(config, value)
+        return config
+
+    def student_for_run(self) -> EvalConfig | None:
+        return self.student if self.objective == "val-accuracy" else None
+
+
+@dataclass
+class TuneResult:
+    """The trials (one row each: trial number, registry run, knob values, objective, feasible), and the best."""
+
+    trials: list[dict] = field(default_factory=list)
+    best: dict | None = None
+
+    @property
+    def best_run_id(self) -> int | None:
+        return None if self.best is None else self.best["run"]
+
+
+def objective_value(spec: TuneSpec, run: dict) -> tuple[float, bool]:
+    """(objective, feasible) of a registry run under ``spec``."""
+    if spec.objective == "val-accuracy":
+        s = spec.student
+        accuracies = [e["accuracy_mean"] for e in run["evaluations"] if e["split"] == "val"
+                      and e["protocol"] == s.protocol and e["epochs"] == s.epochs and e["architecture"] == s.architecture]
+        return (accuracies[-1] if accuracies else math.nan), True
+    landing = run["metrics"].get("landing_error_mean")
+    feasible = landing is not None and landing <= spec.landing_cap
+    return float(run["metrics"].get("mode_coverage") or 0.0), feasible
+
+
+def search_value(spec: TuneSpec, run: dict) -> float:
+    """What TPE maximises: the objective, or for an infeasible trial minus its landing error beyond the cap."""
+    value, feasible = objective_value(spec, run)
+    if feasible:
+        return value
+    landing = run["metrics"].get("landing_error_mean")
+    return -(landing - spec.landing_cap) if landing is not None else -1e9
+
+
+def _row(spec: TuneSpec, number: int, run: dict, params: dict) -> dict:
+    value, feasible = objective_value(spec, run)
+    return {"trial": number, "run": run["id"], **params, "objective": value, "feasible": feasible,
+            "mode_coverage": run["metrics"].get("mode_coverage"),
+            "landing_error_mean": run["metrics"].get("landing_error_mean")}
+
+
+def _recorded_trials(studio: Studio, spec: TuneSpec, name: str) -> list[tuple[dict, dict]]:
+    """(params, run) of the study's recorded runs that fit the current space and objective."""
+    if studio.registry is None:
+        return []
+    out = []
+    for run in sorted(studio.registry.runs(kind="tune"), key=lambda r: r["id"]):
+        if run["name"] != name:
+            continue
+        try:
+            config = DistillConfig.from_dict(run["config"])
+        except ValueError:
+            continue
+        params = {k.name: knob(k.name).get(config) for k in spec.space}
+        if spec.config(params) != config:   # other settings than this study's base: not one of its trials
+            continue
+        inside = all(p.choices and params[p.name] in p.choices or not p.choices and p.low <= params[p.name] <= p.high
+                     for p in spec.space)
+        if inside and not math.isnan(objective_value(spec, run)[0]):
+            out.append((params, run))
+    return out
+
+
+def tune(studio: Studio, spec: TuneSpec, name: str, engine: DistillEngine | None = None,
+         progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
+         on_trial: Callable[[dict], None] | None = None) -> TuneResult:
+    """Run the search until ``spec.trials`` trials are recorded under ``name`` (resuming recorded ones)."""
+    import optuna
+
+    if not name.strip():
+        raise ValueError("a search needs a name (its trials are found again in the registry by it)")
+    if spec.objective == "val-accuracy" and (studio.validation is None or studio.teacher is None):
+        raise ValueError("the val-accuracy objective needs the validation split and teacher of the embedded default")
+    if spec.objective == "mode-coverage" and studio.teacher is None:
+        raise ValueError("mode coverage needs the teacher of the embedded default")
+    engine = engine or validation_engine(studio)
+    report = progress or (lambda fraction, message: None)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=spec.seed))
+    distributions = {k.name: k.distribution() for k in spec.space}
+    result = TuneResult()
+
+    def add(number: int, run: dict, params: dict) -> dict:
+        row = _row(spec, number, run, params)
+        result.trials.append(row)
+        if row["feasible"] and (result.best is None or row["objective"] > result.best["objective"]):
+            result.best = row
+        return row
+
+    for params, run in _recorded_trials(studio, spec, name)[:spec.trials]:
+        add(len(result.trials), run, params)
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
+                                                  value=search_value(spec, run)))
+    resumed = len(result.trials)
+    student = spec.student_for_run()
+    invalid = 0
+    while len(result.trials) < spec.trials:
+        if should_stop is not None and should_stop():
+            raise EvaluationCancelled(f"search {name!r} stopped after {len(result.trials)} of {spec.trials} trials")
+        trial = study.ask(distributions)
+        params = dict(trial.params)
+        n = len(result.trials)
+        label = ", ".join(f"{k}={_short(v)}" for k, v in params.items())
+        try:
+            config = spec.config(params)
+        except ValueError as exc:   # e.g. a window start after its stop: not a setting, so not a trial
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            invalid += 1
+            if invalid >= 100:
+                raise ValueError(f"the search space keeps giving invalid settings ({exc}); narrow it") from exc
+            continue
+        report(n / spec.trials, f"trial {n + 1}/{spec.trials}: {label}")
+
+        def trial_progress(f: float, message: str, n: int = n) -> None:
+            report((n + f) / spec.trials, f"trial {n + 1}/{spec.trials} ({label}): {message}")
+
+        run = distill_point(studio, engine, "tune", name, config, student, trial_progress, should_stop)
+        row = add(n, run, params)
+        study.tell(trial, search_value(spec, run))
+        if on_trial is not None:
+            on_trial(row)
+    report(1.0, f"search {name!r}: {len(result.trials)} trials ({resumed} resumed from the registry)")
+    return result
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
