@@ -7,7 +7,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from core.cli.options import add_distill_options, add_registry, distill_config_from_args, model_spec, open_registry
+from core.cli.options import (
+    add_distill_options,
+    add_registry,
+    distill_config_from_args,
+    model_spec,
+    open_registry,
+)
 from core.config import PROTOCOLS, STUDENT_ARCHITECTURES, TEACHER_DIR
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -111,7 +112,7 @@ def parse_values(name: str, text: str) -> tuple:
         count = knob_count(name, parts[2])
         values = np.linspace(float(start), float(stop), count)
         if k.kind == "int":
-            return tuple(dict.fromkeys(int(round(v)) for v in values))
+            return tuple(dict.fromkeys(round(v) for v in values.tolist()))
         return tuple(round(float(v), 6) for v in values)
     values = tuple(dict.fromkeys(k.cast(part) for part in text.split(",") if part.strip()))
     if not values:

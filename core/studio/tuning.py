@@ -17,8 +17,9 @@ uninterrupted one with the same seed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from core.config import DistillConfig
 from core.evaluation.students import EvalConfig, EvaluationCancelled
@@ -223,7 +224,7 @@ def tune(studio: Studio, spec: TuneSpec, name: str, engine: DistillEngine | None
             continue
         report(n / spec.trials, f"trial {n + 1}/{spec.trials}: {label}")
 
-        def trial_progress(f: float, message: str, n: int = n) -> None:
+        def trial_progress(f: float, message: str, n: int = n, label: str = label) -> None:
             report((n + f) / spec.trials, f"trial {n + 1}/{spec.trials} ({label}): {message}")
 
         run = distill_point(studio, engine, "tune", name, config, student, trial_progress, should_stop)
