@@ -9,6 +9,7 @@ list of choices ("solver=euler,heun"). Objectives (``OBJECTIVES``):
   coverage of a trial within the cap and minus its excess landing error beyond it (below every feasible
   trial, and pointing back inside); the best is the feasible trial with the highest coverage.
 
+The first trial is the base config's own setting (the hand-chosen default: what the search must beat).
 Every trial is a registry run (kind ``tune``, the study's name), so a search stopped by a cancel, a closed
 tab or a killed process resumes: the trials recorded under the name are given back to a fresh study before it
 asks for more. A resumed search continues from those trials, so its later picks can differ from an
@@ -108,6 +109,9 @@ class TuneSpec:
             config = knob(name).set(config, value)
         return config
 
+    def contains(self, params: dict) -> bool:
+        return all(params[k.name] in k.choices if k.choices else k.low <= params[k.name] <= k.high for k in self.space)
+
     def student_for_run(self) -> EvalConfig | None:
         return self.student if self.objective == "val-accuracy" else None
 
@@ -152,6 +156,10 @@ def _row(spec: TuneSpec, number: int, run: dict, params: dict) -> dict:
             "landing_error_mean": run["metrics"].get("landing_error_mean")}
 
 
+def row_params(row: dict, spec: TuneSpec) -> dict:
+    return {k.name: row[k.name] for k in spec.space}
+
+
 def _recorded_trials(studio: Studio, spec: TuneSpec, name: str) -> list[tuple[dict, dict]]:
     """(params, run) of the study's recorded runs that fit the current space and objective."""
     if studio.registry is None:
@@ -167,9 +175,7 @@ def _recorded_trials(studio: Studio, spec: TuneSpec, name: str) -> list[tuple[di
         params = {k.name: knob(k.name).get(config) for k in spec.space}
         if spec.config(params) != config:   # other settings than this study's base: not one of its trials
             continue
-        inside = all(p.choices and params[p.name] in p.choices or not p.choices and p.low <= params[p.name] <= p.high
-                     for p in spec.space)
-        if inside and not math.isnan(objective_value(spec, run)[0]):
+        if spec.contains(params) and not math.isnan(objective_value(spec, run)[0]):
             out.append((params, run))
     return out
 
@@ -205,6 +211,9 @@ def tune(studio: Studio, spec: TuneSpec, name: str, engine: DistillEngine | None
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
                                                   value=search_value(spec, run)))
     resumed = len(result.trials)
+    base = {k.name: knob(k.name).get(spec.base) for k in spec.space}
+    if spec.contains(base) and not any(row_params(row, spec) == base for row in result.trials):
+        study.enqueue_trial(base, skip_if_exists=True)   # trial 0 is the hand-chosen setting: the one to beat
     student = spec.student_for_run()
     invalid = 0
     while len(result.trials) < spec.trials:

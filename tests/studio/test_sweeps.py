@@ -113,16 +113,18 @@ def test_search_knobs_parse_ranges_and_choices():
 
 
 def _search(trials: int, seed: int = 0) -> TuneSpec:
-    return TuneSpec(BASE, (SearchKnob("guidance", 0.0, 1.5), SearchKnob("steps", 2, 6)), "mode-coverage", trials,
+    return TuneSpec(BASE, (SearchKnob("guidance", 0.0, 1.5), SearchKnob("steps", 2, 8)), "mode-coverage", trials,
                     seed, landing_cap=10.0)
 
 
 def test_tune_is_seeded_records_every_trial_and_resumes_from_the_registry(studio, tmp_path):
     first = tune(studio, _search(4), "search", engine=studio.engine)
     assert [t["trial"] for t in first.trials] == [0, 1, 2, 3]
+    base = (BASE.sampler.guidance.strength, BASE.sampler.steps)
+    assert (first.trials[0]["guidance"], first.trials[0]["steps"]) == base   # trial 0: the hand-chosen setting
     assert len(studio.registry.runs(kind="tune")) == 4
     assert first.best == max((t for t in first.trials if t["feasible"]), key=lambda t: t["objective"])
-    assert all(0 <= t["guidance"] <= 1.5 and 2 <= t["steps"] <= 6 for t in first.trials)
+    assert all(0 <= t["guidance"] <= 1.5 and 2 <= t["steps"] <= 8 for t in first.trials)
     other = replace(studio, registry=Registry(tmp_path / "other.sqlite"))
     repeat = tune(other, _search(4), "search", engine=studio.engine)
     assert [(t["guidance"], t["steps"]) for t in repeat.trials] == [(t["guidance"], t["steps"]) for t in first.trials]
