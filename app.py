@@ -13,6 +13,7 @@ PAGES = [
     st.Page("pages/coverage.py", title="Coverage", icon="🎯"),
     st.Page("pages/evaluate.py", title="Evaluate", icon="🎓"),
     st.Page("pages/runs.py", title="Runs", icon="📋"),
+    st.Page("pages/sweeps.py", title="Sweeps", icon="🎛️"),
     st.Page("pages/export.py", title="Export", icon="📦"),
     st.Page("pages/dataset.py", title="Dataset", icon="🗂️"),
 ]

@@ -139,3 +139,43 @@ def mode_grid(covered: dict[int, np.ndarray], counts: dict[int, np.ndarray], cla
                                colorscale=[[0, "#f1d4d4"], [1, "#3aa655"]],
                                hovertemplate="%{y}, %{x}: %{text} covering samples<extra></extra>"))
     return _layout(fig, title, height=60 + 34 * len(classes), yaxis=dict(autorange="reversed"))
+
+
+def sweep_lines(rows: Sequence[dict], x: str, metrics: Sequence[str], group: str | None = None,
+                labels: dict[str, str] | None = None, markers_only: bool = False) -> go.Figure:
+    """One panel per metric of a sweep's rows against knob ``x`` (a line per value of knob ``group``);
+    a categorical ``x`` (a solver) is drawn in the order given. ``labels``: axis titles by name;
+    ``markers_only``: points without lines (a search's trials against one of its knobs)."""
+    from plotly.subplots import make_subplots
+
+    labels = labels or {}
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[labels.get(m, m) for m in metrics])
+    groups = sorted({row[group] for row in rows}, key=str) if group else [None]
+    for g_i, g in enumerate(groups):
+        members = [row for row in rows if group is None or row[group] == g]
+        members = sorted(members, key=lambda row: row[x]) if all(isinstance(r[x], (int, float)) for r in members) else members
+        for m_i, metric in enumerate(metrics):
+            points = [(row[x], row.get(metric)) for row in members if row.get(metric) is not None]
+            fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points],
+                                     mode="markers" if markers_only else "lines+markers",
+                                     name=f"{group} = {g}" if group else metric, legendgroup=str(g),
+                                     showlegend=m_i == 0 and group is not None,
+                                     line=dict(color=PALETTE[g_i % len(PALETTE)])), row=1, col=m_i + 1)
+            fig.update_xaxes(title_text=labels.get(x, x), row=1, col=m_i + 1)
+    return _layout(fig, "", height=340)
+
+
+def sweep_heatmap(rows: Sequence[dict], x: str, y: str, metric: str, labels: dict[str, str] | None = None) -> go.Figure:
+    """``metric`` over the grid of knobs ``x`` and ``y`` (cells without a value stay empty), annotated."""
+    labels = labels or {}
+    xs = sorted({row[x] for row in rows}, key=lambda v: (isinstance(v, str), v))
+    ys = sorted({row[y] for row in rows}, key=lambda v: (isinstance(v, str), v))
+    grid = np.full((len(ys), len(xs)), np.nan)
+    for row in rows:
+        if row.get(metric) is not None:
+            grid[ys.index(row[y]), xs.index(row[x])] = row[metric]
+    fig = go.Figure(go.Heatmap(z=grid, x=[str(v) for v in xs], y=[str(v) for v in ys], colorscale="Viridis",
+                               text=[[("" if np.isnan(v) else f"{v:.3g}") for v in r] for r in grid],
+                               texttemplate="%{text}", colorbar=dict(title=labels.get(metric, metric))))
+    return _layout(fig, labels.get(metric, metric), height=420,
+                   xaxis=dict(title=labels.get(x, x), type="category"), yaxis=dict(title=labels.get(y, y), type="category"))

@@ -25,6 +25,9 @@ from core.pipeline.distill import DistillEngine
 from core.studio.session import Progress, Studio, run_once
 
 SWEEP_METRICS = ("mode_coverage", "landing_error_mean", "w2_latent_mean", "precision", "recall", "coverage")
+METRIC_LABELS = {"mode_coverage": "mode coverage", "landing_error_mean": "landing error",
+                 "w2_latent_mean": "W2 (latent)", "precision": "precision", "recall": "recall",
+                 "coverage": "PRDC coverage"}
 
 
 @dataclass(frozen=True)
@@ -283,3 +286,17 @@ def run_sweep(studio: Studio, spec: SweepSpec, name: str, engine: DistillEngine 
             on_row(rows[-1])
     report(1.0, f"sweep {name!r}: {len(rows)} points")
     return rows
+
+
+def recorded_names(registry, kind: str = "sweep") -> list[str]:
+    """Names of the sweeps (or searches: ``kind='tune'``) in the registry, the latest first."""
+    runs = sorted(registry.runs(kind=kind), key=lambda r: -r["id"])
+    return list(dict.fromkeys(r["name"] for r in runs))
+
+
+def recorded_rows(registry, name: str, kind: str = "sweep") -> tuple[list[str], list[dict]]:
+    """The knobs that vary across a recorded sweep's runs, and its table rows (oldest first)."""
+    runs = sorted((r for r in registry.runs(kind=kind) if r["name"] == name), key=lambda r: r["id"])
+    configs = [DistillConfig.from_dict(r["config"]) for r in runs]
+    varying = [k for k, spec in KNOBS.items() if len({repr(spec.get(c)) for c in configs}) > 1]
+    return varying, [_point_row({k: KNOBS[k].get(c) for k in varying}, r) for r, c in zip(runs, configs)]

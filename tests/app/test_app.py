@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 PAGES = ["pages/sampling.py", "pages/latent_space.py", "pages/trajectories.py", "pages/coverage.py",
-         "pages/evaluate.py", "pages/runs.py", "pages/export.py", "pages/dataset.py"]
+         "pages/evaluate.py", "pages/runs.py", "pages/sweeps.py", "pages/export.py", "pages/dataset.py"]
 
 
 @pytest.fixture(autouse=True)
@@ -266,3 +266,36 @@ def test_runs_page_lists_registry_runs_pins_them_and_reapplies_their_settings():
     at.button(key="runs_same").click().run()   # back to the first run's settings: its run, from the history
     assert not at.exception, at.exception
     assert current(at).config == first.config and current(at) is first
+
+
+def test_sweeps_page_runs_a_grid_in_the_background_and_applies_the_best_of_a_search():
+    at = open_app(ipc=1)
+    at.switch_page("pages/sweeps.py").run()
+    assert not at.exception, at.exception
+    at.text_input(key="sweep_values1").set_value("0.3,1.2").run()
+    at.selectbox(key="sweep_knob2").set_value("t_stop").run()
+    at.text_input(key="sweep_values2").set_value("0.4,0.9").run()
+    assert any("4 points" in c.value for c in at.caption)
+    at.text_input(key="sweep_values2").set_value("0.4,x").run()   # a bad value: said, and nothing can start
+    assert any("not a number" in e.value for e in at.error) and at.button(key="sweep_start").disabled
+    at.text_input(key="sweep_values2").set_value("0.4,0.9").run()
+    at.button(key="sweep_start").click().run()
+    at.session_state["sweep_job"].wait(300)
+    at.run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert len(table) == 4 and {"guidance", "t_stop", "mode_coverage", "landing_error_mean"} <= set(table.columns)
+    assert len(at.get("plotly_chart")) == 2   # metric panels against λ, and the heat map over the grid
+    at.selectbox(key="tune_objective").set_value("mode-coverage").run()
+    at.multiselect(key="tune_knobs").set_value(["guidance"]).run()
+    at.number_input(key="tune_trials").set_value(3).run()
+    at.number_input(key="tune_cap").set_value(1.0).run()
+    at.button(key="tune_start").click().run()
+    result = at.session_state["sweep_job"].wait(300)
+    at.run()
+    assert not at.exception, at.exception
+    assert len(result.trials) == 3 and any("Best of 3 trials" in s.value for s in at.success)
+    best = result.best["guidance"]
+    at.button(key="tune_apply").click().run()
+    assert not at.exception, at.exception
+    assert current(at).config.sampler.guidance.strength == pytest.approx(best, abs=1e-6)
