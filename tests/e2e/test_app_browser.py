@@ -7,6 +7,7 @@ import zipfile
 
 from helpers import (
     EXCEPTION,
+    MAIN,
     SLIDER_THUMB,
     button,
     download,
@@ -155,4 +156,31 @@ def test_a_reload_restores_the_settings_from_the_address(streamlit_server, brows
     wait_for_app_idle(page)
     wait_for_images(page)
     assert [float(v) for v in slider_value(page, "Guidance λ")] == [0.95], "the reload lost λ"
+    no_errors(page)
+
+
+def test_a_sweep_runs_from_the_browser_and_is_found_again_after_a_reload(streamlit_server, browser_page):
+    page = browser_page
+    goto_page(page, streamlit_server, "sweeps", title="Sweeps", timeout=300)
+    no_errors(page)
+    for label, text in (("Sweep name", "browser sweep"), ("Values", "0.3,1.2")):
+        field = widget(page, "stTextInput", label).locator("input")
+        field.fill(text)
+        field.press("Enter")
+        wait_for_app_idle(page)
+    assert "2 points." in page.inner_text(MAIN)
+    button(page, "Start sweep").click()
+    page.get_by_text("Metrics to plot").wait_for(timeout=300_000)   # the points are in: table and plots
+    wait_for_app_idle(page)
+    assert page.locator('[data-testid="stPlotlyChart"]').count() >= 1
+    no_errors(page)
+    screenshot(page, "sweeps.png")
+    page.reload()   # a new session: the sweep lives in the registry, not in the tab
+    wait_for_app_idle(page, 300)
+    show = widget(page, "stSelectbox", "Show")
+    show.wait_for(timeout=120_000)
+    assert show.locator("input").input_value() == "sweep: browser sweep"
+    goto_page(page, streamlit_server, "runs", title="Runs")
+    text = page.inner_text(MAIN)
+    assert int(text.split(" runs in ")[0].split()[-1]) >= 3   # the first page's run and the two points
     no_errors(page)
