@@ -173,3 +173,9 @@ def seed_everything(seed: int) -> torch.Generator:
     """Seed torch's global RNG and return a CPU generator seeded the same way."""
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def fast_model_dtype(device: str = "cpu") -> str:
+    """The sampler precision (core.config.SAMPLER_DTYPES) an interactive session should use on ``device``:
+    bfloat16 where it runs natively (about half the time of a float32 step on an AVX512-BF16 CPU), else float32."""
+    return "bfloat16" if bf16_supported(torch.device(device)) else "float32"

@@ -16,7 +16,17 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
-from core.evaluation.metrics import ClassModes, CoverageResult, diversity, fit_modes, mode_coverage, prdc, real_radii
+from core.evaluation.metrics import (
+    ClassModes,
+    CoverageResult,
+    PreparedReal,
+    diversity,
+    fit_modes,
+    mode_coverage,
+    prdc,
+    prepare_real,
+    real_radii,
+)
 from core.io import save_tensors
 from core.pipeline.distill import DistilledSet, DistillEngine
 from core.quantize.w2 import wasserstein2
@@ -31,17 +41,22 @@ class RealReference:
     modes: ClassModes
     latents_by_class: dict[int, np.ndarray]   # class -> (N_c, d) real latents (flattened)
     k: int = 5
-    _subset_radii: dict = field(default_factory=dict, repr=False, compare=False)
+    _prepared: dict = field(default_factory=dict, repr=False, compare=False)
 
-    def real_of(self, classes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """Features and PRDC radii of the real images of ``classes`` only (a set of some classes is compared
-        with those classes' real images; radii recomputed within them, remembered per class subset)."""
+    def real_of(self, classes: tuple[int, ...]) -> PreparedReal:
+        """The PRDC real side (``core.evaluation.metrics.PreparedReal``) of the real images of ``classes``
+        only: a set of some classes is compared with those classes' real images (radii recomputed within
+        them). Prepared once per class subset and remembered: every later score costs one matrix product."""
+        classes = tuple(sorted(set(classes)))
         if set(classes) >= set(np.unique(self.labels).tolist()):
-            return self.features, self.radii
-        mask = np.isin(self.labels, classes)
-        if classes not in self._subset_radii:
-            self._subset_radii[classes] = real_radii(self.features[mask], self.k)
-        return self.features[mask], self._subset_radii[classes]
+            classes = ()   # every class: the whole reference and its cached radii
+        if classes not in self._prepared:
+            if classes:
+                own = self.features[np.isin(self.labels, classes)]
+                self._prepared[classes] = prepare_real(own, self.k, real_radii(own, self.k))
+            else:
+                self._prepared[classes] = prepare_real(self.features, self.k, self.radii)
+        return self._prepared[classes]
 
 
 def build_reference(engine: DistillEngine, teacher, per_class: int = 1000, num_modes: int = 10, k: int = 5,
@@ -112,8 +127,8 @@ def assess(reference: RealReference, teacher, dset: DistilledSet, w2: bool = Tru
     out = {"mode_coverage": round(coverage.overall, 4),
            "mode_coverage_per_class": {int(c): round(v, 4) for c, v in coverage.per_class.items()}}
     if len(dset) > reference.k:
-        real, radii = reference.real_of(tuple(int(c) for c in np.unique(dset.labels)))
-        out.update({key: round(value, 4) for key, value in prdc(real, features, reference.k, radii).items()})
+        real = reference.real_of(tuple(int(c) for c in np.unique(dset.labels)))
+        out.update({key: round(value, 4) for key, value in prdc(real, features).items()})
     return {**out, **latent_scores(reference.latents_by_class, dset, w2)}
 
 

@@ -72,10 +72,10 @@ def _row_chunk(n_cols: int, budget: int = 1 << 23) -> int:
     return max(1, budget // max(1, n_cols))
 
 
-def _distances(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
+def _distances(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor, a_sq: torch.Tensor | None = None) -> torch.Tensor:
     """Euclidean distances (len(a), len(b)) via ||a||² + ||b||² - 2 a·b in float32, clamped at 0."""
     d2 = torch.addmm(b_sq.unsqueeze(0), a, b.T, beta=1.0, alpha=-2.0)
-    d2.add_(a.square().sum(1, keepdim=True))
+    d2.add_((a.square().sum(1) if a_sq is None else a_sq).unsqueeze(1))
     return d2.clamp_(min=0.0).sqrt_()
 
 
@@ -115,24 +115,26 @@ def real_radii(real_features: Array, k: int = 5) -> np.ndarray:
     return _kth_nn_radii(real, k).numpy()
 
 
-def prdc(real_features: Array, fake_features: Array, k: int = 5,
-         real_radii: Array | None = None) -> dict[str, float]:
-    """Precision, recall, density and coverage of fake (S, D) against real (N, D) features.
+@dataclass(frozen=True)
+class PreparedReal:
+    """The real side of `prdc`, computed once per real set: its mean, the centred features (N, D) float32,
+    their squared norms (N,) and k-NN radii (N,). Passing it skips every O(N·D) step but the one product
+    with the fake features (the app scores a new set on every λ step against the same real set)."""
 
-    Same definitions as the reference `prdc` package (k-NN radii exclude self; strict '<'):
-      r_i = distance of real i to its k-th nearest real, s_j likewise within the fake set;
-      precision = mean_j [exists i: d(i, j) < r_i]      recall   = mean_i [exists j: d(i, j) < s_j]
-      density   = mean_j (1/k) #{i: d(i, j) < r_i}      coverage = mean_i [min_j d(i, j) < r_i]
-    Distances in float32 (||a||² + ||b||² - 2ab, chunked). `real_radii` (N,) from `real_radii(real, k)`
-    may be passed to skip the O(N²) real-real step; it must have been computed with the same k.
-    """
+    centre: torch.Tensor
+    features: torch.Tensor
+    sq_norms: torch.Tensor
+    radii: torch.Tensor
+    k: int
+
+
+def prepare_real(real_features: Array, k: int = 5, real_radii: Array | None = None) -> PreparedReal:
+    """`PreparedReal` of a real feature matrix; ``real_radii`` (from `real_radii(real, k)`) skips the O(N²)
+    real-real step and must have been computed with the same k."""
     real = _features("real_features", real_features)
-    fake = _features("fake_features", fake_features)
-    _same_dim("real_features", real, "fake_features", fake)
     _check_k(k, len(real), "real_features")
-    _check_k(k, len(fake), "fake_features")
     centre = real.mean(0)
-    real, fake = real - centre, fake - centre
+    real = real - centre   # distances are shift-invariant; centring reduces float32 cancellation
     if real_radii is None:
         r = _kth_nn_radii(real, k)
     else:
@@ -142,6 +144,27 @@ def prdc(real_features: Array, fake_features: Array, k: int = 5,
             raise ValueError(f"real_radii must have shape ({len(real)},), got {tuple(r.shape)}")
         if not bool(torch.isfinite(r).all()) or bool((r < 0).any()):
             raise ValueError("real_radii must be finite and non-negative")
+    return PreparedReal(centre, real, real.square().sum(1), r, k)
+
+
+def prdc(real_features: Array | PreparedReal, fake_features: Array, k: int = 5,
+         real_radii: Array | None = None) -> dict[str, float]:
+    """Precision, recall, density and coverage of fake (S, D) against real (N, D) features.
+
+    Same definitions as the reference `prdc` package (k-NN radii exclude self; strict '<'):
+      r_i = distance of real i to its k-th nearest real, s_j likewise within the fake set;
+      precision = mean_j [exists i: d(i, j) < r_i]      recall   = mean_i [exists j: d(i, j) < s_j]
+      density   = mean_j (1/k) #{i: d(i, j) < r_i}      coverage = mean_i [min_j d(i, j) < r_i]
+    Distances in float32 (||a||² + ||b||² - 2ab, chunked). `real_radii` (N,) from `real_radii(real, k)`
+    may be passed to skip the O(N²) real-real step; it must have been computed with the same k. Or pass a
+    `PreparedReal` (`prepare_real`) as ``real_features``; its k is then used.
+    """
+    prepared = real_features if isinstance(real_features, PreparedReal) else prepare_real(real_features, k, real_radii)
+    k, real, r = prepared.k, prepared.features, prepared.radii
+    fake = _features("fake_features", fake_features)
+    _same_dim("real_features", real, "fake_features", fake)
+    _check_k(k, len(fake), "fake_features")
+    fake = fake - prepared.centre
     s = _kth_nn_radii(fake, k)
 
     fake_sq = fake.square().sum(1)
@@ -151,7 +174,7 @@ def prdc(real_features: Array, fake_features: Array, k: int = 5,
     step = _row_chunk(len(fake))
     for start in range(0, len(real), step):
         stop = min(len(real), start + step)
-        d = _distances(real[start:stop], fake, fake_sq)  # (chunk, S)
+        d = _distances(real[start:stop], fake, fake_sq, prepared.sq_norms[start:stop])  # (chunk, S)
         inside = d < r[start:stop, None]
         n_inside += inside.sum(0, dtype=torch.float64)
         recalled[start:stop] = (d < s[None, :]).any(1)

@@ -58,5 +58,6 @@ def sidebar_settings(row: dict, class_names: list[str]) -> dict | None:
     return {"method": config.method, "ipc": config.ipc, "seed": config.seed, "classes": classes,
             "guidance": g.strength, "schedule": g.schedule, "t_start": g.t_start, "t_stop": g.t_stop,
             "trust_radius": g.trust_radius or 0.0, "t0": s.t0, "solver": s.solver, "steps": s.steps,
-            "cfg_scale": s.cfg_scale, "diffusion_steps": config.diffusion.steps, "cell_offset": config.cell_offset,
+            "cfg_scale": s.cfg_scale, "dtype": s.dtype, "diffusion_steps": config.diffusion.steps,
+            "cell_offset": config.cell_offset,
             "prototypes_per_class": config.prototypes_per_class or 0}

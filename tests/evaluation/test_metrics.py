@@ -305,4 +305,5 @@ def test_a_class_subset_is_scored_against_the_real_images_of_its_classes(engine)
     assert scores["coverage"] == pytest.approx(expected["coverage"], abs=1e-4)
     against_all = metrics.prdc(reference.features, features, reference.k, reference.radii)
     assert scores["coverage"] > against_all["coverage"]   # all classes' real images would dilute it
-    assert reference.real_of((0, 1, 2))[1] is reference.radii   # every class: the cached radii
+    assert np.array_equal(reference.real_of((0, 1, 2)).radii.numpy(), reference.radii)   # every class: cached radii
+    assert reference.real_of((2, 1, 0)) is reference.real_of((0, 1, 2))                  # prepared once
