@@ -147,20 +147,33 @@ class Bench:
 
     def _evaluate(self, name: str, row: dict, missing: list[str], sets: dict, split, started: float,
                   **settings) -> None:
-        """Train and test the students of each missing protocol; results.json is rewritten after each one,
-        so an interrupted IPC 50 cell keeps its finished protocols. ``sets``: student seed -> (images,
-        labels, weights) it trains on; one key ``None`` when every seed trains on the same set."""
+        """Train and test the students of each missing protocol, one seed at a time. results.json is
+        rewritten after every student (its accuracy kept under ``row["partial"][protocol]`` until the
+        protocol's last seed is in), so an interrupted IPC 50 cell loses at most the student in training.
+        ``sets``: student seed -> (images, labels, weights) it trains on; one key ``None`` when every seed
+        trains on the same set (the seeds then give the same students as one ``evaluate_set`` call)."""
         for protocol in missing:
             eval_config = protocol_config(protocol, **settings)
             progress = self._throttled_progress(f"{name} {protocol}")
-            if None in sets:
-                images, labels, weights = sets[None]
-                result = evaluate_set(images, labels, split, eval_config, weights, self.teacher, progress)
-            else:   # each seed its own set (random real: one draw per seed)
-                parts = [evaluate_set(*sets[s][:2], split, replace(eval_config, seeds=(s,)), sets[s][2], self.teacher,
-                                      progress) for s in eval_config.seeds]
-                result = EvalResult([p.accuracies[0] for p in parts], [p.seconds[0] for p in parts], eval_config,
-                                    parts[0].num_images, {"draws": "one set per seed"})
+            partial = row.setdefault("partial", {}).setdefault(protocol, {"seeds": [], "accuracies": [], "seconds": []})
+            for seed in eval_config.seeds:
+                if seed in partial["seeds"]:
+                    continue
+                images, labels, weights = sets[None] if None in sets else sets[seed]
+                one = evaluate_set(images, labels, split, replace(eval_config, seeds=(seed,)), weights, self.teacher,
+                                   progress)
+                partial["seeds"].append(seed)
+                partial["accuracies"].append(one.accuracies[0])
+                partial["seconds"].append(one.seconds[0])
+                self.results["cells"][name] = row
+                self.save()
+            order = [partial["seeds"].index(seed) for seed in eval_config.seeds]
+            result = EvalResult([partial["accuracies"][i] for i in order], [partial["seconds"][i] for i in order],
+                                eval_config, len(next(iter(sets.values()))[0]),
+                                {} if None in sets else {"draws": "one set per seed"})
+            del row["partial"][protocol]
+            if not row["partial"]:
+                del row["partial"]
             row[protocol] = result.to_dict()
             if self.registry is not None:
                 if name not in self._registry_runs:

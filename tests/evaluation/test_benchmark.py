@@ -130,6 +130,39 @@ def test_a_cell_interrupted_between_label_protocols_keeps_the_finished_one(bench
     assert "hard" in cell and "soft" not in cell
 
 
+def test_a_cell_interrupted_between_seeds_keeps_the_finished_students(bench_parts, monkeypatch):
+    engine, teacher, test, out, config = bench_parts
+    real_evaluate = benchmark.evaluate_set
+    trained = []
+
+    def crash_on_seed_2(*args, **kwargs):
+        (seed,) = args[3].seeds
+        if seed == 2 and not trained.count("resumed"):
+            raise KeyboardInterrupt
+        trained.append(seed)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(benchmark, "evaluate_set", crash_on_seed_2)
+    three = replace(config, methods=("d4m",), ipcs=(2,), seeds=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(Bench(engine, teacher, test, out, three, log=lambda m: None))
+    cell = json.loads((out / "results.json").read_text())["cells"]["main/d4m/ipc2"]
+    assert "hard" not in cell and cell["partial"]["hard"]["seeds"] == [0, 1]
+    trained.append("resumed")
+    run_benchmark(Bench(engine, teacher, test, out, three, log=lambda m: None))
+    cell = json.loads((out / "results.json").read_text())["cells"]["main/d4m/ipc2"]
+    assert trained == [0, 1, "resumed", 2]   # only the missing student trained again
+    assert "partial" not in cell and len(cell["hard"]["accuracies"]) == 3
+    # the same accuracies as students trained in one go
+    whole = real_evaluate(*_d4m_set(engine), test, benchmark.protocol_config("hard", epochs=config.epochs, seeds=(0, 1, 2)))
+    assert cell["hard"]["accuracies"] == pytest.approx(whole.accuracies, abs=1e-5)
+
+
+def _d4m_set(engine):
+    dset = distill(engine, DistillConfig(method="d4m", ipc=2))
+    return dset.images, dset.labels
+
+
 def test_report_only_rewrites_the_table_from_results_json(bench_parts):
     engine, teacher, test, out, config = bench_parts
     run_benchmark(Bench(engine, teacher, test, out, replace(config, methods=("random",), ipcs=(1,)), log=lambda m: None))
@@ -261,8 +294,9 @@ def test_random_real_draws_its_images_anew_for_every_student_seed(bench_parts, m
                         lambda images, *a, **k: trained.append((images, a[2].seeds)) or real_evaluate(images, *a, **k))
     results = run_benchmark(Bench(engine, teacher, test, out, replace(config, methods=("random", "d4m"), ipcs=(2,), seeds=2),
                                   log=lambda m: None))
-    (draw0, s0), (draw1, s1), (d4m, both) = trained
-    assert (s0, s1, both) == ((0,), (1,), (0, 1))            # random: a student per seed; d4m: one set for both
+    (draw0, s0), (draw1, s1), (d4m_0, t0), (d4m_1, t1) = trained
+    assert (s0, s1, t0, t1) == ((0,), (1,), (0,), (1,))   # a student per seed (saved one by one)
+    assert torch.equal(d4m_0, d4m_1)                        # d4m: one set for both; random: a draw per seed
     assert torch.equal(draw0, distill(engine, replace(DistillConfig(method="random", ipc=2), seed=0)).images)
     assert torch.equal(draw1, distill(engine, replace(DistillConfig(method="random", ipc=2), seed=1)).images)
     cell = results["cells"]["main/random/ipc2"]
