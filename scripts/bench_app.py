@@ -1,6 +1,6 @@
 """Measure the app's responsiveness on this machine and print it (targets of the app issue; no assertions).
 
-    python scripts/bench_app.py [--cold] [--repeats 5] [--threads N] [--json benchmarks/app_responsiveness.json]
+    python scripts/bench_app.py [--cold] [--repeats 5] [--threads N] [--dtypes float32 bfloat16] [--json FILE]
 
 1. warm open: a fresh Python process (machine set up before: latents and UMAP cached) runs the app
    until its first page is rendered (Streamlit AppTest: script time; the browser adds its page load);
@@ -48,17 +48,21 @@ def fresh_process(env: dict, with_umap: bool = False) -> tuple[float, float | No
     return float(out[-2]), None if out[-1] == "None" else float(out[-1])
 
 
-def lambda_changes(repeats: int) -> dict[str, list[float]]:
+def lambda_changes(repeats: int, dtype: str | None = None) -> dict[str, list[float]]:
     """Per page: seconds of script time for a λ change (each to a λ no earlier run had, so nothing is reused
-    from the history), and seconds until that run's W2, scored in the background, is in."""
+    from the history), of that run's distillation and scores alone (``run_once``), and until its W2, scored in
+    the background, is in. ``dtype``: the sidebar's model precision (default: the app's)."""
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=900).run()
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=900)
+    if dtype:
+        at.session_state["dtype"] = dtype
+    at.run()
     timings = {}
     grid = iter([round(0.3 + 0.05 * k, 2) for k in range(40)])   # λ values, each used once
     for page in PAGES:
         at.switch_page(page).run()
-        times, w2 = [], []
+        times, runs, w2 = [], [], []
         for _ in range(repeats):
             lam = next(grid)
             t0 = time.perf_counter()
@@ -67,11 +71,13 @@ def lambda_changes(repeats: int) -> dict[str, list[float]]:
             assert not at.exception, at.exception
             run = at.session_state["run"]
             assert run.config.sampler.guidance.strength == lam
+            runs.append(run.seconds)
             if run.w2_job is not None:
                 run.w2_job.wait()
                 w2.append(max(time.perf_counter() - t0, 0.0) if not run.w2_job.finished_at else
                           run.w2_job.finished_at - t0)
         timings[Path(page).stem] = times
+        timings[f"{Path(page).stem}: distil + score"] = runs
         timings[f"{Path(page).stem}: W2 in"] = w2
     return timings
 
@@ -82,6 +88,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of the app (DISTILL_STUDIO_THREADS; default: the app's choice)")
+    parser.add_argument("--dtypes", nargs="+", default=None, choices=["float32", "bfloat16"],
+                        help="measure the λ changes once per model precision (default: the app's default only)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     os.chdir(ROOT)
@@ -99,12 +107,14 @@ def main() -> None:
           f"{', '.join(f'{t:.1f}' for t in warm)} s (target <= 5 s)")
 
     os.environ["DISTILL_STUDIO_UMAP_AUTOSTART"] = "0"
-    timings = lambda_changes(args.repeats)
-    report["lambda_change_s"] = timings
-    print("change λ -> re-sample, re-score, redraw (10 classes x IPC 10, 8 Euler steps; target <= 0.5 s script time):")
-    for page, times in timings.items():
-        if times:
-            print(f"  {page:<22} median {statistics.median(times):.2f} s, max {max(times):.2f} s")
+    for dtype in args.dtypes or [None]:
+        timings = lambda_changes(args.repeats, dtype)
+        report["lambda_change_s" if dtype is None else f"lambda_change_s ({dtype})"] = timings
+        print(f"change λ -> re-sample, re-score, redraw (10 classes x IPC 10, 8 Euler steps; model precision "
+              f"{dtype or 'the app default'}; target <= 0.5 s script time):")
+        for page, times in timings.items():
+            if times:
+                print(f"  {page:<32} median {statistics.median(times):.2f} s, max {max(times):.2f} s")
 
     if args.cold:
         with tempfile.TemporaryDirectory(prefix="distill-cold-") as cache:

@@ -5,6 +5,7 @@ mean; images are float in [-1, 1], shape (B, C, H, W); latents are (B, latent_ch
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -101,15 +102,19 @@ class LatentAutoencoder:
         return torch.cat(out) if out else torch.empty(0, *self.latent_shape(images.shape[-1]))
 
     @torch.inference_mode()
-    def decode(self, latents: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Scaled latents (B, c, h, w) -> images in [-1, 1], float32 on CPU."""
+    def decode(self, latents: torch.Tensor, batch_size: int = 256, precision: str = "float32") -> torch.Tensor:
+        """Scaled latents (B, c, h, w) -> images in [-1, 1], float32 on CPU. ``precision``: ``float32``, or
+        ``bfloat16`` / ``float16`` autocast of the decoder (a distillation's model precision)."""
         expected = int(self.vae.config.latent_channels)
         if latents.ndim != 4 or latents.shape[1] != expected:
             raise ValueError(f"latents must have shape (B, {expected}, h, w), got {tuple(latents.shape)}")
+        amp = (torch.autocast(self.device.type, dtype=getattr(torch, precision)) if precision != "float32"
+               else contextlib.nullcontext())
         out = []
         for start in range(0, len(latents), batch_size):
             z = latents[start:start + batch_size].to(self.device, self.dtype)
-            x = self.vae.decode(z / self.scaling_factor + self.shift_factor).sample
+            with amp:
+                x = self.vae.decode(z / self.scaling_factor + self.shift_factor).sample
             out.append(x.float().clamp_(-1, 1).cpu())
         return torch.cat(out) if out else torch.empty(0)
 

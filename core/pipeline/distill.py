@@ -164,8 +164,8 @@ class LocalExecutor:
                          config: DiffusionSamplerConfig) -> SampleResult:
         return sample_diffusion(model, labels, prototypes, config)
 
-    def decode(self, vae: LatentAutoencoder, latents: torch.Tensor) -> torch.Tensor:
-        return vae.decode(latents, DECODE_BATCH)
+    def decode(self, vae: LatentAutoencoder, latents: torch.Tensor, precision: str = "float32") -> torch.Tensor:
+        return vae.decode(latents, DECODE_BATCH, precision)
 
 
 def _require_in_memory(engine: DistillEngine, what: str) -> None:
@@ -263,7 +263,9 @@ def distill(engine: DistillEngine, config: DistillConfig, executor: LocalExecuto
     if config.method == "random":
         images = engine.dataset.batch(source)
     else:
-        images = executor.decode(engine.vae, latents)
+        # the decoder runs at the distillation's model precision (the diffusion sampler's for its methods)
+        precision = config.diffusion.dtype if config.method in DIFFUSION_METHODS else config.sampler.dtype
+        images = executor.decode(engine.vae, latents, precision)
     timings["decode_s"] = time.perf_counter() - t0
     if prototypes is not None and config.method != "random":
         landing = ((latents - prototypes).flatten(1).norm(dim=1) / np.sqrt(latents[0].numel())).numpy()

@@ -309,11 +309,12 @@ def encode_dataset_distributed(dataset: LabelledImages, vae: LatentAutoencoder, 
 
 # -- distillation ----------------------------------------------------------------------------------------
 def decode_distributed(vae: LatentAutoencoder, latents: torch.Tensor, ctx: DistContext,
-                       batch_size: int = DECODE_BATCH) -> torch.Tensor:
-    """``vae.decode(latents, batch_size)`` with whole batches split across ranks; all images on every rank."""
+                       batch_size: int = DECODE_BATCH, precision: str = "float32") -> torch.Tensor:
+    """``vae.decode(latents, batch_size, precision)`` with whole batches split across ranks; all images on
+    every rank."""
     rows = shard_rows(len(latents), batch_size, ctx.rank, ctx.world_size)
-    parts = _run_shard(ctx, lambda: vae.decode(latents[rows.start:rows.stop], batch_size) if len(rows) else None,
-                       rows)
+    parts = _run_shard(ctx, lambda: vae.decode(latents[rows.start:rows.stop], batch_size, precision)
+                       if len(rows) else None, rows)
     return assemble_rows(parts, len(latents))
 
 
@@ -380,8 +381,8 @@ class ShardedExecutor(LocalExecutor):
                                            config, noise=noise[part]) if len(rows) else None
         return _gather_samples(self.ctx, compute, rows, len(labels), prototypes, config.nfe)
 
-    def decode(self, vae: LatentAutoencoder, latents: torch.Tensor) -> torch.Tensor:
-        return decode_distributed(vae, latents, self.ctx, DECODE_BATCH)
+    def decode(self, vae: LatentAutoencoder, latents: torch.Tensor, precision: str = "float32") -> torch.Tensor:
+        return decode_distributed(vae, latents, self.ctx, DECODE_BATCH, precision)
 
 
 def distill_distributed(engine: DistillEngine, config: DistillConfig, ctx: DistContext) -> DistilledSet:

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -190,3 +191,12 @@ def test_fewer_prototypes_than_ipc_share_the_samples_by_cell_mass(engine):
             assert distance < 1e-4 and q.assignments[int(nearest)] == offset.prototype_ids[i]
     with pytest.raises(ValueError, match="prototypes_per_class must be an integer in"):
         DistillConfig(method="pgfm", ipc=3, prototypes_per_class=4)
+
+
+def test_the_model_precision_also_runs_the_decoder(engine):
+    full = distill(engine, DistillConfig(method="pgfm", ipc=2))
+    half = distill(engine, DistillConfig(method="pgfm", ipc=2, sampler=replace(full.config.sampler, dtype="bfloat16")))
+    assert half.images.dtype == torch.float32 and not torch.equal(half.images, full.images)
+    assert (half.images - full.images).abs().max() < 0.15
+    decoded = engine.vae.decode(half.latents, precision="bfloat16")
+    assert torch.equal(decoded, half.images)   # the set's images are its latents decoded in bf16
