@@ -50,8 +50,9 @@ def fresh_process(env: dict, with_umap: bool = False) -> tuple[float, float | No
 
 def lambda_changes(repeats: int, dtype: str | None = None) -> dict[str, list[float]]:
     """Per page: seconds of script time for a λ change (each to a λ no earlier run had, so nothing is reused
-    from the history), of that run's distillation and scores alone (``run_once``), and until its W2, scored in
-    the background, is in. ``dtype``: the sidebar's model precision (default: the app's)."""
+    from the history), of that run's ``run_once`` alone (distillation and latent scores), and until all its
+    scores (teacher scores and W2, computed in the background) are in. ``dtype``: the sidebar's model
+    precision (default: the app's)."""
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=900)
@@ -62,7 +63,7 @@ def lambda_changes(repeats: int, dtype: str | None = None) -> dict[str, list[flo
     grid = iter([round(0.3 + 0.05 * k, 2) for k in range(40)])   # λ values, each used once
     for page in PAGES:
         at.switch_page(page).run()
-        times, runs, w2 = [], [], []
+        times, runs, scored = [], [], []
         for _ in range(repeats):
             lam = next(grid)
             t0 = time.perf_counter()
@@ -72,13 +73,12 @@ def lambda_changes(repeats: int, dtype: str | None = None) -> dict[str, list[flo
             run = at.session_state["run"]
             assert run.config.sampler.guidance.strength == lam
             runs.append(run.seconds)
-            if run.w2_job is not None:
-                run.w2_job.wait()
-                w2.append(max(time.perf_counter() - t0, 0.0) if not run.w2_job.finished_at else
-                          run.w2_job.finished_at - t0)
+            if run.scores_job is not None:
+                run.scores_job.wait()
+                scored.append(run.scores_job.finished_at - t0)
         timings[Path(page).stem] = times
-        timings[f"{Path(page).stem}: distil + score"] = runs
-        timings[f"{Path(page).stem}: W2 in"] = w2
+        timings[f"{Path(page).stem}: run_once"] = runs
+        timings[f"{Path(page).stem}: all scores in"] = scored
     return timings
 
 

@@ -84,7 +84,7 @@ def update_run(studio: Studio, config: DistillConfig | None, apply: bool = True)
     else:
         try:
             with st.spinner("Distilling and scoring…"):
-                run = history().add(run_once(studio, config, defer_w2=True))
+                run = history().add(run_once(studio, config, defer=True))
         except ValueError as exc:
             return current, str(exc)
         run.studio_key = key

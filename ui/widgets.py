@@ -49,24 +49,29 @@ def require_run() -> Run:
 
 
 def metric_panel(run: Run, columns: int = 1) -> None:
-    """The run's metrics (DESIGN.md section 4) as st.metric tiles. W2 arrives from the run's background job
-    (``run_once(defer_w2=True)``): until then its tile says so and the panel redraws itself."""
-    pending = run.w2_job is not None and not run.w2_job.done
+    """The run's metrics (DESIGN.md section 4) as st.metric tiles. The teacher's scores and W2 arrive from the
+    run's background job (``run_once(defer=True)``): until then their tiles say so and the panel redraws
+    itself; once they are in, the page is drawn again (its captions and charts use them too)."""
+    job = run.scores_job
+    pending = job is not None and not job.done
 
     @st.fragment(run_every=0.3 if pending else None)
     def tiles() -> None:
-        items = [(label, fmt.format(run.metrics[key]), help) for key, (label, fmt, help) in METRIC_LABELS.items()
-                 if key in run.metrics]
-        if "w2_latent_mean" not in run.metrics and run.w2_job is not None:
-            label, _, help = METRIC_LABELS["w2_latent_mean"]
-            error = run.w2_job.error
-            items.insert(5, (label, "failed" if error else "computing…", f"{help} ({error})" if error else help))
-        items.append(("Time (distil + score)", f"{run.seconds:.2f} s", "wall time of this run's distillation and scoring"
-                      + (" (W2 follows in the background)" if run.w2_job is not None else "")))
+        waiting = set(run.pending_metrics)
+        items = []
+        for key, (label, fmt, help) in METRIC_LABELS.items():
+            if key in run.metrics:
+                items.append((label, fmt.format(run.metrics[key]), help))
+            elif key in waiting:
+                error = job.error if job is not None else None
+                items.append((label, "failed" if error else "computing…", f"{help} ({error})" if error else help))
+        items.append(("Time (distil + score)", f"{run.seconds:.2f} s", "wall time of this run's distillation and the "
+                      "scores shown with its images" + (" (the teacher's scores and W2 follow in the background)"
+                                                        if job is not None else "")))
         cols = st.columns(columns)
         for k, (label, value, help) in enumerate(items):
             cols[k % columns].metric(label, value, help=help)
-        if pending and run.w2_job.done:
-            st.rerun()   # W2 is in: redraw the page once, now without the timer
+        if pending and job.done:
+            st.rerun()   # the scores are in: redraw the page once, now without the timer
 
     tiles()

@@ -121,7 +121,13 @@ class Run:
     evaluations: list[dict] = field(default_factory=list)
     studio_key: str = ""   # the app's key of (data and models, settings): a run with the same key is reused
     registry_id: int | None = None   # its row in the studio's run registry, once recorded
-    w2_job: BackgroundJob | None = field(default=None, repr=False)   # run_once(defer_w2=True): W2 on its way
+    scores_job: BackgroundJob | None = field(default=None, repr=False)   # run_once(defer=True): scores on their way
+    pending_metrics: tuple[str, ...] = ()   # the metric keys that job adds (empty once they are in)
+
+    def wait_for_scores(self, timeout: float | None = None) -> None:
+        """Block until the deferred scores are in (at once when there are none); their error, if any, raises."""
+        if self.scores_job is not None:
+            self.scores_job.wait(timeout)
 
 
 def covering_counts(run: Run) -> dict[int, np.ndarray]:
@@ -145,31 +151,47 @@ def _decoded_prototypes(studio: Studio, dset: DistilledSet) -> torch.Tensor:
     return cached
 
 
-def run_once(studio: Studio, config: DistillConfig, defer_w2: bool = False) -> Run:
+def _scores(studio: Studio, dset: DistilledSet, w2: bool) -> tuple[np.ndarray | None, CoverageResult | None, dict]:
+    """(teacher features, mode coverage, metrics) of a set: the teacher's scores where the studio has one."""
+    if studio.teacher is None:
+        return None, None, latent_scores(studio.latents_by_class, dset, w2)
+    features = studio.teacher.features(dset.images).numpy()
+    coverage = mode_coverage(studio.reference.modes, features, dset.labels)
+    return features, coverage, assess(studio.reference, studio.teacher, dset, w2, features, coverage)
+
+
+def run_once(studio: Studio, config: DistillConfig, defer: bool = False) -> Run:
     """Distil ``config`` (trajectories recorded) and score it: coverage, PRDC, W2, landing error, NFE.
 
-    ``defer_w2``: return before the W2 score (the slowest); a background job (``run.w2_job``) adds
-    ``metrics["w2_latent_mean"]`` a moment later, so that the app shows the rest at once."""
+    ``defer``: return after the distillation and the latent scores (landing error, diversity, NFE); a
+    background job (``run.scores_job``) then adds the teacher's scores (``run.features``, ``run.coverage``,
+    mode coverage and PRDC) and W2 (``run.pending_metrics`` names what it adds), and writes them to the
+    run's registry row once recorded. The app shows the images at once and the scores a moment later."""
     t0 = time.perf_counter()
     dset = distill(studio.engine, replace(config, record_trajectories=True))
-    features = coverage = None
-    if studio.teacher is not None:
-        features = studio.teacher.features(dset.images).numpy()
-        coverage = mode_coverage(studio.reference.modes, features, dset.labels)
-        metrics = assess(studio.reference, studio.teacher, dset, w2=not defer_w2, features=features, coverage=coverage)
-    else:
-        metrics = latent_scores(studio.latents_by_class, dset, w2=not defer_w2)
     prototypes = None
     if dset.prototypes is not None:
         prototypes = dset.images if config.method == "d4m" else _decoded_prototypes(studio, dset)
-    run = Run(config, dset, features, coverage, metrics, prototypes, time.perf_counter() - t0)
-    if defer_w2:
-        def add_w2(progress) -> None:
-            metrics["w2_latent_mean"] = w2_latent_mean(studio.latents_by_class, dset)
-            if studio.registry is not None and run.registry_id is not None:
-                studio.registry.update(run.registry_id, metrics=metrics)
+    if not defer:
+        features, coverage, metrics = _scores(studio, dset, w2=True)
+        return Run(config, dset, features, coverage, metrics, prototypes, time.perf_counter() - t0)
+    metrics = latent_scores(studio.latents_by_class, dset, w2=False)
+    run = Run(config, dset, None, None, metrics, prototypes, time.perf_counter() - t0)
+    pending = ["w2_latent_mean"]
+    if studio.teacher is not None:
+        pending[:0] = ["mode_coverage", "mode_coverage_per_class", "precision", "recall", "density", "coverage"]
+    run.pending_metrics = tuple(pending)
 
-        run.w2_job = BackgroundJob(add_w2, name="w2").start()
+    def score(progress) -> None:
+        features, coverage, scores = _scores(studio, dset, w2=False)
+        run.features, run.coverage = features, coverage
+        run.metrics = {**run.metrics, **scores}   # a new dict: a page iterating the old one is not disturbed
+        run.metrics = {**run.metrics, "w2_latent_mean": w2_latent_mean(studio.latents_by_class, dset)}
+        run.pending_metrics = ()
+        if studio.registry is not None and run.registry_id is not None:
+            studio.registry.update(run.registry_id, metrics=run.metrics)
+
+    run.scores_job = BackgroundJob(score, name="scores").start()
     return run
 
 
@@ -179,7 +201,7 @@ def record_run(studio: Studio, run: Run) -> None:
         return
     run.registry_id = studio.registry.add_run("app", run.config.to_dict(), run.metrics, run.dset.timings,
                                               config_hash(run.config), source=studio.engine.dataset.name)
-    if run.w2_job is not None and run.w2_job.done:   # W2 came in before the row existed
+    if run.scores_job is not None and not run.pending_metrics:   # the scores came in before the row existed
         studio.registry.update(run.registry_id, metrics=run.metrics)
 
 

@@ -213,13 +213,15 @@ def test_real_reference_is_cached_on_disk_and_rebuilt_when_stale(studio, tmp_pat
     assert len(other.features) == 30   # a different parameter rebuilds
 
 
-def test_a_deferred_w2_arrives_from_the_runs_background_job(studio):
-    run = run_once(studio, pgfm(), defer_w2=True)
-    assert run.w2_job is not None
-    run.w2_job.wait(60)
+def test_deferred_scores_arrive_from_the_runs_background_job(studio):
+    run = run_once(studio, pgfm(), defer=True)
+    assert run.scores_job is not None and "mode_coverage" in run.pending_metrics
+    assert "landing_error_mean" in run.metrics   # the latent scores come with the images
+    run.wait_for_scores(60)
     direct = run_once(studio, pgfm())
-    assert run.metrics["w2_latent_mean"] == direct.metrics["w2_latent_mean"] and direct.w2_job is None
-    assert {k for k in run.metrics} == {k for k in direct.metrics}
+    assert direct.scores_job is None and run.pending_metrics == ()
+    assert run.metrics == direct.metrics | {"seconds_per_image": run.metrics["seconds_per_image"]}
+    assert np.array_equal(run.features, direct.features) and run.coverage.overall == direct.coverage.overall
 
 
 def test_decoded_prototypes_follow_the_cell_offset(studio):
@@ -238,13 +240,14 @@ def test_app_runs_and_their_evaluations_are_recorded_in_the_registry(studio, tmp
 
     with Registry(tmp_path / "runs.sqlite") as reg:
         own = dc_replace(studio, registry=reg)
-        run = run_once(own, pgfm(), defer_w2=True)
+        run = run_once(own, pgfm(), defer=True)
         record_run(own, run)
-        run.w2_job.wait(60)
+        run.wait_for_scores(60)
         evaluate_run(own, run, EvalConfig(epochs=1, seeds=(0,), width=8))
         (row,) = reg.runs(kind="app")
     assert row["id"] == run.registry_id and row["config"]["method"] == "pgfm"
-    assert row["metrics"]["w2_latent_mean"] == run.metrics["w2_latent_mean"]   # the W2 that came in later
+    assert row["metrics"]["w2_latent_mean"] == run.metrics["w2_latent_mean"]   # the scores that came in later
+    assert row["metrics"]["mode_coverage"] == run.metrics["mode_coverage"]
     assert row["evaluations"][0]["accuracies"] == [run.evaluations[0]["accuracy_mean"]]
 
 
