@@ -7,9 +7,16 @@ job exposes its latest progress, result or error, an ETA, and a cancel flag ``fn
 """
 from __future__ import annotations
 
+import atexit
 import threading
 import time
+import weakref
 from typing import Any, Callable
+
+# Jobs still running when the interpreter exits: torch torn down under a daemon thread in the middle of a
+# forward pass aborts the process (SIGABRT), so exit waits a little for them (``_join_at_exit``).
+_RUNNING: "weakref.WeakSet[BackgroundJob]" = weakref.WeakSet()
+EXIT_WAIT_S = 30.0
 
 
 class BackgroundJob:
@@ -31,6 +38,7 @@ class BackgroundJob:
                 self.started_at = time.perf_counter()
                 self.message = "starting"
                 self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+                _RUNNING.add(self)
                 self._thread.start()
         return self
 
@@ -79,3 +87,13 @@ class BackgroundJob:
         if self.error is not None:
             raise self.error
         return self.result
+
+
+@atexit.register
+def _join_at_exit() -> None:
+    """Ask running jobs to stop and wait up to ``EXIT_WAIT_S`` in all for them to end."""
+    deadline = time.monotonic() + EXIT_WAIT_S
+    for job in list(_RUNNING):
+        job.cancel()
+        if job._thread is not None:
+            job._thread.join(max(0.0, deadline - time.monotonic()))
