@@ -14,10 +14,12 @@ run = require_run()
 names = run.dset.class_names
 st.title("Coverage")
 history = state.history()
-if run.scores_job is not None and not run.scores_job.done:
-    with st.spinner("Scoring the set (mode coverage, PRDC)…"):
-        run.scores_job.wait()
-if run.coverage is None:
+with st.spinner("Scoring the set (mode coverage, PRDC)…"):
+    failed = run.wait_for_scores()
+if failed is not None:
+    st.error(f"Scoring run {run.run_id} failed: {failed}. The set itself is fine (its images and latent scores "
+             "are shown on the other pages).")
+elif run.coverage is None:
     st.info("Mode coverage needs a teacher for this data (the shipped one fits the embedded Fashion-MNIST only); "
             "the run history below has the latent scores.")
 else:

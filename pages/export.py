@@ -17,9 +17,10 @@ EXPORT_ROOT = Path(os.environ.get("DISTILL_STUDIO_EXPORT_ROOT", "exports")).reso
 
 def manifest_extra(run, ids: tuple[int, ...] | None) -> dict:
     """The run id and the run's metrics, named as the whole set's when only a selection is exported."""
-    run.wait_for_scores()   # the manifest carries every score, the deferred ones included
+    failed = run.wait_for_scores()   # the manifest carries every score, the deferred ones included
     whole = ids is None or len(ids) == len(run.dset)
-    return {"run": run.run_id, ("metrics" if whole else "whole_set_metrics"): run.metrics}
+    extra = {"run": run.run_id, ("metrics" if whole else "whole_set_metrics"): run.metrics}
+    return {**extra, "scores_failed": str(failed)} if failed is not None else extra
 
 
 @st.cache_data(show_spinner="Packing the zip…", max_entries=8)

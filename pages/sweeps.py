@@ -164,10 +164,14 @@ def results() -> None:
                               for k in job.result.trials[0] if k in KNOBS)
             st.success(f"Best of {len(job.result.trials)} trials: trial {best['trial']} ({knobs}), objective "
                        f"{best['objective']:.4f}.")
-            settings = sidebar_settings(registry.get(best["run"]), list(studio.engine.latents.class_names))
-            st.button("Apply the best settings", key="tune_apply", on_click=apply_best, args=(settings,),
-                      help="put them in the sidebar and show the set (drawn from the app's whole training split, "
-                           "so it differs slightly from the trial's)")
+            try:
+                settings = sidebar_settings(registry.get(best["run"]), list(studio.engine.latents.class_names))
+            except KeyError:
+                st.info(f"Run {best['run']} of the best trial was deleted from the registry.")
+            else:
+                st.button("Apply the best settings", key="tune_apply", on_click=apply_best, args=(settings,),
+                          help="put them in the sidebar and show the set (drawn from the app's whole training "
+                               "split, so it differs slightly from the trial's)")
         elif job.kind == "search":
             st.warning("No trial met the landing-error cap: raise it or widen the ranges.")
     options = [f"sweep: {n}" for n in recorded_names(registry, "sweep")] + \

@@ -14,7 +14,15 @@ import streamlit as st
 from core.config import DistillConfig, config_hash
 from core.models.spec import ModelSpec
 from core.studio.jobs import BackgroundJob
-from core.studio.session import Run, RunHistory, Studio, load_studio, record_run, run_once
+from core.studio.session import (
+    Run,
+    RunHistory,
+    Studio,
+    ensure_scores,
+    load_studio,
+    record_run,
+    run_once,
+)
 
 
 def app_threads() -> int:
@@ -81,6 +89,7 @@ def update_run(studio: Studio, config: DistillConfig | None, apply: bool = True)
     previous = next((r for r in reversed(history().runs) if r.studio_key == key), None)
     if previous is not None:
         run = previous
+        ensure_scores(studio, run)
     else:
         try:
             with st.spinner("Distilling and scoring…"):
@@ -89,6 +98,8 @@ def update_run(studio: Studio, config: DistillConfig | None, apply: bool = True)
             return current, str(exc)
         run.studio_key = key
         record_run(studio, run)
+    if current is not None and current is not run and current.scores_job is not None:
+        current.scores_job.cancel()   # a run no longer shown stops scoring (a dragged slider piles up none)
     st.session_state["run"], st.session_state["run_key"] = run, key
     st.session_state["selected"] = []
     return run, None

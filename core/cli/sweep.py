@@ -52,7 +52,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     add_distill_options(p)
     p.add_argument("--name", required=True, help="the run's name in the registry (run again to resume)")
     p.add_argument("--epochs", type=int, default=300, help="student epochs (default 300)")
-    p.add_argument("--student-seeds", type=int, default=1, help="students per point (default 1)")
+    p.add_argument("--student-seeds", type=int, default=1, help="students per point, seeds 0..n-1 (default 1)")
     p.add_argument("--architecture", default="convnet", choices=list(STUDENT_ARCHITECTURES))
     p.add_argument("--teacher", default=str(TEACHER_DIR), help="teacher folder (default: embedded)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
@@ -67,14 +67,14 @@ def _student(args: argparse.Namespace):
     if args.student_seeds < 1:
         raise ValueError(f"--student-seeds must be >= 1, got {args.student_seeds}")
     return protocol_config(args.protocol, epochs=args.epochs, architecture=args.architecture,
-                           seeds=tuple(range(args.seed, args.seed + args.student_seeds)))
+                           seeds=tuple(range(args.student_seeds)))   # as the app's: students 0..n-1
 
 
 def _studio(args: argparse.Namespace):
     """The studio of the options, recording into --registry (refused before any work if unusable)."""
     if getattr(args, "latent_store", None) or args.dataset != "fashion-mnist":
-        raise ValueError("sweep and tune run on the embedded Fashion-MNIST default (their students are tested on "
-                         "its validation split)")
+        raise ValueError("sweep and tune run on the embedded Fashion-MNIST default for now (the validation split, "
+                         "the teacher and the real reference of their scores exist only there)")
     registry = open_registry(args)
     if registry is None:
         raise ValueError("sweep and tune record their points in the run registry: --registry none cannot be used")

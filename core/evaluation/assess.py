@@ -51,6 +51,8 @@ class RealReference:
         if set(classes) >= set(np.unique(self.labels).tolist()):
             classes = ()   # every class: the whole reference and its cached radii
         if classes not in self._prepared:
+            while len(self._prepared) >= 8:   # a centred copy of the features each: keep the latest few
+                self._prepared.pop(next(iter(self._prepared)))
             if classes:
                 own = self.features[np.isin(self.labels, classes)]
                 self._prepared[classes] = prepare_real(own, self.k, real_radii(own, self.k))

@@ -156,12 +156,13 @@ class Bench:
             eval_config = protocol_config(protocol, **settings)
             progress = self._throttled_progress(f"{name} {protocol}")
             partial = row.setdefault("partial", {}).setdefault(protocol, {"seeds": [], "accuracies": [], "seconds": []})
-            for seed in eval_config.seeds:
+            n = len(eval_config.seeds)
+            for k, seed in enumerate(eval_config.seeds):
                 if seed in partial["seeds"]:
                     continue
                 images, labels, weights = sets[None] if None in sets else sets[seed]
                 one = evaluate_set(images, labels, split, replace(eval_config, seeds=(seed,)), weights, self.teacher,
-                                   progress)
+                                   lambda f, m, k=k: progress((k + f) / n, m))
                 partial["seeds"].append(seed)
                 partial["accuracies"].append(one.accuracies[0])
                 partial["seconds"].append(one.seconds[0])

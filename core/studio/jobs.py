@@ -93,7 +93,9 @@ class BackgroundJob:
 def _join_at_exit() -> None:
     """Ask running jobs to stop and wait up to ``EXIT_WAIT_S`` in all for them to end."""
     deadline = time.monotonic() + EXIT_WAIT_S
-    for job in list(_RUNNING):
+    jobs = list(_RUNNING)
+    for job in jobs:
         job.cancel()
+    for job in jobs:
         if job._thread is not None:
             job._thread.join(max(0.0, deadline - time.monotonic()))

@@ -124,10 +124,16 @@ class Run:
     scores_job: BackgroundJob | None = field(default=None, repr=False)   # run_once(defer=True): scores on their way
     pending_metrics: tuple[str, ...] = ()   # the metric keys that job adds (empty once they are in)
 
-    def wait_for_scores(self, timeout: float | None = None) -> None:
-        """Block until the deferred scores are in (at once when there are none); their error, if any, raises."""
-        if self.scores_job is not None:
+    def wait_for_scores(self, timeout: float | None = None) -> BaseException | None:
+        """Block until the deferred scores are in (at once when there are none); the error that kept them
+        from coming in, if any (returned, not raised: the set itself is fine)."""
+        if self.scores_job is None:
+            return None
+        try:
             self.scores_job.wait(timeout)
+        except Exception as exc:   # noqa: BLE001 - reported to the page, which shows it
+            return exc
+        return None
 
 
 def covering_counts(run: Run) -> dict[int, np.ndarray]:
@@ -175,24 +181,42 @@ def run_once(studio: Studio, config: DistillConfig, defer: bool = False) -> Run:
     if not defer:
         features, coverage, metrics = _scores(studio, dset, w2=True)
         return Run(config, dset, features, coverage, metrics, prototypes, time.perf_counter() - t0)
-    metrics = latent_scores(studio.latents_by_class, dset, w2=False)
-    run = Run(config, dset, None, None, metrics, prototypes, time.perf_counter() - t0)
+    run = Run(config, dset, None, None, latent_scores(studio.latents_by_class, dset, w2=False), prototypes,
+              time.perf_counter() - t0)
     pending = ["w2_latent_mean"]
     if studio.teacher is not None:
         pending[:0] = ["mode_coverage", "mode_coverage_per_class", "precision", "recall", "density", "coverage"]
     run.pending_metrics = tuple(pending)
+    start_scores(studio, run)
+    return run
 
+
+def start_scores(studio: Studio, run: Run) -> None:
+    """Score ``run``'s pending metrics in a background job (``run.scores_job``). A cancelled job stops between
+    its stages and leaves the rest pending; ``ensure_scores`` starts it again when the run is shown again."""
     def score(progress) -> None:
-        features, coverage, scores = _scores(studio, dset, w2=False)
-        run.features, run.coverage = features, coverage
-        run.metrics = {**run.metrics, **scores}   # a new dict: a page iterating the old one is not disturbed
-        run.metrics = {**run.metrics, "w2_latent_mean": w2_latent_mean(studio.latents_by_class, dset)}
+        if job.cancelled:
+            return
+        if studio.teacher is not None and "mode_coverage" in run.pending_metrics:
+            features, coverage, scores = _scores(studio, run.dset, w2=False)
+            run.features, run.coverage = features, coverage
+            run.metrics = {**run.metrics, **scores}   # a new dict: a page iterating the old one is not disturbed
+            run.pending_metrics = ("w2_latent_mean",)
+        if job.cancelled:
+            return
+        run.metrics = {**run.metrics, "w2_latent_mean": w2_latent_mean(studio.latents_by_class, run.dset)}
         run.pending_metrics = ()
         if studio.registry is not None and run.registry_id is not None:
             studio.registry.update(run.registry_id, metrics=run.metrics)
 
-    run.scores_job = BackgroundJob(score, name="scores").start()
-    return run
+    job = BackgroundJob(score, name="scores")
+    run.scores_job = job.start()
+
+
+def ensure_scores(studio: Studio, run: Run) -> None:
+    """Restart the scoring of a run whose job was cancelled before its scores were in."""
+    if run.pending_metrics and run.scores_job is not None and run.scores_job.done and run.scores_job.error is None:
+        start_scores(studio, run)
 
 
 def record_run(studio: Studio, run: Run) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from core.config import SCHEDULES, SOLVERS, DistillConfig, config_hash
+from core.config import FLOW_METHODS, SCHEDULES, SOLVERS, DistillConfig, config_hash
 from core.evaluation.students import EvalConfig, EvaluationCancelled, evaluate_set
 from core.pipeline.distill import DistillEngine
 from core.studio.session import Progress, Studio, run_once
@@ -42,6 +42,7 @@ class Knob:
     low: float = 0.0
     high: float = 1.0
     choices: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ("pgfm",)   # the methods whose sets the setting changes
 
     def get(self, config: DistillConfig) -> Any:
         value: Any = config
@@ -87,9 +88,9 @@ KNOBS: dict[str, Knob] = {k.name: k for k in (
     Knob("schedule", "guidance schedule", "sampler.guidance.schedule", "choice", choices=SCHEDULES),
     Knob("trust_radius", "trust radius r (0: none)", "sampler.guidance.trust_radius", "float", 0.0, 3.0),
     Knob("t0", "warm start t0", "sampler.t0", "float", 0.0, 0.9),
-    Knob("steps", "ODE steps", "sampler.steps", "int", 2, 32),
-    Knob("solver", "ODE solver", "sampler.solver", "choice", choices=SOLVERS),
-    Knob("cfg_scale", "CFG scale", "sampler.cfg_scale", "float", 1.0, 4.0),
+    Knob("steps", "ODE steps", "sampler.steps", "int", 2, 32, methods=FLOW_METHODS),
+    Knob("solver", "ODE solver", "sampler.solver", "choice", choices=SOLVERS, methods=FLOW_METHODS),
+    Knob("cfg_scale", "CFG scale", "sampler.cfg_scale", "float", 1.0, 4.0, methods=FLOW_METHODS),
     Knob("cell_offset", "cell offset", "cell_offset", "float", 0.0, 1.0),
 )}
 
@@ -157,7 +158,9 @@ class SweepSpec:
         if len(set(names)) != len(names):
             raise ValueError(f"a knob appears twice in the sweep: {', '.join(names)}")
         for name, values in self.knobs:
-            knob(name)
+            if self.base.method not in knob(name).methods:
+                raise ValueError(f"{name} does not change a {self.base.method} set (it acts on "
+                                 f"{', '.join(knob(name).methods)}): every point would be the same")
             if not values:
                 raise ValueError(f"{name}: give at least one value")
 
@@ -199,13 +202,27 @@ def validation_engine(studio: Studio) -> DistillEngine:
     return studio.held_out
 
 
+def student_column(protocol: str, epochs: int, architecture: str) -> str:
+    """The table column of a validation evaluation: its protocol, and the student and epochs when they are
+    not the protocol's own (ConvNet-3, 300 epochs)."""
+    extra = ", ".join(x for x in (architecture if architecture != "convnet" else "",
+                                  f"{epochs} epoch{'s' if epochs != 1 else ''}" if epochs != 300 else "") if x)
+    return f"val accuracy ({protocol}{', ' + extra if extra else ''}) %"
+
+
 def _point_row(point: dict, run: dict) -> dict:
-    """A sweep table row of a registry run: the knob values, the metrics, the validation accuracy (%)."""
+    """A sweep table row of a registry run: the knob values, the metrics, the validation accuracies (%)."""
     row = {"run": run["id"], **point, **{m: run["metrics"].get(m) for m in SWEEP_METRICS}}
     for e in run["evaluations"]:
         if e["split"] == "val":
-            row[f"val accuracy ({e['protocol']}) %"] = round(100 * e["accuracy_mean"], 2)
+            row[student_column(e["protocol"], e["epochs"], e["architecture"])] = round(100 * e["accuracy_mean"], 2)
     return row
+
+
+def _has_evaluation(run: dict, student: EvalConfig) -> bool:
+    return any(e["split"] == "val" and e["protocol"] == student.protocol and e["epochs"] == student.epochs
+               and e["architecture"] == student.architecture and tuple(e["seeds"]) == tuple(student.seeds)
+               for e in run["evaluations"])
 
 
 def evaluate_on_validation(studio: Studio, run_id: int, dset, student: EvalConfig,
@@ -223,37 +240,57 @@ def evaluate_on_validation(studio: Studio, run_id: int, dset, student: EvalConfi
     return result.mean
 
 
-def recorded_run(studio: Studio, kind: str, name: str, config: DistillConfig, student: EvalConfig | None) -> dict | None:
-    """The registry's run of ``kind`` / ``name`` with ``config`` (and, when ``student`` is given, its validation
-    evaluation under that protocol and epochs), or None."""
+def recorded_run(studio: Studio, kind: str, name: str, config: DistillConfig) -> dict | None:
+    """The registry's latest run of ``kind`` / ``name`` with ``config``, or None."""
     if studio.registry is None:
         return None
-    for run in studio.registry.runs(kind=kind, config_hash=config_hash(config)):
-        if run["name"] != name:
-            continue
-        if student is None or any(e["split"] == "val" and e["protocol"] == student.protocol
-                                  and e["epochs"] == student.epochs and e["architecture"] == student.architecture
-                                  for e in run["evaluations"]):
-            return run
-    return None
+    runs = [r for r in studio.registry.runs(kind=kind, config_hash=config_hash(config)) if r["name"] == name]
+    return max(runs, key=lambda r: r["id"]) if runs else None
 
 
 def distill_point(studio: Studio, engine: DistillEngine, kind: str, name: str, config: DistillConfig,
                   student: EvalConfig | None, progress: Progress | None = None,
                   should_stop: Callable[[], bool] | None = None) -> dict:
-    """One sweep or tuning point: the registry's run when it has it, else distil, score, record and (with a
-    ``student``) evaluate on validation. Returns the registry run (a dict as ``Registry.get`` gives)."""
-    known = recorded_run(studio, kind, name, config, student)
-    if known is not None:
-        return known
+    """One sweep or tuning point: the registry's run when it has it, else distil, score and record it; with a
+    ``student``, also its validation evaluation (protocol, student, epochs and seeds), added to the recorded
+    run when only that is missing (the set is distilled again for it: the same seed gives the same images).
+    Returns the registry run (a dict as ``Registry.get`` gives)."""
     if studio.registry is None:
         raise ValueError("sweeps and tuning record their points in the run registry, and this studio has none")
+    known = recorded_run(studio, kind, name, config)
+    if known is not None and (student is None or _has_evaluation(known, student)):
+        return known
     run = run_once(replace(studio, engine=engine), config)
-    run_id = studio.registry.add_run(kind, config.to_dict(), run.metrics, run.dset.timings, config_hash(config),
-                                     source=engine.dataset.name, name=name)
+    if known is None:
+        run_id = studio.registry.add_run(kind, config.to_dict(), run.metrics, run.dset.timings, config_hash(config),
+                                         source=engine.dataset.name, name=name)
+    else:
+        run_id = known["id"]
     if student is not None:
         evaluate_on_validation(studio, run_id, run.dset, student, progress, should_stop)
     return studio.registry.get(run_id)
+
+
+def check_name(studio: Studio, kind: str, name: str, base: DistillConfig, knobs: list[str]) -> None:
+    """Refuse a name already recorded around other settings: each of its runs, with ``knobs`` set back to
+    ``base``'s values, must be ``base`` (one name, one sweep or search; its table would mix them otherwise)."""
+    if not name.strip():
+        raise ValueError(f"a {'sweep' if kind == 'sweep' else 'search'} needs a name (its points are found again "
+                         "in the registry by it)")
+    if studio.registry is None:
+        return
+    for run in studio.registry.runs(kind=kind):
+        if run["name"] != name:
+            continue
+        try:
+            config = DistillConfig.from_dict(run["config"])
+        except ValueError:
+            continue
+        for k in knobs:
+            config = KNOBS[k].set(config, KNOBS[k].get(base))
+        if config != base:
+            raise ValueError(f"{name!r} is already the name of a {'sweep' if kind == 'sweep' else 'search'} around "
+                             "other settings (or of other knobs); give this one another name")
 
 
 def run_sweep(studio: Studio, spec: SweepSpec, name: str, engine: DistillEngine | None = None,
@@ -262,8 +299,7 @@ def run_sweep(studio: Studio, spec: SweepSpec, name: str, engine: DistillEngine 
     """Every point of ``spec`` (resumed from the registry where recorded): a list of table rows (knob values,
     ``SWEEP_METRICS``, validation accuracy). ``on_row`` receives each row as it is ready (the app streams
     them); ``should_stop`` is polled between points and during student training (EvaluationCancelled)."""
-    if not name.strip():
-        raise ValueError("a sweep needs a name (its points are found again in the registry by it)")
+    check_name(studio, "sweep", name, spec.base, [k for k, _ in spec.knobs])
     if spec.student is not None and (studio.validation is None or studio.teacher is None):
         raise ValueError("training students needs the validation split and the teacher of the embedded default; "
                          "sweep the metrics only (no student) on this data")
@@ -296,7 +332,12 @@ def recorded_names(registry, kind: str = "sweep") -> list[str]:
 
 def recorded_rows(registry, name: str, kind: str = "sweep") -> tuple[list[str], list[dict]]:
     """The knobs that vary across a recorded sweep's runs, and its table rows (oldest first)."""
-    runs = sorted((r for r in registry.runs(kind=kind) if r["name"] == name), key=lambda r: r["id"])
-    configs = [DistillConfig.from_dict(r["config"]) for r in runs]
+    runs, configs = [], []
+    for r in sorted((r for r in registry.runs(kind=kind) if r["name"] == name), key=lambda r: r["id"]):
+        try:
+            configs.append(DistillConfig.from_dict(r["config"]))
+        except ValueError:   # a row of a newer version: not shown
+            continue
+        runs.append(r)
     varying = [k for k, spec in KNOBS.items() if len({repr(spec.get(c)) for c in configs}) > 1]
     return varying, [_point_row({k: KNOBS[k].get(c) for k in varying}, r) for r, c in zip(runs, configs)]

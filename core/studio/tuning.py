@@ -26,7 +26,13 @@ from core.config import DistillConfig
 from core.evaluation.students import EvalConfig, EvaluationCancelled
 from core.pipeline.distill import DistillEngine
 from core.studio.session import Progress, Studio
-from core.studio.sweeps import distill_point, knob, validation_engine
+from core.studio.sweeps import (
+    check_name,
+    distill_point,
+    knob,
+    recorded_run,
+    validation_engine,
+)
 
 OBJECTIVES = ("val-accuracy", "mode-coverage")
 
@@ -133,7 +139,8 @@ def objective_value(spec: TuneSpec, run: dict) -> tuple[float, bool]:
     if spec.objective == "val-accuracy":
         s = spec.student
         accuracies = [e["accuracy_mean"] for e in run["evaluations"] if e["split"] == "val"
-                      and e["protocol"] == s.protocol and e["epochs"] == s.epochs and e["architecture"] == s.architecture]
+                      and e["protocol"] == s.protocol and e["epochs"] == s.epochs and e["architecture"] == s.architecture
+                      and tuple(e["seeds"]) == tuple(s.seeds)]
         return (accuracies[-1] if accuracies else math.nan), True
     landing = run["metrics"].get("landing_error_mean")
     feasible = landing is not None and landing <= spec.landing_cap
@@ -154,10 +161,6 @@ def _row(spec: TuneSpec, number: int, run: dict, params: dict) -> dict:
     return {"trial": number, "run": run["id"], **params, "objective": value, "feasible": feasible,
             "mode_coverage": run["metrics"].get("mode_coverage"),
             "landing_error_mean": run["metrics"].get("landing_error_mean")}
-
-
-def row_params(row: dict, spec: TuneSpec) -> dict:
-    return {k.name: row[k.name] for k in spec.space}
 
 
 def _recorded_trials(studio: Studio, spec: TuneSpec, name: str) -> list[tuple[dict, dict]]:
@@ -186,8 +189,7 @@ def tune(studio: Studio, spec: TuneSpec, name: str, engine: DistillEngine | None
     """Run the search until ``spec.trials`` trials are recorded under ``name`` (resuming recorded ones)."""
     import optuna
 
-    if not name.strip():
-        raise ValueError("a search needs a name (its trials are found again in the registry by it)")
+    check_name(studio, "tune", name, spec.base, [k.name for k in spec.space])
     if spec.objective == "val-accuracy" and (studio.validation is None or studio.teacher is None):
         raise ValueError("the val-accuracy objective needs the validation split and teacher of the embedded default")
     if spec.objective == "mode-coverage" and studio.teacher is None:
@@ -195,7 +197,11 @@ def tune(studio: Studio, spec: TuneSpec, name: str, engine: DistillEngine | None
     engine = engine or validation_engine(studio)
     report = progress or (lambda fraction, message: None)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=spec.seed))
+    recorded = _recorded_trials(studio, spec, name)[:spec.trials]
+    # a sampler with the search's own seed would propose the recorded trials' settings again (its random
+    # start does not depend on the trials it is given): a resumed search is seeded past them
+    sampler = optuna.samplers.TPESampler(seed=spec.seed + len(recorded))
+    study = optuna.create_study(direction="maximize", sampler=sampler)
     distributions = {k.name: k.distribution() for k in spec.space}
     result = TuneResult()
 
@@ -206,15 +212,16 @@ def tune(studio: Studio, spec: TuneSpec, name: str, engine: DistillEngine | None
             result.best = row
         return row
 
-    for params, run in _recorded_trials(studio, spec, name)[:spec.trials]:
+    for params, run in recorded:
         add(len(result.trials), run, params)
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
                                                   value=search_value(spec, run)))
     resumed = len(result.trials)
     base = {k.name: knob(k.name).get(spec.base) for k in spec.space}
-    if spec.contains(base) and not any(row_params(row, spec) == base for row in result.trials):
+    if spec.contains(base):
         study.enqueue_trial(base, skip_if_exists=True)   # trial 0 is the hand-chosen setting: the one to beat
     student = spec.student_for_run()
+    counted = {row["run"] for row in result.trials}
     invalid = 0
     while len(result.trials) < spec.trials:
         if should_stop is not None and should_stop():
@@ -231,12 +238,21 @@ def tune(studio: Studio, spec: TuneSpec, name: str, engine: DistillEngine | None
             if invalid >= 100:
                 raise ValueError(f"the search space keeps giving invalid settings ({exc}); narrow it") from exc
             continue
+        known = recorded_run(studio, "tune", name, config)
+        if known is not None and known["id"] in counted:   # a setting tried already: TPE learns, no new trial
+            study.tell(trial, search_value(spec, known))
+            invalid += 1
+            if invalid >= 100:
+                raise ValueError("the search keeps proposing settings it has tried; widen the space or ask for "
+                                 "fewer trials")
+            continue
         report(n / spec.trials, f"trial {n + 1}/{spec.trials}: {label}")
 
         def trial_progress(f: float, message: str, n: int = n, label: str = label) -> None:
             report((n + f) / spec.trials, f"trial {n + 1}/{spec.trials} ({label}): {message}")
 
         run = distill_point(studio, engine, "tune", name, config, student, trial_progress, should_stop)
+        counted.add(run["id"])
         row = add(n, run, params)
         study.tell(trial, search_value(spec, run))
         if on_trial is not None:

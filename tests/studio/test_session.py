@@ -16,10 +16,23 @@ from core.evaluation.students import EvalConfig
 from core.models.convnet import ConvNet, ConvNetConfig
 from core.models.teacher import Teacher
 from core.pipeline.export import MANIFEST, export_zip, export_zip_bytes, resolve_inside
-from core.studio.figures import coverage_bars, distance_to_prototype, latent_scatter, mode_grid, trajectory_figure
+from core.studio.figures import (
+    coverage_bars,
+    distance_to_prototype,
+    latent_scatter,
+    mode_grid,
+    trajectory_figure,
+)
 from core.studio.jobs import BackgroundJob
 from core.studio.selection import ids_from_plot_selection
-from core.studio.session import RunHistory, Studio, covering_counts, evaluate_run, run_once, run_row
+from core.studio.session import (
+    RunHistory,
+    Studio,
+    covering_counts,
+    evaluate_run,
+    run_once,
+    run_row,
+)
 
 
 @pytest.fixture(scope="module")
@@ -285,3 +298,18 @@ def test_an_unusable_registry_file_is_left_alone_and_said_on_every_page(tmp_path
     studio = load_studio()
     assert studio.registry is None and any("runs are not recorded" in w for w in studio.warnings)
     assert broken.read_text() == "my notes"
+
+
+def test_a_cancelled_scoring_stops_between_stages_and_restarts_when_the_run_is_shown_again(studio):
+    from core.studio.session import ensure_scores
+
+    run = run_once(studio, pgfm(), defer=True)
+    run.scores_job.cancel()
+    run.wait_for_scores(60)
+    if not run.pending_metrics:   # it finished before the cancel was seen: cancel a fresh one at once
+        run.metrics.pop("w2_latent_mean")
+        run.pending_metrics = ("w2_latent_mean",)
+    assert run.scores_job.done and run.pending_metrics
+    ensure_scores(studio, run)
+    assert run.wait_for_scores(60) is None and run.pending_metrics == ()
+    assert {"mode_coverage", "precision", "w2_latent_mean"} <= run.metrics.keys()

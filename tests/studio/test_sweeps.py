@@ -62,6 +62,9 @@ def test_a_grid_is_checked_before_any_work():
         SweepSpec(BASE, (("guidance", (1,)), ("t0", (0,)), ("steps", (4,))))
     with pytest.raises(ValueError, match="appears twice"):
         SweepSpec(BASE, (("guidance", (1,)), ("guidance", (2,))))
+    with pytest.raises(ValueError, match="does not change a ddoq set"):
+        SweepSpec(replace(BASE, method="ddoq"), (("guidance", (0.3, 0.9)),))
+    assert SweepSpec(replace(BASE, method="ddoq"), (("steps", (4, 8)),)).points()
 
 
 def test_a_sweep_streams_points_into_the_registry_and_resumes_by_name(studio):
@@ -80,6 +83,12 @@ def test_a_sweep_streams_points_into_the_registry_and_resumes_by_name(studio):
     assert again == rows and len(studio.registry.runs(kind="sweep")) == 4   # read back, not distilled again
     run_sweep(studio, spec, "other name", engine=studio.engine)
     assert len(studio.registry.runs(kind="sweep")) == 8
+    with pytest.raises(ValueError, match="already the name of a sweep around other settings"):
+        run_sweep(studio, SweepSpec(replace(BASE, ipc=3), spec.knobs), "grid", engine=studio.engine)
+    with_students = run_sweep(studio, replace(spec, student=STUDENT), "grid", engine=studio.engine)
+    assert len(studio.registry.runs(kind="sweep")) == 8   # the students joined the recorded points
+    assert [r["run"] for r in with_students] == [r["run"] for r in rows]
+    assert all("val accuracy (hard, 1 epoch) %" in r for r in with_students)
 
 
 def test_a_sweep_with_students_scores_them_on_validation_and_a_cancel_keeps_what_is_done(studio):
@@ -91,7 +100,7 @@ def test_a_sweep_with_students_scores_them_on_validation_and_a_cancel_keeps_what
     assert [(e["split"], e["protocol"], e["epochs"]) for e in run["evaluations"]] == [("val", "hard", 1)]
     rows = run_sweep(studio, spec, "students", engine=studio.engine)
     assert rows[0] == done[0] and len(studio.registry.runs(kind="sweep")) == 3
-    assert all(0 <= r["val accuracy (hard) %"] <= 100 for r in rows)
+    assert all(0 <= r["val accuracy (hard, 1 epoch) %"] <= 100 for r in rows)
     with pytest.raises(ValueError, match="validation split"):
         run_sweep(replace(studio, validation=None), spec, "students", engine=studio.engine)
 
@@ -129,8 +138,10 @@ def test_tune_is_seeded_records_every_trial_and_resumes_from_the_registry(studio
     repeat = tune(other, _search(4), "search", engine=studio.engine)
     assert [(t["guidance"], t["steps"]) for t in repeat.trials] == [(t["guidance"], t["steps"]) for t in first.trials]
     resumed = tune(studio, _search(6), "search", engine=studio.engine)
-    assert len(studio.registry.runs(kind="tune")) <= 6 and resumed.trials[:4] == first.trials
-    assert len(resumed.trials) == 6
+    assert resumed.trials[:4] == first.trials and len(resumed.trials) == 6
+    assert len(studio.registry.runs(kind="tune")) == 6   # two new settings, none of the recorded ones again
+    with pytest.raises(ValueError, match="already the name of a search"):
+        tune(studio, replace(_search(6), base=replace(BASE, ipc=3)), "search", engine=studio.engine)
 
 
 def test_tune_on_validation_accuracy_trains_a_student_per_trial(studio):
