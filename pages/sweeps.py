@@ -10,12 +10,11 @@ from core.config import PROTOCOLS
 from core.evaluation.students import EvaluationCancelled, protocol_config
 from core.studio.figures import sweep_heatmap, sweep_lines
 from core.studio.jobs import BackgroundJob
+from core.studio.knobs import KNOBS, parse_values
 from core.studio.runs import sidebar_settings
 from core.studio.sweeps import (
-    KNOBS,
     METRIC_LABELS,
     SweepSpec,
-    parse_values,
     recorded_names,
     recorded_rows,
     run_sweep,

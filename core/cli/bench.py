@@ -58,7 +58,12 @@ def add_parsers(add) -> None:
 
 def _cmd_bench(args: argparse.Namespace) -> None:
     from core.data.datasets import load_fashion_mnist
-    from core.evaluation.benchmark import Bench, BenchConfig, results_summary, run_benchmark
+    from core.evaluation.benchmark import (
+        Bench,
+        BenchConfig,
+        results_summary,
+        run_benchmark,
+    )
     from core.models.loading import load_teacher
     from core.models.spec import ModelSpec
     from core.reads import read_json

@@ -33,8 +33,9 @@ def add_parsers(add) -> None:
                    help="replace --out when it is a previous export of this tool (its manifest.json says so); "
                         "anything else is refused. The old export is swapped out atomically and removed last")
     p.add_argument("--pool", default=TRAIN_MINUS_VAL, choices=[TRAIN_MINUS_VAL, "train"],
-                   help="Fashion-MNIST images the methods draw from: train-minus-val (default: the validation split "
-                        "held out, so `evaluate --split val` may score the set) or train (all 60k); other data: all")
+                   help="training images the methods draw from: train-minus-val (default: the validation split "
+                        "held out, so `evaluate --split val` may score the set) or train (all of them, e.g. all 60k "
+                        "of Fashion-MNIST); an ImageFolder's validation split: see --test-dir; a latent store: all")
     p.add_argument("--latent-store", default=None, metavar="DIR",
                    help="distil from a latent store written by `encode --store DIR` instead of --dataset (checked "
                         "against --vae; held in memory up to --store-max-gib, streamed class by class above it). "
@@ -113,7 +114,12 @@ def run_distill(args: argparse.Namespace, ctx=None) -> None:
 
     import numpy as np
 
-    from core.pipeline.distill import StoreImages, distill, hold_out_validation, resolve_classes
+    from core.pipeline.distill import (
+        StoreImages,
+        distill,
+        hold_out_validation,
+        resolve_classes,
+    )
     from core.pipeline.export import check_export_target, export_imagefolder, export_zip
 
     main = ctx is None or ctx.is_main
@@ -140,8 +146,11 @@ def run_distill(args: argparse.Namespace, ctx=None) -> None:
         raise OutputError(problem)
     as_zip = main and out.suffix.lower() == ".zip"
     engine = engine_from_args(args, spec, ctx)
-    if args.pool == TRAIN_MINUS_VAL and args.dataset == "fashion-mnist" and not args.latent_store:
-        engine = hold_out_validation(engine)
+    if args.pool == TRAIN_MINUS_VAL and not args.latent_store:
+        from core.data.splits import validation_rows
+
+        engine = hold_out_validation(engine, validation_rows(args.dataset, engine.dataset.labels, args.data_dir,
+                                                             args.test_dir))
     if config.method == "random" and isinstance(engine.dataset, StoreImages):
         engine.dataset.folder()  # the real images must be there before any work
     config = replace(config, classes=resolve_classes(_store_classes(config.classes, engine), engine.latents.class_names))

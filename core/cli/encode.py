@@ -53,13 +53,14 @@ def _cmd_encode(args: argparse.Namespace) -> None:
     given = [f"--{k.replace('_', '-')}" for k, v in STORE_ONLY.items() if getattr(args, k) != v]
     if given:
         raise ValueError(f"{', '.join(given)} only apply with --store DIR (a sharded latent store of an ImageFolder)")
-    from core.data.datasets import load_dataset
+    from core.data.splits import load_dataset
     from core.models.loading import load_vae
 
     vae = load_vae(ModelSpec(vae=args.vae, device=args.device))
     for split in args.splits or ["train", "test"]:
         t0 = time.perf_counter()
-        dataset = load_dataset(args.dataset, split, args.data_dir, args.resolution, args.channels)
+        dataset = load_dataset(args.dataset, split, args.data_dir, args.resolution, args.channels,
+                               getattr(args, "test_dir", None))
         latents = encode_dataset(dataset, vae, args.cache_dir, batch_size=args.batch_size or 256)
         print(f"{dataset.name}: {len(latents)} latents of shape {latents.latent_shape} -> {latents.path} "
               f"({time.perf_counter() - t0:.1f} s)")

@@ -36,7 +36,13 @@ def _cmd_eval_models(args: argparse.Namespace) -> None:
     from core.data.datasets import load_fashion_mnist
     from core.evaluation.quality import flow_quality, generator_quality
     from core.io import write_json
-    from core.models.loading import load_diffusion, load_flow_for, load_teacher, load_vae, model_present
+    from core.models.loading import (
+        load_diffusion,
+        load_flow_for,
+        load_teacher,
+        load_vae,
+        model_present,
+    )
     from core.models.vae import measure_vae
     from core.transport.ddim import sample_diffusion
 

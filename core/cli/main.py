@@ -8,7 +8,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from core.cli import bench, distill, encode, eval_models, evaluate, speed, startup, sweep, train
+from core.cli import (
+    bench,
+    distill,
+    encode,
+    eval_models,
+    evaluate,
+    speed,
+    startup,
+    sweep,
+    train,
+)
 from core.cli.options import non_negative_int
 from core.errors import DistillError, OutputError
 

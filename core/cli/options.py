@@ -105,6 +105,8 @@ def engine_from_args(args: argparse.Namespace, spec: ModelSpec | None = None, ct
         stream = (True if args.stream else None) if hasattr(args, "stream") else False
         return load_engine(spec, data_dir=args.data_dir, latent_store=store, max_store_bytes=max_bytes,
                            stream=stream, stream_init_size=getattr(args, "stream_init_size", None))
+    if args.dataset == "imagefolder" and (ctx is None or ctx.is_main):
+        check_folder(args)
     if ctx is not None and ctx.is_distributed:
         from core.pipeline.distributed import load_engine_distributed
 
@@ -114,15 +116,33 @@ def engine_from_args(args: argparse.Namespace, spec: ModelSpec | None = None, ct
 
 
 def encode_split(args: argparse.Namespace, split: str):
-    from core.data.datasets import load_dataset
     from core.data.latent_cache import encode_dataset
+    from core.data.splits import load_dataset
     from core.models.loading import load_vae
     from core.models.spec import ModelSpec
 
-    dataset = load_dataset(args.dataset, split, args.data_dir, args.resolution, args.channels)
     vae = load_vae(ModelSpec(vae=args.vae, device=args.device))
+    if args.dataset == "imagefolder":
+        vae.check_resolution(args.resolution)
+        check_folder(args)
+    dataset = load_dataset(args.dataset, split, args.data_dir, args.resolution, args.channels,
+                           getattr(args, "test_dir", None))
     latents = encode_dataset(dataset, vae, args.cache_dir)
     return dataset, vae, latents
+
+
+def check_folder(args: argparse.Namespace) -> None:
+    """Before an ImageFolder is read: its splits and class folders are checked, and what loading will do to
+    mixed sizes or colour modes is printed."""
+    from core.data.splits import folder_report, folder_splits
+
+    if args.data_dir is None:
+        raise ValueError("--dataset imagefolder needs --data-dir ROOT (ROOT/train/<class>/..., optionally ROOT/val, "
+                         "ROOT/test)")
+    splits = folder_splits(args.data_dir, getattr(args, "test_dir", None))
+    print(f"{args.data_dir}: {splits.describe()}")
+    for note in folder_report(splits.train, args.resolution, args.channels):
+        print(f"note: {note}")
 
 
 def distill_config_from_args(args: argparse.Namespace, method: str = "", ipc: int = 0):
@@ -164,6 +184,9 @@ def add_dataset(p: argparse.ArgumentParser) -> None:
                    help="imagefolder: image size (default 32; 256 for Stable-Diffusion-sized latents)")
     p.add_argument("--channels", type=int, default=3, choices=[1, 3], help="imagefolder: 1 or 3")
     p.add_argument("--cache-dir", default=None, help="latent cache root (default $DISTILL_CACHE or .cache/)")
+    p.add_argument("--test-dir", default=None,
+                   help="imagefolder: the test split's folder (default ROOT/test, else ROOT/val); the validation "
+                        "split is ROOT/val when that is not the test split, else 10%% of each class of ROOT/train")
 
 
 def add_engine(p: argparse.ArgumentParser) -> None:

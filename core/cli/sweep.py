@@ -43,7 +43,7 @@ def add_parsers(add) -> None:
 
 
 def _knob_names() -> str:
-    from core.studio.sweeps import KNOBS
+    from core.studio.knobs import KNOBS
 
     return ", ".join(f"{k.name} ({k.label})" for k in KNOBS.values())
 
@@ -116,7 +116,8 @@ def _cell(value) -> str:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
-    from core.studio.sweeps import SweepSpec, parse_knob, run_sweep
+    from core.studio.knobs import parse_knob
+    from core.studio.sweeps import SweepSpec, run_sweep
 
     if len(args.knob) > 2:
         raise ValueError(f"a sweep varies one or two knobs, got {len(args.knob)} --knob options")

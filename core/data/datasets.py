@@ -264,15 +264,3 @@ def load_image_folder(root: str | Path, resolution: int = 32, channels: int = 3,
     images = np.stack([load_image(path, resolution, channels) for path, _ in items])
     labels = np.array([label for _, label in items], dtype=np.int64)
     return LabelledImages(images, labels, tuple(class_names), f"imagefolder-{Path(root).name}-{resolution}")
-
-
-def load_dataset(name: str = "fashion-mnist", split: str = "train", root: str | Path | None = None,
-                 resolution: int = 32, channels: int = 3) -> LabelledImages:
-    """Dispatch: ``fashion-mnist`` (embedded default) or ``imagefolder`` (needs ``root``)."""
-    if name == "fashion-mnist":
-        return load_fashion_mnist(split, root)
-    if name == "imagefolder":
-        if root is None:
-            raise ValueError("the imagefolder dataset needs a root folder (--data-dir)")
-        return load_image_folder(Path(root) / split if (Path(root) / split).is_dir() else root, resolution, channels)
-    raise ValueError(f"unknown dataset {name!r}; choose 'fashion-mnist' or 'imagefolder'")

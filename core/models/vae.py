@@ -76,6 +76,13 @@ class LatentAutoencoder:
     def downsample(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
+    def check_resolution(self, resolution: int) -> None:
+        """Refuse an image size this VAE cannot encode (not a multiple of its downsampling factor)."""
+        if resolution % self.downsample:
+            nearest = self.downsample * max(1, round(resolution / self.downsample))
+            raise ValueError(f"--resolution {resolution} is not divisible by the VAE's downsampling factor "
+                             f"{self.downsample}; use a multiple of it (e.g. {nearest})")
+
     def latent_shape(self, resolution: int) -> tuple[int, int, int]:
         f = self.downsample
         return (int(self.vae.config.latent_channels), resolution // f, resolution // f)

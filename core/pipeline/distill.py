@@ -35,7 +35,12 @@ from core.data.datasets import LabelledImages
 from core.data.latent_cache import LatentSet
 from core.models.loading import model_present
 from core.models.vae import LatentAutoencoder
-from core.quantize.ddoq import ClassQuantization, QuantizeConfig, allocate_by_weight, quantize
+from core.quantize.ddoq import (
+    ClassQuantization,
+    QuantizeConfig,
+    allocate_by_weight,
+    quantize,
+)
 from core.quantize.streaming import StreamingLatents
 from core.transport.ddim import sample_diffusion
 from core.transport.sampler import SampleResult, Trajectories, sample
@@ -278,18 +283,22 @@ def distill(engine: DistillEngine, config: DistillConfig, executor: LocalExecuto
                         tuple(engine.latents.class_names), config, nfe, timings, trajectories, quantization, source)
 
 
-def hold_out_validation(engine: DistillEngine) -> DistillEngine:
-    """``engine`` on its training split minus the validation split (DESIGN.md section 4b;
-    ``core.data.datasets.validation_indices``): random, DDOQ and the prototypes then draw only from images
-    students may see. The latents are the cached ones, subset (no re-encoding); the generators are shared."""
-    from core.data.datasets import holds_out_validation, training_rows
+def hold_out_validation(engine: DistillEngine, held_out: np.ndarray | None = None) -> DistillEngine:
+    """``engine`` on its training split minus the validation split (DESIGN.md section 4b): random, DDOQ and
+    the prototypes then draw only from images students may see. ``held_out``: the validation rows of the
+    engine's dataset (default: Fashion-MNIST's, ``core.data.datasets.validation_indices``; an ImageFolder's
+    are ``core.data.splits.holdout_indices``, or none when its validation split is a folder of its own).
+    The latents are the cached ones, subset (no re-encoding); the generators are shared."""
+    from core.data.datasets import holds_out_validation, validation_indices
 
     _require_in_memory(engine, "holding out the validation split")
     if holds_out_validation(engine.dataset.name):
         raise ValueError(f"{engine.dataset.name}: the validation split is already held out")
     if not np.array_equal(engine.latents.labels, engine.dataset.labels):
         raise ValueError("the engine's latents are not row-aligned with its dataset; cannot hold out by index")
-    rows = training_rows(engine.dataset.labels)
+    if held_out is None:
+        held_out = validation_indices(engine.dataset.labels)
+    rows = np.setdiff1d(np.arange(len(engine.dataset)), held_out)
     data = engine.dataset.subset(rows, f"{engine.dataset.name}-minus-val")
     latents = engine.latents.subset(rows, data.fingerprint)
     return DistillEngine(data, latents, engine.vae, engine.flow, engine.diffusion)
@@ -329,11 +338,13 @@ def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None 
         vae = load_vae(spec)
         data, latents = _store_data(latent_store, vae, data_dir, max_store_bytes, stream, stream_init_size)
     else:
-        from core.data.datasets import load_dataset
         from core.data.latent_cache import encode_dataset
+        from core.data.splits import load_dataset
 
+        vae = load_vae(spec)   # first: a resolution it cannot encode is refused before any image is read
+        if dataset != "fashion-mnist":
+            vae.check_resolution(resolution)
         data = load_dataset(dataset, "train", data_dir, resolution, channels)
-        vae = load_vae(spec)
         latents = (encode or encode_dataset)(data, vae, cache_dir, progress=progress)
     shape, n = latents.latent_shape, latents.num_classes
     flow = load_flow_for(spec, shape, n) if model_present(spec.flow) else None

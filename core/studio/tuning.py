@@ -25,11 +25,11 @@ from typing import Any
 from core.config import DistillConfig
 from core.evaluation.students import EvalConfig, EvaluationCancelled
 from core.pipeline.distill import DistillEngine
+from core.studio.knobs import knob
 from core.studio.session import Progress, Studio
 from core.studio.sweeps import (
     check_name,
     distill_point,
-    knob,
     recorded_run,
     validation_engine,
 )

@@ -21,7 +21,12 @@ from core.data.imagefolder import (
 from core.data.latent_cache import encode_dataset
 from core.data.latent_store import INDEX_NAME, LatentStore, shard_name
 from core.data.store_encoding import encode_to_store
-from core.errors import CacheMismatchError, CheckpointError, DatasetNotFoundError, ImageReadError
+from core.errors import (
+    CacheMismatchError,
+    CheckpointError,
+    DatasetNotFoundError,
+    ImageReadError,
+)
 from core.models.vae import LatentAutoencoder, TinyVAEConfig, build_tiny_vae
 from core.quantize.ddoq import QuantizeConfig
 from core.quantize.streaming import quantize_store

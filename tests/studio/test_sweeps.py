@@ -11,8 +11,9 @@ from core.evaluation.students import EvalConfig, EvaluationCancelled
 from core.models.convnet import ConvNet, ConvNetConfig
 from core.models.teacher import Teacher
 from core.registry import Registry
+from core.studio.knobs import KNOBS, parse_knob, parse_values
 from core.studio.session import Studio
-from core.studio.sweeps import KNOBS, SweepSpec, parse_knob, parse_values, run_sweep
+from core.studio.sweeps import SweepSpec, run_sweep
 from core.studio.tuning import SearchKnob, TuneSpec, parse_search_knob, tune
 
 BASE = DistillConfig(method="pgfm", ipc=2)
