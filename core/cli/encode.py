@@ -57,6 +57,11 @@ def _cmd_encode(args: argparse.Namespace) -> None:
     from core.models.loading import load_vae
 
     vae = load_vae(ModelSpec(vae=args.vae, device=args.device))
+    if args.dataset == "imagefolder":
+        from core.cli.options import check_folder
+
+        vae.check_input(args.resolution, args.channels)
+        check_folder(args)
     for split in args.splits or ["train", "test"]:
         t0 = time.perf_counter()
         dataset = load_dataset(args.dataset, split, args.data_dir, args.resolution, args.channels,

@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 
 from core.cli.options import (
+    add_dataset,
     add_registry,
+    check_folder,
     open_registry,
     world_size,
 )
@@ -36,8 +38,10 @@ def add_parsers(add) -> None:
     p.add_argument("--no-weights", action="store_true", help="ignore the manifest's per-image weights")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="student training precision (auto: bf16 mixed precision where supported)")
-    p.add_argument("--teacher", default=str(TEACHER_DIR))
+    p.add_argument("--teacher", default=str(TEACHER_DIR),
+                   help="teacher folder (soft labels; default: the embedded Fashion-MNIST teacher)")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
+    add_dataset(p)
     add_registry(p)
 
 
@@ -79,7 +83,7 @@ def _evaluate(args: argparse.Namespace, ctx=None) -> None:
     import torch
     from tqdm import tqdm
 
-    from core.data.datasets import load_fashion_mnist
+    from core.data.splits import load_dataset
     from core.evaluation.students import EvalConfig, evaluate_set, read_distilled_folder
     from core.io import write_json
     from core.models.spec import ModelSpec
@@ -96,7 +100,9 @@ def _evaluate(args: argparse.Namespace, ctx=None) -> None:
     if args.split == "val":
         check_validation_safe(args.folder)
     registry = open_registry(args) if main else None
-    test = load_fashion_mnist(args.split, args.data_dir)
+    if args.dataset == "imagefolder" and main:
+        check_folder(args)
+    test = load_dataset(args.dataset, args.split, args.data_dir, args.resolution, args.channels, args.test_dir)
     split = {"test": "test", "val": "validation"}[args.split]
     images, labels, weights, classes = read_distilled_folder(args.folder, test.class_names, test.image_shape)
     if len(classes) < test.num_classes:  # an export of some classes is tested on those classes' test images
@@ -109,6 +115,10 @@ def _evaluate(args: argparse.Namespace, ctx=None) -> None:
         from core.models.loading import load_teacher
 
         teacher = load_teacher(ModelSpec(teacher=args.teacher))
+        if not teacher.fits(test.image_shape, test.num_classes):
+            raise ValueError(f"the teacher {args.teacher} does not fit this data ({test.num_classes} classes of "
+                             f"{'x'.join(map(str, test.image_shape))} images); soft labels need a teacher of it: "
+                             "`python -m core train-teacher --dataset imagefolder --data-dir ROOT ...`, then --teacher")
     bar = tqdm(total=1000, desc=f"evaluate {Path(args.folder).name}", file=_sys.stderr, mininterval=1) if main else None
 
     def progress(fraction: float, message: str) -> None:

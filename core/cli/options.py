@@ -123,7 +123,7 @@ def encode_split(args: argparse.Namespace, split: str):
 
     vae = load_vae(ModelSpec(vae=args.vae, device=args.device))
     if args.dataset == "imagefolder":
-        vae.check_resolution(args.resolution)
+        vae.check_input(args.resolution, args.channels)
         check_folder(args)
     dataset = load_dataset(args.dataset, split, args.data_dir, args.resolution, args.channels,
                            getattr(args, "test_dir", None))

@@ -27,9 +27,10 @@ from core.errors import OutputError
 
 def add_train_split(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-split", default=None, choices=[TRAIN_MINUS_VAL, "train"],
-                   help="Fashion-MNIST images to train on: train-minus-val (the default: the validation split of 500 "
-                        "per class held out, DESIGN.md 4b) or train (all 60k, as the shipped models were trained); "
-                        "other data (an ImageFolder, a latent store) trains on all its images")
+                   help="images to train on: train-minus-val (the default: the validation split held out, DESIGN.md "
+                        "4b: Fashion-MNIST's 500 per class, an ImageFolder's ROOT/val or 10%% of each class) or "
+                        "train (all of them, e.g. all 60k as the shipped models were trained); a latent store trains "
+                        "on all its images")
 
 
 def add_parsers(add) -> None:
@@ -40,8 +41,9 @@ def add_parsers(add) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     add_train_split(p)
 
-    p = add("train-teacher", "Train the ConvNet-3 teacher (metric features, soft labels) on Fashion-MNIST.",
-            _cmd_train_teacher)
+    p = add("train-teacher", "Train the ConvNet teacher (metric features, soft labels) on Fashion-MNIST or an "
+            "ImageFolder (depth by resolution as in DC/DSA: 3 blocks at 32 px, 4 at 64, 5 at 128).", _cmd_train_teacher)
+    add_dataset(p)
     p.add_argument("--out", default=str(TEACHER_DIR), help="output folder (default assets/teacher)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=128)
@@ -112,10 +114,15 @@ def _cmd_train_vae(args: argparse.Namespace) -> None:
 
 
 def _cmd_train_teacher(args: argparse.Namespace) -> None:
+    from core.cli.options import check_folder
     from core.training.teacher import TeacherTrainConfig, train_teacher
 
+    if args.dataset == "imagefolder":
+        check_folder(args)
     config = TeacherTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                threads=args.threads, train_split=args.train_split or TRAIN_MINUS_VAL)
+                                threads=args.threads, train_split=args.train_split or TRAIN_MINUS_VAL,
+                                dataset=args.dataset, resolution=args.resolution, channels=args.channels,
+                                test_dir=args.test_dir)
     train_teacher(config, args.out, args.data_dir)
 
 
@@ -160,11 +167,10 @@ def _cmd_train_latent_model(args: argparse.Namespace) -> None:
         checkpoint_every=args.checkpoint_every, seed=args.seed, threads=args.threads,
         model=model if sit else "mlp", sit_overrides=overrides, precision=args.precision,
         grad_checkpointing=args.grad_checkpointing, device=device, **sizes)
-    fashion = args.dataset == "fashion-mnist" and not args.latent_store
-    if args.train_split == TRAIN_MINUS_VAL and not fashion:
-        raise ValueError("--train-split train-minus-val holds out the Fashion-MNIST validation split; an ImageFolder or "
-                         "a latent store trains on all its images (leave --train-split out)")
-    train_split = (args.train_split or TRAIN_MINUS_VAL) if fashion else "train"
+    if args.train_split == TRAIN_MINUS_VAL and args.latent_store:
+        raise ValueError("--train-split train-minus-val holds out a dataset's validation split; a latent store trains "
+                         "on all its images (leave --train-split out)")
+    train_split = "train" if args.latent_store else (args.train_split or TRAIN_MINUS_VAL)
     if args.latent_store:
         from core.data.latent_store import LatentStore
 
@@ -180,9 +186,12 @@ def _cmd_train_latent_model(args: argparse.Namespace) -> None:
     else:
         dataset, vae, latents = encode_split(args, "train")
         if train_split == TRAIN_MINUS_VAL:
-            from core.data.datasets import training_rows
+            import numpy as np
 
-            rows = training_rows(dataset.labels)
+            from core.data.splits import validation_rows
+
+            held_out = validation_rows(args.dataset, dataset.labels, args.data_dir, args.test_dir)
+            rows = np.setdiff1d(np.arange(len(dataset)), held_out)
             latents = latents.subset(rows, dataset.subset(rows).fingerprint)
         provenance = {"vae": portable(args.vae), "vae_fingerprint": vae.fingerprint, "dataset": args.dataset,
                       "dataset_fingerprint": latents.dataset_fingerprint,

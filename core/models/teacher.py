@@ -33,6 +33,11 @@ class Teacher:
         load_state_checked(net, state, path, FIX)
         return cls(net, device)
 
+    def fits(self, image_shape: tuple[int, ...], num_classes: int) -> bool:
+        """True when images of ``image_shape`` (C, H, W) in ``num_classes`` classes are this teacher's kind."""
+        c = self.net.config
+        return tuple(image_shape) == (c.in_channels, c.image_size, c.image_size) and self.num_classes == num_classes
+
     @property
     def num_classes(self) -> int:
         return self.net.config.num_classes

@@ -76,8 +76,12 @@ class LatentAutoencoder:
     def downsample(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
-    def check_resolution(self, resolution: int) -> None:
-        """Refuse an image size this VAE cannot encode (not a multiple of its downsampling factor)."""
+    def check_input(self, resolution: int, channels: int | None = None) -> None:
+        """Refuse, before any image is read, images this VAE cannot encode: a size that is not a multiple of
+        its downsampling factor, or another number of channels."""
+        if channels is not None and channels != self.image_channels:
+            raise ValueError(f"the VAE takes {self.image_channels}-channel images; --channels is {channels} (give "
+                             f"--channels {self.image_channels}, or a VAE of {channels}-channel images with --vae)")
         if resolution % self.downsample:
             nearest = self.downsample * max(1, round(resolution / self.downsample))
             raise ValueError(f"--resolution {resolution} is not divisible by the VAE's downsampling factor "

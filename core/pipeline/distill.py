@@ -343,7 +343,7 @@ def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None 
 
         vae = load_vae(spec)   # first: a resolution it cannot encode is refused before any image is read
         if dataset != "fashion-mnist":
-            vae.check_resolution(resolution)
+            vae.check_input(resolution, channels)
         data = load_dataset(dataset, "train", data_dir, resolution, channels)
         latents = (encode or encode_dataset)(data, vae, cache_dir, progress=progress)
     shape, n = latents.latent_shape, latents.num_classes

@@ -57,12 +57,6 @@ class Studio:
             self.latents_by_class = self.reference.latents_by_class if self.reference else class_latents(self.engine)
 
 
-def _teacher_fits(teacher, data) -> bool:
-    return (tuple(data.image_shape) == (teacher.net.config.in_channels, teacher.net.config.image_size,
-                                        teacher.net.config.image_size)
-            and teacher.num_classes == data.num_classes)
-
-
 def load_studio(spec=None, data_dir: str | None = None, latent_store: str | None = None,
                 reference_per_class: int = 1000, progress: Progress | None = None,
                 registry: Registry | None = None) -> Studio:
@@ -85,7 +79,7 @@ def load_studio(spec=None, data_dir: str | None = None, latent_store: str | None
     report(0.0, "loading the dataset, its latents (encoded once, then cached) and the models…")
     engine = load_engine(spec, data_dir=data_dir, latent_store=latent_store, progress=lambda f, m: report(0.6 * f, m))
     teacher = load_teacher(spec) if spec.teacher else None
-    if teacher is None or not _teacher_fits(teacher, engine.dataset):
+    if teacher is None or not teacher.fits(engine.dataset.image_shape, engine.dataset.num_classes):
         report(1.0, "ready (no teacher for this data: latent scores only)")
         return Studio(engine, None, None, None, registry=registry, warnings=tuple(warnings))
     report(0.6, f"teacher features and modes of {reference_per_class} real images per class (cached after the first time)…")

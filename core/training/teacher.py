@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from core.data.datasets import load_fashion_mnist
+from core.data.splits import load_dataset
 from core.device import seed_everything
 from core.io import save_model_folder, write_json
 from core.models.convnet import ConvNet, ConvNetConfig
@@ -27,7 +27,19 @@ class TeacherTrainConfig:
     max_shift: int = 2
     seed: int = 0
     threads: int = 0
-    train_split: str = "train-minus-val"   # the validation split held out (DESIGN.md 4b); "train": all 60k
+    train_split: str = "train-minus-val"   # the validation split held out (DESIGN.md 4b); "train": all images
+    dataset: str = "fashion-mnist"         # or "imagefolder" (core.data.splits: ROOT/train, val, test)
+    resolution: int = 32                   # imagefolder: image size (Fashion-MNIST is 32, padded)
+    channels: int = 1                      # imagefolder: 1 or 3
+    test_dir: str | None = None            # imagefolder: the test split's folder (default ROOT/test, else ROOT/val)
+
+
+def convnet_depth(resolution: int) -> int:
+    """ConvNet blocks by image size, as the DC/DSA code sizes its ConvNet: 3 at 32 px, 4 at 64, 5 at 128
+    (each block halves the size; the last feature map is 4x4)."""
+    if resolution < 8 or resolution & (resolution - 1):
+        raise ValueError(f"the ConvNet teacher needs a power-of-two resolution of at least 8, got {resolution}")
+    return max(1, resolution.bit_length() - 3)
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, flip: bool, max_shift: int) -> torch.Tensor:
@@ -45,14 +57,18 @@ def augment(x: torch.Tensor, generator: torch.Generator, flip: bool, max_shift: 
 
 def train_teacher(config: TeacherTrainConfig, out: str | Path, data_dir: str | None = None,
                   log: Callable[[str], None] = print) -> dict:
-    """Train ConvNet-3 on Fashion-MNIST ``config.train_split`` (SGD + one-cycle), test on the test split, save to ``out``."""
+    """Train a ConvNet on ``config.train_split`` of the dataset (SGD + one-cycle), test it on the test split,
+    save it to ``out``."""
     from tqdm import tqdm
 
     if config.threads:
         torch.set_num_threads(config.threads)
     generator = seed_everything(config.seed)
-    train, test = load_fashion_mnist(config.train_split, data_dir), load_fashion_mnist("test", data_dir)
-    net = ConvNet(ConvNetConfig(in_channels=1, num_classes=train.num_classes, image_size=32))
+    train, test = (load_dataset(config.dataset, split, data_dir, config.resolution, config.channels, config.test_dir)
+                   for split in (config.train_split, "test"))
+    channels, size = train.image_shape[0], train.image_shape[-1]
+    net = ConvNet(ConvNetConfig(in_channels=channels, num_classes=train.num_classes, image_size=size,
+                                depth=convnet_depth(size)))
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=True)
     steps_per_epoch = len(train) // config.batch_size
@@ -77,12 +93,14 @@ def train_teacher(config: TeacherTrainConfig, out: str | Path, data_dir: str | N
     train_seconds = time.perf_counter() - t0
     teacher = Teacher(net)
     metrics = {"test_accuracy": round(teacher.accuracy(test), 4), "train_accuracy_first_10k":
-               round(teacher.accuracy(train.subset(torch.arange(10000).numpy())), 4)}
+               round(teacher.accuracy(train.subset(torch.arange(min(10000, len(train))).numpy())), 4)}
     out = Path(out)
     save_model_folder(out, KIND, net.config_dict(), net.state_dict())
     record = {"config": asdict(config), "metrics": metrics, "train_seconds": round(train_seconds, 1),
-              "dataset": "fashion-mnist train (60k)", "evaluated_on": "fashion-mnist test (10k)",
-              "torch": torch.__version__, "command": f"python -m core train-teacher --out {out} --seed {config.seed}"}
+              "dataset": f"{train.name} ({len(train)} images)", "evaluated_on": f"{test.name} ({len(test)} images)",
+              "torch": torch.__version__, "command": f"python -m core train-teacher --out {out} --seed {config.seed}" + (
+                  f" --dataset imagefolder --data-dir {data_dir} --resolution {config.resolution} --channels "
+                  f"{config.channels}" if config.dataset == "imagefolder" else "")}
     write_json(out / "training.json", record)
     log(f"teacher saved to {out} (test accuracy {metrics['test_accuracy']:.2%}, trained in {train_seconds / 60:.1f} min)")
     return record

@@ -52,13 +52,45 @@ def test_help_and_a_mistyped_option_import_no_torch():
             assert out.returncode == 2 and "error: unrecognized arguments: --methd" in out.stderr
 
 
-def test_train_split_holds_out_fashion_mnist_validation_only(tmp_path, capsys):
+def test_a_latent_store_has_no_validation_split_to_hold_out(tmp_path, capsys):
     from core.cli.main import main
 
-    assert main(["train-flow", "--dataset", "imagefolder", "--data-dir", str(tmp_path), "--train-split",
-                 "train-minus-val", "--out", str(tmp_path / "flow")]) == 2
-    assert "an ImageFolder or a latent store trains on all its images" in capsys.readouterr().err
+    assert main(["train-flow", "--latent-store", str(tmp_path / "store"), "--train-split", "train-minus-val",
+                 "--out", str(tmp_path / "flow")]) == 2
+    assert "a latent store trains on all its images" in capsys.readouterr().err
     assert not (tmp_path / "flow").exists()
+
+
+def test_teacher_and_students_on_an_image_folder(tmp_path, capsys):
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+    from test_splits import make_folder
+
+    from core.cli.main import main
+
+    root = tmp_path / "data"
+    make_folder(root / "train", {"circle": 12, "square": 12}, size=16, mode="RGB")
+    make_folder(root / "val", {"circle": 4, "square": 4}, size=16, mode="RGB")
+    data = ["--dataset", "imagefolder", "--data-dir", str(root), "--resolution", "16", "--channels", "3"]
+    assert main(["train-teacher", *data, "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path / "teacher")]) == 0
+    record = json.loads((tmp_path / "teacher" / "training.json").read_text())
+    assert "train-minus-val (22 images)" in record["dataset"] and "-test (8 images)" in record["evaluated_on"]
+    assert json.loads((tmp_path / "teacher" / "config.json").read_text())["config"]["depth"] == 2   # 16 px: 2 blocks
+    out = capsys.readouterr().out
+    assert "validation held out of train" in out and f"test {root / 'val'}" in out
+    result = tmp_path / "result.json"
+    assert main(["evaluate", str(root / "train"), *data, "--epochs", "1", "--seeds", "1", "--json", str(result)]) == 0
+    assert 0 <= json.loads(result.read_text())["accuracy_mean"] <= 1
+    assert main(["evaluate", str(root / "train"), *data, "--protocol", "soft", "--epochs", "1", "--seeds", "1"]) == 2
+    assert "does not fit this data" in capsys.readouterr().err   # the embedded teacher is Fashion-MNIST's
+    assert main(["evaluate", str(root / "train"), *data, "--protocol", "soft", "--epochs", "1", "--seeds", "1",
+                 "--teacher", str(tmp_path / "teacher")]) == 0
+    assert main(["encode", *data[:4], "--resolution", "18", "--channels", "1"]) == 2
+    assert "not divisible by the VAE's downsampling factor 4" in capsys.readouterr().err
+    assert main(["encode", *data]) == 2   # the embedded VAE encodes grey images: said before any image is read
+    assert "the VAE takes 1-channel images; --channels is 3" in capsys.readouterr().err
 
 
 def test_bench_student_times_every_protocol(tmp_path, capsys):
