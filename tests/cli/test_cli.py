@@ -129,3 +129,27 @@ def test_distill_and_evaluate_record_their_runs_in_the_registry(tmp_path, capsys
     assert main(["distill", "--method", "d4m", "--ipc", "1", "--out", str(tmp_path / "quiet"), "--registry", "none"]) == 0
     with Registry(default_path()) as reg:
         assert len(reg.runs()) == 2
+
+
+def test_eval_models_on_an_image_folder_with_its_own_teacher(tmp_path, capsys):
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+    from test_splits import make_folder
+
+    from core.cli.main import main
+
+    root = tmp_path / "data"   # ten classes of grey 32-px images: the embedded VAE and flow fit them
+    classes = {f"c{k}": 4 for k in range(10)}
+    make_folder(root / "train", classes, size=32, mode="L")
+    make_folder(root / "test", {c: 2 for c in classes}, size=32, mode="L")
+    data = ["--dataset", "imagefolder", "--data-dir", str(root), "--resolution", "32", "--channels", "1"]
+    assert main(["train-teacher", *data, "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path / "teacher")]) == 0
+    report = tmp_path / "models.json"
+    assert main(["eval-models", *data, "--teacher", str(tmp_path / "teacher"), "--per-class", "2", "--cfg-sweep",
+                 "--steps", "2", "--diffusion-steps", "2", "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "(target" not in out   # the embedded default's targets are not this data's
+    figures = json.loads(report.read_text())
+    assert figures["vae"]["test_psnr_db"] > 0 and 0 <= figures["teacher"]["test_accuracy"] <= 1
