@@ -34,7 +34,9 @@ def add_train_split(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(add) -> None:
-    p = add("train-vae", "Train the embedded tiny VAE (1x32x32 -> 4x8x8) on Fashion-MNIST.", _cmd_train_vae)
+    p = add("train-vae", "Train a small VAE: the embedded one (1x32x32 -> 4x8x8) on Fashion-MNIST, or one for an "
+            "ImageFolder (C x R x R -> 4x8x8, one encoder block per halving).", _cmd_train_vae)
+    add_dataset(p)
     p.add_argument("--out", default=str(VAE_DIR), help="output folder (default assets/vae)")
     p.add_argument("--epochs", type=float, default=4.0)
     p.add_argument("--batch-size", type=int, default=64)
@@ -108,8 +110,17 @@ def _cmd_train_vae(args: argparse.Namespace) -> None:
         raise OutputError(f"--out {out} exists and is not a VAE folder that train-vae wrote (config.json, weights and "
                           "training.json, nothing else); train-vae replaces its output folder whole, so give a new "
                           "folder or one it wrote before")
+    from core.cli.options import check_folder
+
+    if args.dataset == "imagefolder":
+        from core.models.vae import vae_widths
+
+        vae_widths(args.resolution)   # a size it cannot build is refused before any image is read
+        check_folder(args)
     config = TinyVAEConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                           threads=args.threads, train_split=args.train_split or TRAIN_MINUS_VAL)
+                           threads=args.threads, train_split=args.train_split or TRAIN_MINUS_VAL,
+                           dataset=args.dataset, resolution=args.resolution, channels=args.channels,
+                           test_dir=args.test_dir)
     train_tiny_vae(config, args.out, args.data_dir)
 
 

@@ -155,7 +155,20 @@ class TinyVAEConfig:
     kl_weight: float = 1e-6
     seed: int = 0
     threads: int = 0  # 0: torch's default
-    train_split: str = "train-minus-val"   # the validation split held out (DESIGN.md 4b); "train": all 60k
+    train_split: str = "train-minus-val"   # the validation split held out (DESIGN.md 4b); "train": all images
+    dataset: str = "fashion-mnist"         # or "imagefolder" (core.data.splits: ROOT/train, val, test)
+    resolution: int = 32                   # imagefolder: image size (Fashion-MNIST is 32, padded)
+    channels: int = 1                      # imagefolder: 1 or 3
+    test_dir: str | None = None            # imagefolder: the test split's folder (default ROOT/test, else ROOT/val)
+
+
+def vae_widths(resolution: int) -> tuple[int, ...]:
+    """Encoder block widths for images of ``resolution`` px: one block per halving down to an 8x8 latent
+    (16 px: 2 blocks, 32 px: 3 — the embedded VAE's (16, 32, 32) —, 64 px: 4, 128 px: 5)."""
+    if resolution < 16 or resolution & (resolution - 1):
+        raise ValueError(f"train-vae builds VAEs for power-of-two resolutions of at least 16 px, got {resolution} "
+                         "(for other sizes give a pretrained VAE with --vae)")
+    return (16,) + (32,) * (resolution.bit_length() - 4)
 
 
 def build_tiny_vae(config: TinyVAEConfig, in_channels: int = 1, sample_size: int = 32) -> AutoencoderKL:

@@ -1,20 +1,29 @@
-"""Training of the embedded default's small VAE (diffusers AutoencoderKL) on Fashion-MNIST."""
+"""Training of a small VAE (diffusers AutoencoderKL): the embedded default's on Fashion-MNIST, or one sized for
+an ImageFolder (``core.models.vae.vae_widths``: an 8x8 latent of 4 channels)."""
 from __future__ import annotations
 
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from core.data.datasets import load_fashion_mnist
+from core.data.splits import load_dataset
 from core.device import seed_everything
 from core.io import atomic_directory, write_json
-from core.models.vae import TRAINING_RECORD, WEIGHTS_NAME, LatentAutoencoder, TinyVAEConfig, build_tiny_vae, measure_vae
+from core.models.vae import (
+    TRAINING_RECORD,
+    WEIGHTS_NAME,
+    LatentAutoencoder,
+    TinyVAEConfig,
+    build_tiny_vae,
+    measure_vae,
+    vae_widths,
+)
 
 
 def is_vae_folder(path: Path) -> bool:
@@ -37,7 +46,7 @@ def is_vae_folder(path: Path) -> bool:
 
 def train_tiny_vae(config: TinyVAEConfig, out: str | Path, data_dir: str | None = None,
                    log: Callable[[str], None] = print) -> dict:
-    """Train the embedded VAE on Fashion-MNIST ``config.train_split``, set its latent scaling, save it, return metrics.
+    """Train a small VAE on ``config.train_split`` of the dataset, set its latent scaling, save it, return metrics.
 
     The scaling convention: after training, ``shift_factor`` = mean and ``scaling_factor`` = 1 / std of
     the posterior means on 10k training images, so latents are roughly zero-mean with unit variance.
@@ -47,8 +56,12 @@ def train_tiny_vae(config: TinyVAEConfig, out: str | Path, data_dir: str | None 
     if config.threads:
         torch.set_num_threads(config.threads)
     generator = seed_everything(config.seed)
-    train, test = load_fashion_mnist(config.train_split, data_dir), load_fashion_mnist("test", data_dir)
-    vae = build_tiny_vae(config)
+    train, test = (load_dataset(config.dataset, split, data_dir, config.resolution, config.channels, config.test_dir)
+                   for split in (config.train_split, "test"))
+    size = train.image_shape[-1]
+    if config.dataset != "fashion-mnist":
+        config = replace(config, block_out_channels=vae_widths(size))
+    vae = build_tiny_vae(config, in_channels=train.image_shape[0], sample_size=size)
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
     steps = int(config.epochs * len(train) / config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.05)
@@ -78,14 +91,18 @@ def train_tiny_vae(config: TinyVAEConfig, out: str | Path, data_dir: str | None 
 
     ae = LatentAutoencoder(vae)
     with torch.inference_mode():
-        raw = torch.cat([vae.encode(train.batch(slice(i, i + 500))).latent_dist.mean for i in range(0, 10000, 500)])
+        raw = torch.cat([vae.encode(train.batch(slice(i, i + 500))).latent_dist.mean
+                         for i in range(0, min(10000, len(train)), 500)])
     vae.register_to_config(shift_factor=float(raw.mean()), scaling_factor=float(1.0 / raw.std()))
     ae = LatentAutoencoder(vae)
     metrics = measure_vae(ae, test)
     out = Path(out)
     record = {"config": asdict(config), "metrics": metrics, "train_seconds": round(train_seconds, 1),
-              "steps": steps, "dataset": "fashion-mnist train (60k)", "evaluated_on": "fashion-mnist test (10k)",
-              "torch": torch.__version__, "command": f"python -m core train-vae --out {out} --seed {config.seed}"}
+              "steps": steps, "dataset": f"{train.name} ({len(train)} images)",
+              "evaluated_on": f"{test.name} ({len(test)} images)", "torch": torch.__version__,
+              "command": f"python -m core train-vae --out {out} --seed {config.seed}" + (
+                  f" --dataset imagefolder --data-dir {data_dir} --resolution {config.resolution} --channels "
+                  f"{config.channels}" if config.dataset == "imagefolder" else "")}
     with atomic_directory(out, replaceable=is_vae_folder) as tmp:
         vae.save_pretrained(tmp, safe_serialization=True)
         write_json(tmp / TRAINING_RECORD, record)

@@ -87,6 +87,9 @@ def test_teacher_and_students_on_an_image_folder(tmp_path, capsys):
     assert "does not fit this data" in capsys.readouterr().err   # the embedded teacher is Fashion-MNIST's
     assert main(["evaluate", str(root / "train"), *data, "--protocol", "soft", "--epochs", "1", "--seeds", "1",
                  "--teacher", str(tmp_path / "teacher")]) == 0
+    assert main(["train-vae", *data, "--epochs", "0.5", "--batch-size", "8", "--out", str(tmp_path / "vae")]) == 0
+    config = json.loads((tmp_path / "vae" / "config.json").read_text())
+    assert (config["in_channels"], config["block_out_channels"]) == (3, [16, 32])   # 16 px: 2 blocks, a 4x8x8 latent
     assert main(["encode", *data[:4], "--resolution", "18", "--channels", "1"]) == 2
     assert "not divisible by the VAE's downsampling factor 4" in capsys.readouterr().err
     assert main(["encode", *data]) == 2   # the embedded VAE encodes grey images: said before any image is read
