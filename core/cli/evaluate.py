@@ -7,6 +7,7 @@ from pathlib import Path
 
 from core.cli.options import (
     add_dataset,
+    add_model_folder,
     add_registry,
     check_folder,
     open_registry,
@@ -42,6 +43,7 @@ def add_parsers(add) -> None:
                    help="teacher folder (soft labels; default: the embedded Fashion-MNIST teacher)")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
     add_dataset(p)
+    add_model_folder(p)
     add_registry(p)
 
 

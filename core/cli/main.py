@@ -14,6 +14,7 @@ from core.cli import (
     encode,
     eval_models,
     evaluate,
+    prepare,
     speed,
     startup,
     sweep,
@@ -22,7 +23,7 @@ from core.cli import (
 from core.cli.options import non_negative_int
 from core.errors import DistillError, OutputError
 
-COMMANDS = (train, encode, distill, bench, speed, startup, evaluate, eval_models, sweep)
+COMMANDS = (train, encode, distill, bench, speed, startup, evaluate, eval_models, sweep, prepare)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,6 +72,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        prepare.apply_model_folder(args)
         _check_outputs(args)
         args.func(args)
     except (DistillError, ValueError) as exc:

@@ -155,7 +155,14 @@ def distill_config_from_args(args: argparse.Namespace, method: str = "", ipc: in
     return distill_config(options)
 
 
+def add_model_folder(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", default=None, metavar="DIR",
+                   help="a model folder written by `prepare`: its VAE, flow, teacher and diffusion model replace the "
+                        "embedded ones (where not given), and its dataset the data options (where left out)")
+
+
 def add_models(p: argparse.ArgumentParser, flow: bool = False, teacher: bool = False) -> None:
+    add_model_folder(p)
     p.add_argument("--vae", default=str(VAE_DIR), help="VAE folder or diffusers hub id (default: embedded)")
     if flow:
         p.add_argument("--flow", default=str(FLOW_DIR),

@@ -28,8 +28,20 @@ def frechet_distance(features_a: np.ndarray | torch.Tensor, features_b: np.ndarr
     d² = |μa - μb|² + tr(Σa + Σb - 2 (Σa^½ Σb Σa^½)^½); the trace term uses symmetric eigen-
     decompositions (stable and faster than scipy.linalg.sqrtm for D in the thousands).
     """
-    mu_a, cov_a = _mean_cov(np.asarray(features_a))
-    mu_b, cov_b = _mean_cov(np.asarray(features_b))
+    a, b = np.asarray(features_a, dtype=np.float64), np.asarray(features_b, dtype=np.float64)
+    if a.ndim == 2 and b.ndim == 2 and a.shape[1] == b.shape[1] and min(len(a), len(b)) >= 2 \
+            and len(a) < a.shape[1]:
+        # fewer samples than dimensions: the same d² from n x n matrices. With X the centred features,
+        # Σ = XᵀX / (n-1); the non-zero eigenvalues of Σa Σb (whose square roots the trace term sums) are
+        # those of Xa Σb Xaᵀ / (na-1), an na x na matrix (exact, not an approximation).
+        xa, xb = a - a.mean(0), b - b.mean(0)
+        cross = xa @ xb.T                                  # (na, nb)
+        gram = cross @ cross.T / ((len(a) - 1) * (len(b) - 1))
+        trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((gram + gram.T) / 2), 0, None)).sum()
+        traces = (xa ** 2).sum() / (len(a) - 1) + (xb ** 2).sum() / (len(b) - 1)
+        return float(((a.mean(0) - b.mean(0)) ** 2).sum() + traces - 2 * trace_sqrt)
+    mu_a, cov_a = _mean_cov(a)
+    mu_b, cov_b = _mean_cov(b)
     if mu_a.shape != mu_b.shape:
         raise ValueError(f"feature dimensions differ: {mu_a.shape} vs {mu_b.shape}")
     eva, eve = np.linalg.eigh(cov_a)

@@ -307,3 +307,15 @@ def test_a_class_subset_is_scored_against_the_real_images_of_its_classes(engine)
     assert scores["coverage"] > against_all["coverage"]   # all classes' real images would dilute it
     assert np.array_equal(reference.real_of((0, 1, 2)).radii.numpy(), reference.radii)   # every class: cached radii
     assert reference.real_of((2, 1, 0)) is reference.real_of((0, 1, 2))                  # prepared once
+
+
+def test_frechet_distance_with_fewer_samples_than_dimensions_is_exact():
+    import scipy.linalg
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(30, 200)), rng.normal(size=(45, 200)) + 0.3
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    reference = ((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - \
+        2 * np.trace(scipy.linalg.sqrtm(cov_a @ cov_b).real)
+    assert frechet_distance(a, b) == pytest.approx(reference, rel=1e-6)

@@ -1,0 +1,124 @@
+"""`prepare`: one command that makes the model set of an ImageFolder dataset, resumable.
+
+``python -m core prepare ROOT --out models/NAME`` runs, in order, each as its own command would (the same
+options, the same outputs): ``train-vae`` (or takes ``--vae``), ``train-teacher``, ``train-flow``,
+``train-diffusion`` (unless ``--no-diffusion``) and ``eval-models``, into ``OUT/vae``, ``OUT/teacher``,
+``OUT/flow``, ``OUT/diffusion`` and ``OUT/eval.json``; ``OUT/dataset.json`` records the data (root,
+resolution, channels, splits). Run again, it skips the steps whose output is complete (and ``train-flow`` /
+``train-diffusion`` resume from their checkpoints). ``--models OUT`` then gives every other command (and
+its data options) this set.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from core.cli.options import add_dataset, portable, set_option
+from core.config import DIFFUSION_DIR, FLOW_DIR, TEACHER_DIR, VAE_DIR
+
+MODEL_PARTS = ("vae", "teacher", "flow", "diffusion")
+DATASET_RECORD = "dataset.json"
+
+
+def add_parsers(add) -> None:
+    p = add("prepare", "Make the model set of an ImageFolder dataset (VAE, teacher, flow, diffusion counterpart, "
+            "their figures) in one resumable command.", _cmd_prepare)
+    p.add_argument("root", help="the dataset root: ROOT/train/<class>/... (optionally ROOT/val, ROOT/test)")
+    p.add_argument("--out", required=True, help="the model folder to write (models/NAME); run again to resume")
+    add_dataset(p)
+    set_option(p, "dataset", default="imagefolder", choices=["imagefolder"], help="imagefolder (the only choice)")
+    p.add_argument("--vae", default=None, help="use this VAE (a folder or a diffusers hub id) instead of training one")
+    p.add_argument("--vae-epochs", type=float, default=4.0, help="train-vae epochs (default 4)")
+    p.add_argument("--teacher-epochs", type=int, default=8, help="train-teacher epochs (default 8)")
+    p.add_argument("--flow-steps", type=int, default=8000, help="train-flow / train-diffusion steps (default 8000)")
+    p.add_argument("--model", default="mlp-m", help="train-flow / train-diffusion network (default mlp-m)")
+    p.add_argument("--batch-size", type=int, default=256, help="train-flow / train-diffusion batch (default 256)")
+    p.add_argument("--no-diffusion", action="store_true", help="skip the diffusion counterpart")
+    p.add_argument("--eval-per-class", type=int, default=100, help="eval-models: flow samples per class (default 100)")
+
+
+def _done(folder: Path, steps: int | None = None) -> bool:
+    """A model folder a train command finished: its weights and training record (for a flow or diffusion
+    model, of at least ``steps`` steps: its checkpoint stays, to resume or extend it)."""
+    from core.reads import read_json
+
+    if not ((folder / "config.json").is_file() and (folder / "training.json").is_file()):
+        return False
+    if steps is None:
+        return True
+    try:
+        return int(read_json(folder / "training.json")["config"]["steps"]) >= steps
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    from core.cli.main import main
+    from core.cli.options import check_folder
+    from core.io import write_json
+
+    out = Path(args.out)
+    args.data_dir = args.root
+    check_folder(args)   # splits, class folders and what loading does: before any work
+    out.mkdir(parents=True, exist_ok=True)
+    common = ["--seed", str(args.seed), "--threads", str(args.threads)]
+    data = ["--dataset", "imagefolder", "--data-dir", str(args.root), "--resolution", str(args.resolution),
+            "--channels", str(args.channels)] + (["--test-dir", args.test_dir] if args.test_dir else [])
+    vae = args.vae or str(out / "vae")
+    steps = []
+    if args.vae is None:
+        steps.append(("vae", out / "vae", ["train-vae", *data, "--epochs", str(args.vae_epochs), "--out", vae]))
+    steps.append(("teacher", out / "teacher", ["train-teacher", *data, "--epochs", str(args.teacher_epochs),
+                                               "--out", str(out / "teacher")]))
+    for name in ("flow",) + (() if args.no_diffusion else ("diffusion",)):
+        steps.append((name, out / name, [f"train-{name}", *data, "--vae", vae, "--steps", str(args.flow_steps),
+                                         "--model", args.model, "--batch-size", str(args.batch_size),
+                                         "--out", str(out / name)]))
+    eval_args = ["eval-models", *data, "--vae", vae, "--flow", str(out / "flow"), "--teacher", str(out / "teacher"),
+                 "--diffusion", str(out / "diffusion"), "--per-class", str(args.eval_per_class),
+                 "--cfg-sweep", "--diffusion-steps", "25", "--json", str(out / "eval.json")]
+    write_json(out / DATASET_RECORD, {"root": portable(str(args.root)), "resolution": args.resolution,
+                                      "channels": args.channels, "test_dir": args.test_dir, "vae": portable(vae)})
+    started = time.perf_counter()
+    total = len(steps) + 1
+    for k, (name, folder, command) in enumerate(steps, 1):
+        if _done(folder, args.flow_steps if name in ("flow", "diffusion") else None):
+            print(f"[prepare {k}/{total}] {name}: done before ({folder}), skipped", flush=True)
+            continue
+        print(f"[prepare {k}/{total}] {name}: python -m core {' '.join(command)}", flush=True)
+        t0 = time.perf_counter()
+        if main([*command, *common]) != 0:
+            raise ValueError(f"prepare stopped at step {k} ({name}); fix the error above and run it again to resume")
+        print(f"[prepare {k}/{total}] {name}: {time.perf_counter() - t0:.0f} s "
+              f"({time.perf_counter() - started:.0f} s so far)", flush=True)
+    print(f"[prepare {total}/{total}] eval-models: python -m core {' '.join(eval_args)}", flush=True)
+    if main([*eval_args, *common]) != 0:
+        raise ValueError("prepare stopped at eval-models; fix the error above and run it again to resume")
+    print(f"prepare: the model set is in {out} ({time.perf_counter() - started:.0f} s); use it with "
+          f"`python -m core distill --models {out} ...` or `evaluate --models {out}`")
+
+
+def apply_model_folder(args: argparse.Namespace) -> None:
+    """``--models DIR`` (a folder ``prepare`` wrote): the model options left at their defaults take its parts
+    and the data options its dataset, so that ``distill --models DIR`` needs nothing else."""
+    from core.reads import read_json
+
+    folder = getattr(args, "models", None)
+    if not folder:
+        return
+    folder = Path(folder)
+    record_file = folder / DATASET_RECORD
+    if not record_file.is_file():
+        raise ValueError(f"--models {folder}: not a model folder written by `prepare` (no {DATASET_RECORD})")
+    record = read_json(record_file)
+    parts = {"vae": (VAE_DIR, record.get("vae") or str(folder / "vae")), "teacher": (TEACHER_DIR, folder / "teacher"),
+             "flow": (FLOW_DIR, folder / "flow"), "diffusion": (DIFFUSION_DIR, folder / "diffusion")}
+    for part, (default, value) in parts.items():
+        if getattr(args, part, None) == str(default):   # left at the embedded default: the folder's part
+            setattr(args, part, str(value))
+    if hasattr(args, "dataset") and args.dataset == "fashion-mnist" and args.data_dir is None:
+        args.dataset, args.data_dir = "imagefolder", record["root"]
+        args.resolution, args.channels = record["resolution"], record["channels"]
+        if hasattr(args, "test_dir") and args.test_dir is None:
+            args.test_dir = record.get("test_dir")
