@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prepare.apply_model_folder(args)
         _check_outputs(args)
+        args.run_command = main   # commands that run others (prepare) call back through this
         args.func(args)
     except (DistillError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

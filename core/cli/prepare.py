@@ -54,10 +54,10 @@ def _done(folder: Path, steps: int | None = None) -> bool:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
-    from core.cli.main import main
     from core.cli.options import check_folder
     from core.io import write_json
 
+    main = args.run_command   # core.cli.main.main, handed over by it (importing it here would be a cycle)
     out = Path(args.out)
     args.data_dir = args.root
     check_folder(args)   # splits, class folders and what loading does: before any work
