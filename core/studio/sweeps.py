@@ -154,6 +154,18 @@ def distill_point(studio: Studio, engine: DistillEngine, kind: str, name: str, c
     return studio.registry.get(run_id)
 
 
+def named_runs(registry, kind: str, name: str) -> list[tuple[dict, DistillConfig]]:
+    """(run, its DistillConfig) of the registry's runs of ``kind`` named ``name``, oldest first; a row whose
+    config this version cannot read (a newer one's) is left out."""
+    out = []
+    for run in sorted((r for r in registry.runs(kind=kind) if r["name"] == name), key=lambda r: r["id"]):
+        try:
+            out.append((run, DistillConfig.from_dict(run["config"])))
+        except ValueError:
+            continue
+    return out
+
+
 def check_name(studio: Studio, kind: str, name: str, base: DistillConfig, knobs: list[str]) -> None:
     """Refuse a name already recorded around other settings: each of its runs, with ``knobs`` set back to
     ``base``'s values, must be ``base`` (one name, one sweep or search; its table would mix them otherwise)."""
@@ -162,13 +174,7 @@ def check_name(studio: Studio, kind: str, name: str, base: DistillConfig, knobs:
                          "in the registry by it)")
     if studio.registry is None:
         return
-    for run in studio.registry.runs(kind=kind):
-        if run["name"] != name:
-            continue
-        try:
-            config = DistillConfig.from_dict(run["config"])
-        except ValueError:
-            continue
+    for _, config in named_runs(studio.registry, kind, name):
         for k in knobs:
             config = KNOBS[k].set(config, KNOBS[k].get(base))
         if config != base:
@@ -215,12 +221,7 @@ def recorded_names(registry, kind: str = "sweep") -> list[str]:
 
 def recorded_rows(registry, name: str, kind: str = "sweep") -> tuple[list[str], list[dict]]:
     """The knobs that vary across a recorded sweep's runs, and its table rows (oldest first)."""
-    runs, configs = [], []
-    for r in sorted((r for r in registry.runs(kind=kind) if r["name"] == name), key=lambda r: r["id"]):
-        try:
-            configs.append(DistillConfig.from_dict(r["config"]))
-        except ValueError:   # a row of a newer version: not shown
-            continue
-        runs.append(r)
+    pairs = named_runs(registry, kind, name)
+    runs, configs = [r for r, _ in pairs], [c for _, c in pairs]
     varying = [k for k, spec in KNOBS.items() if len({repr(spec.get(c)) for c in configs}) > 1]
     return varying, [_point_row({k: KNOBS[k].get(c) for k in varying}, r) for r, c in zip(runs, configs)]

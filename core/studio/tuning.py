@@ -30,6 +30,7 @@ from core.studio.session import Progress, Studio
 from core.studio.sweeps import (
     check_name,
     distill_point,
+    named_runs,
     recorded_run,
     validation_engine,
 )
@@ -167,17 +168,9 @@ def _recorded_trials(studio: Studio, spec: TuneSpec, name: str) -> list[tuple[di
     """(params, run) of the study's recorded runs that fit the current space and objective."""
     if studio.registry is None:
         return []
-    out = []
-    for run in sorted(studio.registry.runs(kind="tune"), key=lambda r: r["id"]):
-        if run["name"] != name:
-            continue
-        try:
-            config = DistillConfig.from_dict(run["config"])
-        except ValueError:
-            continue
+    out = []   # check_name has made sure every run of the name is around this study's base
+    for run, config in named_runs(studio.registry, "tune", name):
         params = {k.name: knob(k.name).get(config) for k in spec.space}
-        if spec.config(params) != config:   # other settings than this study's base: not one of its trials
-            continue
         if spec.contains(params) and not math.isnan(objective_value(spec, run)[0]):
             out.append((params, run))
     return out
