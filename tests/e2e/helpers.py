@@ -84,6 +84,14 @@ _STATE_JS = """() => {
 }"""
 
 
+def app_state(page) -> dict | str:
+    """What the app shows of its state (script, connection, status, spinner, stale elements), for errors."""
+    try:
+        return page.evaluate(_STATE_JS)
+    except Exception as error:  # noqa: BLE001 - the page is navigating
+        return repr(error)
+
+
 def wait_for_app_idle(page, timeout: float = 120.0, settle: float = 0.75) -> None:
     """Wait until the Streamlit script has finished its run and the page has settled.
 
@@ -108,11 +116,7 @@ def wait_for_app_idle(page, timeout: float = 120.0, settle: float = 0.75) -> Non
         else:
             idle_since = None
         if now > deadline:
-            try:
-                state = page.evaluate(_STATE_JS)
-            except Exception as error:  # noqa: BLE001
-                state = repr(error)
-            raise TimeoutError(f"Streamlit app not idle after {timeout:.0f} s: {state}")
+            raise TimeoutError(f"Streamlit app not idle after {timeout:.0f} s: {app_state(page)}")
         page.wait_for_timeout(100)
 
 

@@ -9,6 +9,7 @@ from helpers import (
     EXCEPTION,
     MAIN,
     SLIDER_THUMB,
+    app_state,
     button,
     download,
     exceptions,
@@ -32,17 +33,27 @@ def image_sources(page) -> list[str]:
 
 def lambda_step_seconds(page) -> float:
     """Press → once on the λ slider; seconds until every gallery image has been replaced and has loaded
-    (re-sample, re-score, redraw, as the browser shows it)."""
+    (re-sample, re-score, redraw, as the browser shows it). On a timeout the error says what the page shows."""
+    page.locator(MAIN_IMAGES).first.wait_for(timeout=120_000)   # the gallery is drawn before it is read
+    wait_for_images(page)
     before = image_sources(page)
     thumb = widget(page, "stSlider", "Guidance λ").locator(SLIDER_THUMB)
     thumb.focus()
     started = time.monotonic()
     thumb.press("ArrowRight")
-    page.wait_for_function(
-        """([selector, before]) => {
-            const imgs = Array.from(document.querySelectorAll(selector));
-            return imgs.length === before.length && imgs.every((img, i) => img.getAttribute('src') !== before[i] && img.complete);
-        }""", arg=[MAIN_IMAGES, before], timeout=120_000, polling=20)
+    try:
+        page.wait_for_function(
+            """([selector, before]) => {
+                const imgs = Array.from(document.querySelectorAll(selector));
+                return imgs.length > 0 && imgs.every(img => !before.includes(img.getAttribute('src')) && img.complete);
+            }""", arg=[MAIN_IMAGES, before], timeout=120_000, polling=20)
+    except Exception as error:   # noqa: BLE001 - re-raised with the page's state
+        after = image_sources(page)
+        raise AssertionError(
+            f"the gallery was not replaced within 120 s of λ → ({error.__class__.__name__}): {len(before)} images "
+            f"before, {len(after)} now, {sum(a in before for a in after)} of them unchanged; λ now "
+            f"{slider_value(page, 'Guidance λ')}, url {page.url}, app state {app_state(page)}, exceptions "
+            f"{exceptions(page)}") from error
     seconds = time.monotonic() - started
     wait_for_app_idle(page)
     return seconds
