@@ -16,13 +16,16 @@ studio, _ = page_frame()
 run = require_run()
 st.title("Evaluate")
 if studio.test is None:
-    st.info("Students are tested on the real test split of the embedded default; this data has none here. "
-            "Export the set and score it with `python -m core evaluate` where its test split is available.")
+    st.info("Students are tested on a real test split and, for the soft protocols, labelled by a teacher of the "
+            "data: this data has none here. Use the embedded default, or a model folder made by `python -m core "
+            "prepare` of a dataset with a test split (ROOT/test or ROOT/val); or export the set and score it with "
+            "`python -m core evaluate` where its test split is available.")
     st.stop()
 keep_values(SETTINGS)
 job: BackgroundJob | None = st.session_state.get("eval_job")
 busy = job is not None and not job.done
-st.caption(f"Run {run.run_id}: {len(run.dset)} images. Protocol: ConvNet-3 (width 128, instance norm), SGD lr 0.01, "
+st.caption(f"Run {run.run_id}: {len(run.dset)} images, tested on {studio.test.name} ({len(studio.test)} real "
+           "images). Protocol: ConvNet-3 (width 128, instance norm), SGD lr 0.01, "
            "momentum 0.9, wd 5e-4, lr × 0.1 at half. On 2 CPU cores IPC 10 × 300 epochs takes about a minute per seed; "
            "the student keeps training while you visit other pages.")
 cols = st.columns(4)

@@ -8,7 +8,8 @@ from core.models.latent_mlp import LatentMLP, LatentMLPConfig
 from core.models.vae import LatentAutoencoder, TinyVAEConfig, build_tiny_vae
 from core.pipeline.distill import DistillEngine
 
-pytest_plugins = ["scale_fixtures"]   # the `scale` fixture: tiny SD-VAE, ImageFolder, SiT, latent store
+pytest_plugins = ["scale_fixtures",    # the `scale` fixture: tiny SD-VAE, ImageFolder, SiT, latent store
+                  "shapes_fixtures"]   # `shapes_models`: a drawn ImageFolder and its `prepare` model folder
 
 
 @pytest.fixture(autouse=True)

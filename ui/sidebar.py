@@ -41,27 +41,36 @@ DEFAULTS = {"method": "pgfm", "ipc": 10, "guidance": DEFAULT_PGFM_GUIDANCE.stren
             "cell_offset": 0.0, "prototypes_per_class": 0, "dtype": fast_model_dtype()}
 
 
-EMBEDDED, CUSTOM = "Fashion-MNIST (embedded)", "Latent store + models"
-SOURCE_DEFAULTS = {"data_source": EMBEDDED, "store_dir": "", "image_root": "", "vae_ref": "", "flow_ref": "",
+EMBEDDED, FOLDER, CUSTOM = "Fashion-MNIST (embedded)", "Model folder (prepare)", "Latent store + models"
+SOURCE_DEFAULTS = {"data_source": EMBEDDED, "model_folder": "", "store_dir": "", "image_root": "", "vae_ref": "", "flow_ref": "",
                    "flow_convention": "sit", "flow_class_map": "", "flow_num_heads": 0}
 
 
 def render_source() -> dict | None:
-    """Dataset and models: the embedded default, or a latent store (``python -m core encode --store``) with
-    a VAE and a flow model given by reference. Returns the applied source (None: embedded)."""
+    """Dataset and models: the embedded default, a model folder (``python -m core prepare ROOT --out
+    models/NAME``: its ImageFolder dataset with every model, so every page works), or a latent store
+    (``python -m core encode --store``) with a VAE and a flow model given by reference. Returns the applied
+    source (None: embedded)."""
     keep_values(SOURCE_DEFAULTS)
     with st.sidebar:
         st.header("Data and models")
-        choice = st.radio("Dataset", (EMBEDDED, CUSTOM), key="data_source",
-                          help="The embedded default: Fashion-MNIST with the shipped VAE, flow, diffusion and teacher.")
+        choice = st.radio("Dataset", (EMBEDDED, FOLDER, CUSTOM), key="data_source",
+                          help="The embedded default: Fashion-MNIST with the shipped VAE, flow, diffusion and teacher. "
+                               "A model folder: your ImageFolder dataset and the models `prepare` made for it.")
         if choice == EMBEDDED:
             st.session_state["source"] = None
+        elif choice == FOLDER:
+            st.text_input("Model folder", key="model_folder", placeholder="models/NAME",
+                          help="written by `python -m core prepare ROOT --out models/NAME`")
+            if st.button("Load", key="load_folder", disabled=not st.session_state.model_folder.strip()):
+                st.session_state["source"] = {"model_folder": st.session_state.model_folder.strip()}
         else:
             st.text_input("Latent store folder", key="store_dir", help="written by `python -m core encode --store`")
             st.text_input("Its ImageFolder (optional)", key="image_root", help="real images, for the random method")
             st.text_input("VAE (folder or diffusers id)", key="vae_ref")
             st.text_input("Flow model (project folder, diffusers DiT folder, SiT .pt / .safetensors)", key="flow_ref")
-            st.selectbox("Flow convention", ("sit", "diffusers-flow", "distill-studio"), key="flow_convention")
+            st.selectbox("Flow convention", ("sit", "diffusers-flow", "ddpm-eps", "distill-studio"),
+                         key="flow_convention")
             st.text_input("Flow class map (model class id per data class, comma-separated; optional)",
                           key="flow_class_map")
             st.number_input("Flow attention heads (0: from the preset or file)", 0, 64, step=1, key="flow_num_heads",

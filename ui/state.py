@@ -43,9 +43,10 @@ def _studio_job(source_json: str) -> BackgroundJob:
 
     torch.set_num_threads(app_threads())   # process-wide; before any model runs
     source = json.loads(source_json)
-    spec = ModelSpec(**source["models"]) if source["models"] else None
-    return BackgroundJob(lambda progress: load_studio(spec, data_dir=source["data_dir"],
-                                                      latent_store=source["latent_store"], progress=progress),
+    spec = ModelSpec(**source["models"]) if source.get("models") else None
+    return BackgroundJob(lambda progress: load_studio(spec, data_dir=source.get("data_dir"),
+                                                      latent_store=source.get("latent_store"), progress=progress,
+                                                      model_folder=source.get("model_folder")),
                          name="load-studio").start()
 
 

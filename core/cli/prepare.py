@@ -16,9 +16,9 @@ from pathlib import Path
 
 from core.cli.options import add_dataset, portable, set_option
 from core.config import DIFFUSION_DIR, FLOW_DIR, TEACHER_DIR, VAE_DIR
+from core.models.spec import MODEL_FOLDER_RECORD
 
 MODEL_PARTS = ("vae", "teacher", "flow", "diffusion")
-DATASET_RECORD = "dataset.json"
 
 
 def add_parsers(add) -> None:
@@ -78,7 +78,7 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     eval_args = ["eval-models", *data, "--vae", vae, "--flow", str(out / "flow"), "--teacher", str(out / "teacher"),
                  "--diffusion", str(out / "diffusion"), "--per-class", str(args.eval_per_class),
                  "--cfg-sweep", "--diffusion-steps", "25", "--json", str(out / "eval.json")]
-    write_json(out / DATASET_RECORD, {"root": portable(str(args.root)), "resolution": args.resolution,
+    write_json(out / MODEL_FOLDER_RECORD, {"root": portable(str(args.root)), "resolution": args.resolution,
                                       "channels": args.channels, "test_dir": args.test_dir, "vae": portable(vae)})
     started = time.perf_counter()
     total = len(steps) + 1
@@ -102,23 +102,20 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 def apply_model_folder(args: argparse.Namespace) -> None:
     """``--models DIR`` (a folder ``prepare`` wrote): the model options left at their defaults take its parts
     and the data options its dataset, so that ``distill --models DIR`` needs nothing else."""
-    from core.reads import read_json
+    from core.models.spec import open_model_folder
 
-    folder = getattr(args, "models", None)
-    if not folder:
+    if not getattr(args, "models", None):
         return
-    folder = Path(folder)
-    record_file = folder / DATASET_RECORD
-    if not record_file.is_file():
-        raise ValueError(f"--models {folder}: not a model folder written by `prepare` (no {DATASET_RECORD})")
-    record = read_json(record_file)
-    parts = {"vae": (VAE_DIR, record.get("vae") or str(folder / "vae")), "teacher": (TEACHER_DIR, folder / "teacher"),
-             "flow": (FLOW_DIR, folder / "flow"), "diffusion": (DIFFUSION_DIR, folder / "diffusion")}
-    for part, (default, value) in parts.items():
+    try:
+        found = open_model_folder(args.models)
+    except ValueError as exc:
+        raise ValueError(f"--models {exc}") from exc
+    defaults = {"vae": VAE_DIR, "teacher": TEACHER_DIR, "flow": FLOW_DIR, "diffusion": DIFFUSION_DIR}
+    for part, default in defaults.items():
         if getattr(args, part, None) == str(default):   # left at the embedded default: the folder's part
-            setattr(args, part, str(value))
+            setattr(args, part, getattr(found.spec, part))
     if hasattr(args, "dataset") and args.dataset == "fashion-mnist" and args.data_dir is None:
-        args.dataset, args.data_dir = "imagefolder", record["root"]
-        args.resolution, args.channels = record["resolution"], record["channels"]
+        args.dataset, args.data_dir = "imagefolder", found.root
+        args.resolution, args.channels = found.resolution, found.channels
         if hasattr(args, "test_dir") and args.test_dir is None:
-            args.test_dir = record.get("test_dir")
+            args.test_dir = found.test_dir

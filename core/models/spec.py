@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from core.config import DIFFUSION_DIR, FLOW_DIR, TEACHER_DIR, VAE_DIR
@@ -74,3 +75,51 @@ def parse_class_map(class_map: str | Sequence[int | str]) -> list[int]:
     if not ids:
         raise ValueError("flow class map is empty; give one model class id per data class")
     return ids
+
+
+MODEL_FOLDER_RECORD = "dataset.json"   # written by `python -m core prepare` into the model folder
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """A model folder made by ``python -m core prepare ROOT --out models/NAME``: its models (``spec``) and the
+    ImageFolder dataset they were trained on (``root`` at ``resolution`` px with ``channels`` channels; its
+    test split is ``test_dir`` or the convention of ``core.data.splits``)."""
+
+    path: str
+    spec: ModelSpec
+    root: str
+    resolution: int
+    channels: int
+    test_dir: str | None = None
+
+    def data_options(self) -> dict:
+        """The data arguments of ``core.pipeline.distill.load_engine`` / ``core.data.splits.load_dataset``."""
+        return {"dataset": "imagefolder", "data_dir": self.root, "resolution": self.resolution,
+                "channels": self.channels}
+
+
+def open_model_folder(folder: str | Path, device: str = "cpu") -> ModelFolder:
+    """The ``ModelFolder`` at ``folder``; ValueError when it is not one (no record) or its record is damaged.
+    Relative paths in the record are relative to the repository (``prepare`` writes them so)."""
+    from core.config import ASSETS
+    from core.reads import read_json
+
+    folder = Path(folder)
+    record_file = folder / MODEL_FOLDER_RECORD
+    if not record_file.is_file():
+        raise ValueError(f"{folder}: not a model folder written by `prepare` (no {MODEL_FOLDER_RECORD})")
+    record = read_json(record_file)
+
+    def located(path: str | None) -> str | None:
+        if path is None or Path(path).is_absolute() or not (ASSETS.parent / path).exists():
+            return path
+        return str(ASSETS.parent / path)
+
+    try:
+        root, resolution, channels = located(record["root"]), int(record["resolution"]), int(record["channels"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{record_file}: not a complete `prepare` record ({exc!r}); run prepare again") from exc
+    spec = ModelSpec(vae=located(record.get("vae")) or str(folder / "vae"), flow=str(folder / "flow"),
+                     teacher=str(folder / "teacher"), diffusion=str(folder / "diffusion"), device=device)
+    return ModelFolder(str(folder), spec, root, resolution, channels, located(record.get("test_dir")))

@@ -49,6 +49,7 @@ class Studio:
     warnings: tuple[str, ...] = ()            # what loading could not do (shown by every page)
     validation: LabelledImages | None = None  # the validation split (sweeps and tuning test students on it)
     held_out: DistillEngine | None = None     # engine without the validation images (core.studio.sweeps)
+    validation_rows: np.ndarray | None = None  # rows of the engine's data that are validation images (None: FMNIST's)
     latents_by_class: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     decoded_prototypes: dict = field(default_factory=dict, repr=False)   # see _decoded_prototypes
 
@@ -59,16 +60,20 @@ class Studio:
 
 def load_studio(spec=None, data_dir: str | None = None, latent_store: str | None = None,
                 reference_per_class: int = 1000, progress: Progress | None = None,
-                registry: Registry | None = None) -> Studio:
+                registry: Registry | None = None, model_folder: str | None = None) -> Studio:
     """Load data, latents (encoded and cached on first use, or a latent store), models and, when the
-    teacher fits the data, the real reference of the metrics and the test and validation splits (Fashion-MNIST
-    only). ``registry``: where runs are recorded (default: the default registry file, when usable)."""
+    teacher fits the data, the real reference of the metrics and the test and validation splits.
+    ``model_folder``: a folder ``python -m core prepare`` wrote; its models and its ImageFolder dataset replace
+    ``spec`` and ``data_dir`` (test split: the dataset's own, when it has one). ``registry``: where runs are
+    recorded (default: the default registry file, when usable)."""
     from core.data.datasets import load_fashion_mnist, validation_indices
     from core.models.loading import load_teacher
-    from core.models.spec import ModelSpec
+    from core.models.spec import ModelSpec, open_model_folder
     from core.pipeline.distill import load_engine
 
-    spec = spec or ModelSpec()
+    folder = open_model_folder(model_folder, (spec or ModelSpec()).device) if model_folder else None
+    spec = folder.spec if folder else spec or ModelSpec()
+    data = folder.data_options() if folder else {"data_dir": data_dir}
     report = progress or (lambda fraction, message: None)
     warnings = []
     if registry is None:
@@ -77,26 +82,45 @@ def load_studio(spec=None, data_dir: str | None = None, latent_store: str | None
         except RegistryError as exc:   # a file it must not use is left untouched; the app records nothing
             warnings.append(f"runs are not recorded: {exc}")
     report(0.0, "loading the dataset, its latents (encoded once, then cached) and the models…")
-    engine = load_engine(spec, data_dir=data_dir, latent_store=latent_store, progress=lambda f, m: report(0.6 * f, m))
+    engine = load_engine(spec, **data, latent_store=latent_store, progress=lambda f, m: report(0.6 * f, m))
     teacher = load_teacher(spec) if spec.teacher else None
     if teacher is None or not teacher.fits(engine.dataset.image_shape, engine.dataset.num_classes):
         report(1.0, "ready (no teacher for this data: latent scores only)")
         return Studio(engine, None, None, None, registry=registry, warnings=tuple(warnings))
     report(0.6, f"teacher features and modes of {reference_per_class} real images per class (cached after the first time)…")
     reference = load_or_build_reference(engine, teacher, reference_cache_file(engine), reference_per_class)
-    test = validation = None
-    if latent_store is None:
+    test = validation = held_out_rows = None
+    if folder is not None:
+        test, validation, held_out_rows = _folder_splits(engine, folder)
+        if test is None:
+            warnings.append(f"{folder.root} has no test split (ROOT/test or ROOT/val): students cannot be tested")
+    elif latent_store is None:
         test = load_fashion_mnist("test", data_dir)
         validation = (engine.dataset.subset(validation_indices(engine.dataset.labels), "fashion-mnist-val")
                       if engine.dataset.name == "fashion-mnist-train" else load_fashion_mnist("val", data_dir))
     baseline = None
-    if test is not None:
+    if test is not None and folder is None:   # the shipped benchmark is Fashion-MNIST's
         try:
             baseline = load_baseline(BENCHMARK_RESULTS)
         except ValueError as exc:   # a damaged benchmark file costs the app its LRS / ARS columns only
             warnings.append(f"LRS / ARS are not shown: {exc}")
     report(1.0, "ready")
-    return Studio(engine, teacher, reference, test, baseline, registry, tuple(warnings), validation)
+    return Studio(engine, teacher, reference, test, baseline, registry, tuple(warnings), validation,
+                  validation_rows=held_out_rows)
+
+
+def _folder_splits(engine: DistillEngine, folder) -> tuple[LabelledImages | None, LabelledImages, np.ndarray]:
+    """(test split or None, validation split, the validation rows of the engine's training split) of a
+    ``ModelFolder``'s ImageFolder dataset (``core.data.splits``)."""
+    from core.data.splits import folder_splits, load_folder_split, validation_rows
+
+    options = (folder.root, folder.resolution, folder.channels, folder.test_dir)
+    splits = folder_splits(folder.root, folder.test_dir)
+    test = load_folder_split(folder.root, "test", *options[1:]) if splits.test is not None else None
+    rows = validation_rows("imagefolder", engine.dataset.labels, folder.root, folder.test_dir)
+    validation = (engine.dataset.subset(rows, engine.dataset.name.replace("-train", "-val"))
+                  if len(rows) else load_folder_split(folder.root, "val", *options[1:]))
+    return test, validation, rows
 
 
 @dataclass
@@ -227,8 +251,8 @@ def evaluate_run(studio: Studio, run: Run, config: EvalConfig, progress: Progres
                  should_stop: Callable[[], bool] | None = None) -> EvalResult:
     """Train students on the run's images (DDOQ weights when the run has them); record the result."""
     if studio.test is None:
-        raise ValueError("this data has no test split and teacher here: students can only be evaluated on the "
-                         "embedded default (use `python -m core evaluate` on an exported set of it)")
+        raise ValueError("this data has no test split and teacher here: load a model folder of `python -m core "
+                         "prepare` with a test split, or export the set and use `python -m core evaluate`")
     weights = run.dset.weights if config.use_weights else None
     result = evaluate_set(run.dset.images, run.dset.labels, studio.test, config, weights, studio.teacher,
                           progress, should_stop)

@@ -81,7 +81,7 @@ def validation_engine(studio: Studio) -> DistillEngine:
     if holds_out_validation(studio.engine.dataset.name):
         return studio.engine
     if studio.held_out is None:   # kept: its k-means results are cached on it
-        studio.held_out = hold_out_validation(studio.engine)
+        studio.held_out = hold_out_validation(studio.engine, studio.validation_rows)
     return studio.held_out
 
 

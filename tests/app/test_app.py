@@ -299,3 +299,28 @@ def test_sweeps_page_runs_a_grid_in_the_background_and_applies_the_best_of_a_sea
     at.button(key="tune_apply").click().run()
     assert not at.exception, at.exception
     assert current(at).config.sampler.guidance.strength == pytest.approx(best, abs=1e-6)
+
+
+def test_a_prepare_model_folder_runs_every_page_with_its_own_teacher_and_test_split(shapes_models):
+    """Your own dataset in the app: the folder `prepare` made for a drawn ImageFolder, loaded from the sidebar,
+    gets mode coverage and PRDC from its own teacher, and the Evaluate page tests on its own test split."""
+    at = open_app(ipc=2)
+    at.radio(key="data_source").set_value("Model folder (prepare)").run()
+    at.text_input(key="model_folder").set_value(str(shapes_models.models)).run()
+    at.button(key="load_folder").click().run()
+    assert not at.exception, at.exception
+    assert not at.sidebar.error, [e.value for e in at.sidebar.error]
+    run = current(at)
+    assert run.dset.images.shape == (6, 3, 16, 16) and run.dset.class_names == ("circle", "square", "triangle")
+    assert run.wait_for_scores(120) is None
+    assert {"mode_coverage", "precision", "coverage", "w2_latent_mean"} <= run.metrics.keys()
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+        assert not at.error, (page, [e.value for e in at.error])
+    at.switch_page("pages/evaluate.py").run()
+    at.number_input(key="eval_epochs").set_value(2).run()
+    start_evaluation(at)
+    assert any("test accuracy" in s.value for s in at.success), [s.value for s in at.success]
+    assert any("tested on imagefolder-data-16-test (36 real images)" in c.value for c in at.caption)
+    assert 0 <= current(at).evaluations[0]["accuracy_mean"] <= 1
