@@ -57,7 +57,7 @@ def add_parsers(add) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    from core.data.datasets import load_fashion_mnist
+    from core.data.splits import load_dataset
     from core.evaluation.benchmark import (
         Bench,
         BenchConfig,
@@ -85,26 +85,64 @@ def _cmd_bench(args: argparse.Namespace) -> None:
                          sweep_ipc=args.sweep_ipc, sweep_seeds=args.sweep_seeds, sweep_protocol=args.sweep_protocol,
                          sweep_variants=tuple(args.sweep_variants), efficiency=not args.no_efficiency,
                          seed=args.seed, distill=distill_config_from_args(args, "pgfm", 10))
+    check_results_folder(Path(args.out), args)   # before any work: a folder of another dataset's benchmark
     registry = open_registry(args)   # before any work: a file it cannot use is refused now
     engine = engine_from_args(args)
     if config.pool == TRAIN_MINUS_VAL:
+        from core.data.splits import validation_rows
         from core.pipeline.distill import hold_out_validation
 
-        engine = hold_out_validation(engine)
+        engine = hold_out_validation(engine, validation_rows(args.dataset, engine.dataset.labels, args.data_dir,
+                                                             args.test_dir))
     teacher = load_teacher(ModelSpec(teacher=args.teacher))
-    test = load_fashion_mnist("test", args.data_dir)
-    validation = load_fashion_mnist("val", args.data_dir) if config.sweep else None
-    metrics = ASSETS / "metrics.json"
-    teacher_accuracy = read_json(metrics)["teacher"]["test_accuracy"] if metrics.is_file() else None
+    split = (args.dataset, args.data_dir, args.resolution, args.channels, args.test_dir)
+    test = load_dataset(split[0], "test", *split[1:])
+    validation = load_dataset(split[0], "val", *split[1:]) if config.sweep else None
+    teacher_accuracy = shipped_teacher_accuracy(args.teacher)
     t0 = time.perf_counter()
     record = Path(args.teacher) / "training.json"
     teacher_split = (read_json(record).get("config") or {}).get("train_split", "train") if record.is_file() else "train"
     bench = Bench(engine, teacher, test, Path(args.out), config, validation, registry=registry)
     try:
-        results = run_benchmark(bench, teacher_accuracy, teacher_split)
+        results = run_benchmark(bench, teacher_accuracy, teacher_split, args.bench_dataset)
     finally:
         if registry is not None:
             registry.close()
     print(results_summary(results))
     print(f"benchmark finished in {(time.perf_counter() - t0) / 60:.1f} min; results in {Path(args.out) / 'results.json'}, "
           f"table in {Path(args.out) / 'RESULTS.md'}")
+
+
+def dataset_label(args: argparse.Namespace) -> str:
+    """The dataset a benchmark measures, as results.json records it (``meta.dataset``)."""
+    if args.dataset == "fashion-mnist":
+        return "fashion-mnist"
+    return f"imagefolder {Path(args.data_dir).resolve()} at {args.resolution} px, {args.channels} channel(s)"
+
+
+def check_results_folder(out: Path, args: argparse.Namespace) -> None:
+    """Refuse to resume ``out/results.json`` when it holds the benchmark of another dataset (its cells would
+    be mixed into this one's table); results that predate ``meta.dataset`` are Fashion-MNIST's. Records this
+    run's dataset in the arguments (``args.bench_dataset``) for the benchmark's meta."""
+    from core.reads import read_json
+
+    args.bench_dataset = dataset_label(args)
+    path = out / "results.json"
+    if not path.is_file():
+        return
+    recorded = (read_json(path).get("meta") or {}).get("dataset", "fashion-mnist")
+    if recorded != args.bench_dataset:
+        raise ValueError(f"{path} holds the benchmark of {recorded}, not of {args.bench_dataset}: give another "
+                         "--out (e.g. benchmarks/NAME) for this dataset; nothing was changed")
+
+
+def shipped_teacher_accuracy(teacher: str) -> float | None:
+    """The teacher's test accuracy as its model set recorded it: the embedded default's assets/metrics.json,
+    or the eval.json that `prepare` (eval-models) wrote beside a model folder's teacher; None when unknown."""
+    from core.reads import read_json
+
+    folder = Path(teacher)
+    figures = ASSETS / "metrics.json" if folder.resolve() == TEACHER_DIR.resolve() else folder.parent / "eval.json"
+    if not figures.is_file():
+        return None
+    return (read_json(figures).get("teacher") or {}).get("test_accuracy")

@@ -40,6 +40,8 @@ from core.reads import read_json
 # (encode -> decode): what the VAE alone costs real images, beside the latent-space methods.
 BASE_METHOD = {"ddoq-unweighted": "ddoq", "random-vae": "random"}
 
+FASHION_MNIST = "fashion-mnist"   # meta.dataset of the embedded default's benchmark (and of results without one)
+
 # DESIGN.md section 5: published Fashion-MNIST ConvNet-3 hard-label accuracies (KIP paper, Tables 1-2).
 PUBLISHED = {
     "DC (Zhao et al., ICLR 2021)": {1: "70.5 ± 0.6", 10: "82.3 ± 0.4", 50: "83.6 ± 0.4"},
@@ -352,10 +354,11 @@ class Bench:
                       self.config.sweep_seeds)
 
 
-def run_benchmark(bench: Bench, teacher_accuracy: float | None = None, teacher_train_split: str = "train") -> dict:
+def run_benchmark(bench: Bench, teacher_accuracy: float | None = None, teacher_train_split: str = "train",
+                  dataset: str = FASHION_MNIST) -> dict:
     """Run the configured stages (resuming finished cells), then write RESULTS.md and the plots.
     ``teacher_train_split``: what the teacher was trained on (its training.json; ``train`` when it predates
-    the validation split), said in the report."""
+    the validation split), said in the report. ``dataset``: what is measured, as the report names it."""
     bench.out.mkdir(parents=True, exist_ok=True)
     bench.load()
     meta = bench.results.setdefault("meta", {})
@@ -363,7 +366,7 @@ def run_benchmark(bench: Bench, teacher_accuracy: float | None = None, teacher_t
     if bench.config.main or "config" not in meta:
         meta["config"] = asdict(bench.config)
     meta.update(teacher_test_accuracy=teacher_accuracy, teacher_train_split=teacher_train_split,
-                selection_split="validation", report_split="test",
+                selection_split="validation", report_split="test", dataset=dataset, test_images=len(bench.test),
                 pool={"name": bench.engine.dataset.name, "images": len(bench.engine.dataset)})
     t0 = time.perf_counter()
     if bench.config.main:
@@ -458,12 +461,17 @@ def write_report(results: dict, out: Path) -> Path:
     protocols = _protocols_in(cells)
     whole = cells.get("whole/convnet")
     pct = lambda x: "–" if x is None else f"{100 * x:+.1f}"  # noqa: E731 - points, signed
-    lines = ["# Benchmark results (Fashion-MNIST, embedded default)", "",
+    dataset = meta.get("dataset", FASHION_MNIST)
+    fmnist = dataset == FASHION_MNIST
+    title = "Fashion-MNIST, embedded default" if fmnist else dataset
+    validation = "500 per class of train" if fmnist else "its own folder, or 10 % of each class of train"
+    lines = [f"# Benchmark results ({title})", "",
              f"Produced by `python -m core bench` on this project's machine. Students: ConvNet-3 (width 128, instance "
              f"norm), SGD lr 0.01, momentum 0.9, wd 5e-4, {config.get('epochs', '?')} epochs, lr ×0.1 at half, "
-             f"{config.get('seeds', '?')} seeds; mean ± std of **test** accuracy (%, the 10,000 test images). "
+             f"{config.get('seeds', '?')} seeds; mean ± std of **test** accuracy (%, the "
+             f"{meta.get('test_images', 10_000):,} test images). "
              f"The methods draw from `{pool.get('name', '?')}` ({pool.get('images', '?')} images): the validation "
-             "split (500 per class of train, DESIGN.md 4b) is held out, and every choice that looked at accuracy "
+             f"split ({validation}, DESIGN.md 4b) is held out, and every choice that looked at accuracy "
              "(the sweep below) read validation accuracy, never test. DDOQ weights are per-sample loss weights "
              "(`ddoq-unweighted`: the same images without them). `random-vae`: the `random` real images after a "
              "VAE round trip (encode → decode): what the VAE alone costs real images.", "",
@@ -480,18 +488,19 @@ def write_report(results: dict, out: Path) -> Path:
             lines.append(f"| {m} | " + " | ".join(_acc(cells.get(f"main/{m}/ipc{i}"), p) for i in ipcs) + " |")
         if whole and p in whole:
             lines.append(f"| *{whole_text}* | " + " | ".join(_acc(whole, p) for _ in ipcs) + " |")
-        if p == "hard-dsa":
+        if p == "hard-dsa" and fmnist:
             for name, values in PUBLISHED.items():
                 lines.append(f"| *published (hard-dsa protocol):* {name} | " + " | ".join(values.get(i, "–") for i in ipcs) + " |")
         lines.append("")
-    lines += ["Published rows: ConvNet-3 trained with DSA augmentation, as tabulated in the KIP paper (DESIGN.md "
-              "section 5); they were not produced by this project and sit in the `hard-dsa` table, the protocol "
-              "they used."]
+    if fmnist:
+        lines += ["Published rows: ConvNet-3 trained with DSA augmentation, as tabulated in the KIP paper (DESIGN.md "
+                  "section 5); they were not produced by this project and sit in the `hard-dsa` table, the protocol "
+                  "they used."]
     if meta.get("teacher_test_accuracy") is not None:
-        seen = ("all 60k training images, validation split included" if meta.get("teacher_train_split", "train") == "train"
+        seen = ("all the training images, validation split included" if meta.get("teacher_train_split", "train") == "train"
                 else "the training images without the validation split")
-        lines += ["", f"The shipped teacher (ConvNet-3 trained on {seen}, with its own recipe: "
-                      f"`assets/teacher/training.json`) reaches {100 * meta['teacher_test_accuracy']:.2f}% test accuracy; "
+        lines += ["", f"The {'shipped ' if fmnist else ''}teacher (ConvNet-3 trained on {seen}, with its own recipe: "
+                      f"its `training.json`) reaches {100 * meta['teacher_test_accuracy']:.2f}% test accuracy; "
                       "it labels the batches of `soft-online`."]
     if "pgfm" in methods and "random" in methods:
         lines += ["", "## PGFM against random real images", "",

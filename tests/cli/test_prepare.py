@@ -37,3 +37,24 @@ def test_prepare_then_distill_and_evaluate_with_the_model_folder(tmp_path, monke
     assert 0 <= json.loads(result.read_text())["accuracy_mean"] <= 1
     assert main(["distill", "--models", str(tmp_path), "--method", "d4m", "--ipc", "1", "--out", str(tmp_path / "x")]) == 2
     assert "not a model folder written by `prepare`" in capsys.readouterr().err
+
+
+def test_bench_measures_a_model_folder_in_its_own_results_folder(shapes_models, tmp_path, capsys):
+    out = tmp_path / "bench-shapes"
+    quick = ["--ipc", "1", "--methods", "random", "pgfm", "--protocols", "hard", "--seeds", "1", "--epochs", "2",
+             "--no-whole", "--architectures", "--no-sweep", "--no-efficiency", "--threads", "1"]
+    assert main(["bench", "--models", str(shapes_models.models), *quick, "--out", str(out)]) in (0, None)
+    results = json.loads((out / "results.json").read_text())
+    meta = results["meta"]
+    assert meta["dataset"].startswith("imagefolder ") and meta["test_images"] == 36   # its own test split
+    assert meta["pool"]["name"].endswith("-minus-val") and meta["pool"]["images"] == 180   # val/ is its own folder
+    assert {"main/random/ipc1", "main/pgfm/ipc1"} <= results["cells"].keys()
+    report = (out / "RESULTS.md").read_text()
+    assert report.startswith("# Benchmark results (imagefolder ") and "KIP" not in report
+    fmnist = tmp_path / "bench-fmnist"   # a results folder of the embedded default's benchmark is not mixed into
+    fmnist.mkdir()
+    (fmnist / "results.json").write_text(json.dumps({"cells": {"main/random/ipc1": {}}, "meta": {}}))
+    capsys.readouterr()
+    assert main(["bench", "--models", str(shapes_models.models), *quick, "--out", str(fmnist)]) == 2
+    assert "holds the benchmark of fashion-mnist" in capsys.readouterr().err
+    assert json.loads((fmnist / "results.json").read_text()) == {"cells": {"main/random/ipc1": {}}, "meta": {}}
