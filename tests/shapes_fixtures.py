@@ -3,35 +3,19 @@ makes of it, CI-sized: shared by the CLI and app tests of "your own dataset"."""
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
-SHAPES = ("circle", "square", "triangle")
+from core.data.shapes import SHAPES
+from core.data.shapes import draw_shapes as draw_three
+
 QUICK_PREPARE = ["--resolution", "16", "--channels", "3", "--vae-epochs", "1", "--teacher-epochs", "2",
                  "--flow-steps", "30", "--model", "mlp-s", "--batch-size", "32", "--eval-per-class", "2",
                  "--threads", "1"]
 
 
-def draw_shapes(root: Path, per_class: int, size: int = 16, seed: int = 0) -> None:
-    """``per_class`` RGB images of each shape at random positions, sizes and colours on a dark background."""
-    rng = np.random.default_rng(seed)
-    for shape in SHAPES:
-        (root / shape).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            im = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 60, 3)))
-            r = int(rng.integers(size // 5, size // 3))
-            cx, cy = (int(v) for v in rng.integers(r, size - r, 2))
-            colour = tuple(int(v) for v in rng.integers(120, 256, 3))
-            box = (cx - r, cy - r, cx + r, cy + r)
-            draw = ImageDraw.Draw(im)
-            if shape == "circle":
-                draw.ellipse(box, fill=colour)
-            elif shape == "square":
-                draw.rectangle(box, fill=colour)
-            else:
-                draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
-            im.save(root / shape / f"{i:03d}.png")
+def draw_shapes(root: Path, per_class: int, seed: int = 0) -> None:
+    """``per_class`` 16-px images of each of three shapes (circle, square, triangle) into ``root``."""
+    draw_three(root, per_class, size=16, seed=seed, shapes=SHAPES[:3])
 
 
 @pytest.fixture(scope="session")
