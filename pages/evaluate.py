@@ -8,7 +8,7 @@ from core.evaluation.students import EvaluationCancelled, protocol_config
 from core.studio.jobs import BackgroundJob
 from core.studio.session import accuracy_text, evaluate_run, evaluation_rows
 from ui.frame import page_frame
-from ui.widgets import keep_values, require_run
+from ui.widgets import job_progress, keep_values, require_run
 
 SETTINGS = {"eval_protocol": "hard", "eval_arch": "convnet", "eval_epochs": 300, "eval_seeds": 1, "eval_weights": True}
 
@@ -60,16 +60,8 @@ def job_status() -> None:
     job: BackgroundJob | None = st.session_state.get("eval_job")
     if job is None:
         return
-    if not job.done:
-        eta = job.eta
-        left = f", about {eta:.0f} s left" if eta is not None else ""
-        st.progress(min(1.0, job.fraction),
-                    text=f"Run {job.run_id}, {job.protocol}: {job.message} ({job.elapsed:.0f} s{left})")
-        st.button("Cancel", on_click=job.cancel, key="eval_cancel")
+    if job_progress(job, f"Run {job.run_id}, {job.protocol}", "eval_cancel"):
         return
-    if st.session_state.get("eval_shown") is not job:   # finished since the page last drew: redraw it all
-        st.session_state["eval_shown"] = job
-        st.rerun()
     if isinstance(job.error, EvaluationCancelled):
         st.warning(f"Evaluation cancelled ({job.error}); nothing was recorded.")
     elif job.error is not None:

@@ -21,7 +21,7 @@ from core.studio.sweeps import (
 )
 from core.studio.tuning import OBJECTIVES, TuneSpec, parse_search_knob, tune
 from ui.frame import page_frame
-from ui.widgets import keep_values, require_run
+from ui.widgets import job_progress, keep_values, require_run
 
 KNOB_HELP = "the setting to vary: " + "; ".join(f"{k.name}: {k.label}" for k in KNOBS.values())
 SETTINGS = {"sweep_name": "sweep 1", "sweep_knob1": "guidance", "sweep_values1": "0:1.5:4", "sweep_knob2": "none",
@@ -145,14 +145,7 @@ def apply_best(settings: dict) -> None:   # a callback: runs before the sidebar'
 def results() -> None:
     """The job's progress, and the chosen sweep's or search's rows from the registry (they grow while it runs)."""
     job: BackgroundJob | None = st.session_state.get("sweep_job")
-    if job is not None and not job.done:
-        eta = f", about {job.eta:.0f} s left" if job.eta is not None else ""
-        st.progress(min(1.0, job.fraction), text=f"{job.kind} {job.label!r}: {job.message} ({job.elapsed:.0f} s{eta})")
-        st.button("Cancel", on_click=job.cancel, key="sweep_cancel")
-    elif job is not None:
-        if st.session_state.get("sweep_shown") is not job:   # finished since the page last drew: redraw it all
-            st.session_state["sweep_shown"] = job
-            st.rerun()
+    if job is not None and not job_progress(job, f"{job.kind} {job.label!r}", "sweep_cancel"):
         if isinstance(job.error, EvaluationCancelled):
             st.warning(f"Cancelled: {job.error}; the finished points are kept (start it again to resume).")
         elif job.error is not None:

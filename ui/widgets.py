@@ -75,3 +75,20 @@ def metric_panel(run: Run, columns: int = 1) -> None:
             st.rerun()   # the scores are in: redraw the page once, now without the timer
 
     tiles()
+
+
+def job_progress(job, label: str, cancel_key: str) -> bool:
+    """A background job (``core.studio.jobs.BackgroundJob``) as a page shows it, inside an ``st.fragment`` that
+    refreshes while it runs. Running: its progress bar (``label``: message, elapsed, ETA) and a Cancel button,
+    then True. Done: the first time a page draws it since, the whole page is drawn again (its results are
+    new), then False (the caller shows the outcome)."""
+    if not job.done:
+        eta = f", about {job.eta:.0f} s left" if job.eta is not None else ""
+        st.progress(min(1.0, job.fraction), text=f"{label}: {job.message} ({job.elapsed:.0f} s{eta})")
+        st.button("Cancel", on_click=job.cancel, key=cancel_key)
+        return True
+    shown = f"{cancel_key}:shown"
+    if st.session_state.get(shown) is not job:
+        st.session_state[shown] = job
+        st.rerun()
+    return False
