@@ -34,6 +34,9 @@ TRAIN_MINUS_VAL = "train-minus-val"
 # The benchmark's results of the embedded default (the app's run table takes its DD-Ranking references there).
 BENCHMARK_RESULTS = ASSETS.parent / "benchmarks" / "results.json"
 SAMPLER_DTYPES = ("float32", "bfloat16", "float16")   # model precision of the samplers (core.transport.sampler.DTYPES)
+# what a --dtype option takes: "auto" is resolved per device (core.device.resolve_sampler_dtype) before a config is made
+SAMPLER_DTYPE_OPTIONS = ("auto",) + SAMPLER_DTYPES
+DEFAULT_TF32 = True   # TF32 float32 matmuls on CUDA outside training too (core.device.configure_device)
 
 
 SCHEDULES = ("constant", "linear", "cosine")

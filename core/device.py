@@ -11,6 +11,10 @@
   float32's exponent range and needs none); a disabled scaler passes everything through unchanged.
 - ``maybe_compile(module)``: ``module.compile()`` in place (state-dict keys unchanged) where torch.compile can
   work, a warning and no change where it cannot.
+- Outside training: ``configure_device(device, allow_tf32)`` (TF32 matmuls / convolutions on CUDA, default on;
+  returns the manifest record), ``resolve_sampler_dtype("auto", device)`` (bf16 sampling and decoding on a
+  CUDA GPU with bf16, float32 elsewhere), ``check_decode_precision`` (float16 is refused for an SD-VAE decode,
+  whose activations overflow it).
 """
 from __future__ import annotations
 
@@ -65,8 +69,8 @@ def cpu_bf16_supported() -> bool:
 
 
 def bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cuda":   # native bf16 (compute capability 8.0, Ampere, and later), not emulated
+        return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
         return cpu_bf16_supported()
     return False
@@ -113,11 +117,63 @@ def grad_scaler(device: torch.device | str, dtype: torch.dtype | None) -> torch.
     return torch.amp.GradScaler(device.type if device.type in ("cuda", "cpu") else "cpu", enabled=enabled)
 
 
-def configure_device(device: torch.device) -> None:
-    """Fast float32 matmuls on CUDA (TF32 on Ampere and later, as SiT's training script sets)."""
+def configure_device(device: torch.device | str, allow_tf32: bool = True) -> dict:
+    """TF32 for float32 matmuls and convolutions on CUDA (Ampere and later: tensor cores with a 10-bit mantissa,
+    about 1e-3 relative error per product; SiT's training script sets it), or not.
+
+    On a CUDA ``device`` sets ``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32``
+    to ``allow_tf32`` (process-wide flags); elsewhere touches nothing. Returns the record for a run's manifest:
+    ``{"device": str, "tf32": bool}`` (tf32 is True only where it is in effect: CUDA and allowed)."""
+    device = torch.device(device)
     if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = bool(allow_tf32)
+        torch.backends.cudnn.allow_tf32 = bool(allow_tf32)
+    return {"device": str(device), "tf32": device.type == "cuda" and bool(allow_tf32)}
+
+
+# AutoencoderKL block widths of the Stable Diffusion VAE family (SD 1/2, SDXL, SD3 and FLUX's 16-channel one)
+SD_VAE_BLOCKS = (128, 256, 512, 512)
+
+
+def fp16_decode_risk(vae_config: dict | None) -> str | None:
+    """Why a float16 decode with this ``AutoencoderKL`` config would overflow (None: not known to).
+
+    The SD-VAE family's decoder (``block_out_channels`` (128, 256, 512, 512)) has activations beyond float16's
+    range (65504) at 256 px and up, which become inf / NaN images; diffusers upcasts it (``force_upcast``).
+    A config with ``force_upcast: false`` (e.g. madebyollin/sdxl-vae-fp16-fix, retrained to stay in range)
+    is not flagged, nor are the project's small VAEs."""
+    if not vae_config:
+        return None
+    blocks = tuple(int(b) for b in (vae_config.get("block_out_channels") or ()))
+    if blocks == SD_VAE_BLOCKS and vae_config.get("force_upcast", True) is not False:
+        return ("a Stable Diffusion VAE decoder (block_out_channels 128/256/512/512) overflows float16 "
+                "(inf / NaN pixels)")
+    return None
+
+
+def check_decode_precision(precision: str, vae_config: dict | None, name: str = "VAE") -> None:
+    """Refuse a float16 VAE decode where ``fp16_decode_risk`` names a reason (ValueError, before any work).
+    ``precision``: a sampler dtype (``core.config.SAMPLER_DTYPES``) or its training spelling (fp16, bf16, fp32)."""
+    if DTYPE_NAMES.get(precision, precision) != "fp16":
+        return
+    reason = fp16_decode_risk(vae_config)
+    if reason is not None:
+        raise ValueError(f"{name}: float16 decoding refused: {reason}; use bfloat16 (float32's exponent range, on "
+                         f"GPUs that have it) or float32")
+
+
+def resolve_sampler_dtype(name: str, device: torch.device | str) -> str:
+    """A sampler precision option -> a ``core.config.SAMPLER_DTYPES`` name. ``auto``: bfloat16 on a CUDA GPU with
+    bf16 (Ampere and later), float32 elsewhere (CPU results stay those of the shipped benchmarks); a dtype
+    name is returned as given. ValueError for anything else."""
+    from core.config import SAMPLER_DTYPES
+
+    if name == "auto":
+        device = torch.device(device)
+        return "bfloat16" if device.type == "cuda" and bf16_supported(device) else "float32"
+    if name not in SAMPLER_DTYPES:
+        raise ValueError(f"dtype must be auto or one of {', '.join(SAMPLER_DTYPES)}, got {name!r}")
+    return name
 
 
 def compile_unavailable_reason(device: torch.device | str = "cpu", backend: str | None = None) -> str | None:
@@ -179,3 +235,30 @@ def fast_model_dtype(device: str = "cpu") -> str:
     """The sampler precision (core.config.SAMPLER_DTYPES) an interactive session should use on ``device``:
     bfloat16 where it runs natively (about half the time of a float32 step on an AVX512-BF16 CPU), else float32."""
     return "bfloat16" if bf16_supported(torch.device(device)) else "float32"
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    """Start a new peak for ``peak_memory`` on a CUDA device (a no-op elsewhere: a process's peak RSS cannot be reset)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device | str) -> tuple[int, str]:
+    """(bytes, what they are): ``torch.cuda.max_memory_allocated`` on a CUDA device, else this process's peak
+    resident set size (``resource.getrusage``; 0 where the platform has no such figure)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), f"CUDA max allocated on {device}"
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0, "peak RSS (unknown on this platform)"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024), "peak RSS of this process"
+
+
+def describe_peak_memory(device: torch.device | str) -> str:
+    """'peak memory 1.23 GiB (CUDA max allocated on cuda:0)': a line for a command's log."""
+    used, what = peak_memory(device)
+    return f"peak memory {used / 2**30:.2f} GiB ({what})"

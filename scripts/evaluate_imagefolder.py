@@ -3,7 +3,7 @@
 ``python -m core evaluate`` tests on the Fashion-MNIST test split; this script is the same protocol
 (core.evaluation.students.evaluate_set: ConvNet-3 or the small ResNet, SGD, DDOQ weights from the manifest) with the test
 split read from an ImageFolder at ``--resolution`` px (shorter side resized, centre crop, as encoding does); the
-distilled images are resized to the same size (bicubic, antialiased). Runs on the CPU.
+distilled images are resized to the same size (bicubic, antialiased). Students train on ``--device`` (default cpu).
 
     python scripts/evaluate_imagefolder.py out/imagenette-pgfm-ipc10 --val-dir data/imagenette2/val \\
         --classes imagenette --resolution 128 --seeds 3 --json out/imagenette-pgfm-ipc10/eval.json
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--augment", default="none", choices=["none", "dsa"])
     p.add_argument("--no-weights", action="store_true")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--device", default="cpu", help="where students train and test: cpu, cuda, cuda:N, mps, auto")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -54,11 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from core.evaluation.students import EvalConfig, evaluate_set, read_distilled_folder
+    from core.evaluation.students import (
+        EvalConfig,
+        eval_device,
+        evaluate_set,
+        read_distilled_folder,
+    )
     from core.io import write_json
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = str(eval_device(EvalConfig(device=args.device, precision=args.precision)))  # checked before any work
     test = load_split(args.val_dir, args.classes, args.resolution)
     first = next(f for f in sorted(Path(args.folder).rglob("*.png")))
     from PIL import Image
@@ -69,12 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         images = F.interpolate(images, size=(args.resolution,) * 2, mode="bicubic", antialias=True).clamp_(-1, 1)
     config = EvalConfig(architecture=args.architecture, epochs=args.epochs, use_weights=not args.no_weights,
                         augment=args.augment, seeds=tuple(range(args.seed, args.seed + args.seeds)),
-                        precision=args.precision)
+                        precision=args.precision, device=device)
     result = evaluate_set(images, labels, test, config, weights)
     print(f"{args.folder}: {len(images)} images at {args.resolution} px, {config.architecture}: test accuracy on "
           f"{args.val_dir} ({len(test)} images) {100 * result.mean:.2f} ± {100 * result.std:.2f} % over "
           f"{len(config.seeds)} seeds ({', '.join(f'{100 * a:.2f}' for a in result.accuracies)}); "
-          f"{sum(result.seconds):.1f} s")
+          f"{sum(result.seconds):.1f} s on {device}")
     if args.json:
         write_json(args.json, {"folder": str(args.folder), "val_dir": str(args.val_dir),
                                "resolution": args.resolution, **result.to_dict()})

@@ -3,12 +3,14 @@ torchrun job."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from core.models.spec import ModelSpec
 
 from core.cli.options import (
+    add_batch_options,
     add_distill_options,
     add_registry,
     distill_config_from_args,
@@ -16,9 +18,10 @@ from core.cli.options import (
     model_spec,
     open_registry,
     portable,
+    set_option,
     world_size,
 )
-from core.config import TRAIN_MINUS_VAL
+from core.config import DEFAULT_TF32, TRAIN_MINUS_VAL
 from core.errors import DistillError, OutputError
 
 
@@ -26,6 +29,13 @@ def add_parsers(add) -> None:
     p = add("distill", "Distil a dataset: quantize, sample, decode, export an ImageFolder + manifest + latents.",
             _cmd_distill)
     add_distill_options(p)
+    set_option(p, "dtype", default="auto",
+               help="model precision of sampling and decoding (default auto: bfloat16 on a CUDA GPU with native "
+                    "bf16, float32 elsewhere; float16 is refused for a Stable Diffusion VAE, which overflows it)")
+    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=DEFAULT_TF32,
+                   help="TF32 float32 matmuls and convolutions on CUDA (Ampere and later; default on; no effect "
+                        "elsewhere); recorded in the manifest")
+    add_batch_options(p)
     add_registry(p)
     p.add_argument("--out", required=True, help="output folder (must be empty or new unless --overwrite), "
                    "or a path ending in .zip for the same export as one zip file")
@@ -85,6 +95,16 @@ def _store_classes(classes, engine):
     return ",".join(str(folders.index(c)) if c in folders else c for c in items)
 
 
+def _vae_config(reference: str) -> dict | None:
+    """The diffusers config of a VAE folder (or of a pipeline folder's vae/), None for a hub id or no config."""
+    from core.reads import read_json
+
+    for path in (Path(reference) / "config.json", Path(reference) / "vae" / "config.json"):
+        if path.is_file():
+            return read_json(path)
+    return None
+
+
 def _models_record(args: argparse.Namespace, engine) -> dict:
     """The ``models`` entry of a distill manifest: what was used, with fingerprints and the flow's provenance."""
     from core.models.loading import flow_record
@@ -115,6 +135,7 @@ def run_distill(args: argparse.Namespace, ctx=None) -> None:
     import numpy as np
 
     from core.pipeline.distill import (
+        LocalExecutor,
         StoreImages,
         distill,
         hold_out_validation,
@@ -133,6 +154,10 @@ def run_distill(args: argparse.Namespace, ctx=None) -> None:
 
         device = rank_device(ctx, args.device)
     spec = _distill_spec(args, config.method, device)
+    from core.device import check_decode_precision, configure_device, resolve_device
+
+    check_decode_precision(config.sampler.dtype, _vae_config(args.vae), f"--vae {args.vae}")
+    precision = {**configure_device(resolve_device(device), args.tf32), "dtype": config.sampler.dtype}
     problem = registry = None
     if main:  # the output and the registry are checked before any model is loaded (the output again when written)
         try:
@@ -155,13 +180,16 @@ def run_distill(args: argparse.Namespace, ctx=None) -> None:
         engine.dataset.folder()  # the real images must be there before any work
     config = replace(config, classes=resolve_classes(_store_classes(config.classes, engine), engine.latents.class_names))
     if ctx is not None:
-        from core.pipeline.distributed import distill_distributed
+        from core.pipeline.distributed import ShardedExecutor, distill_distributed
 
-        dset = distill_distributed(engine, config, ctx)
-    else:
-        dset = distill(engine, config)
+        executor = ShardedExecutor(ctx, args.decode_batch) if ctx.is_distributed else LocalExecutor(args.decode_batch, "uint8")
+        dset = distill_distributed(engine, config, ctx, executor=executor)
+    else:  # uint8 images, converted batch by batch: all the export needs, a quarter of float32's memory
+        executor = LocalExecutor(args.decode_batch, "uint8")
+        dset = distill(engine, config, executor)
+    memory = _memory_line(engine, ctx, executor)
     if main:
-        extra = {"models": _models_record(args, engine)}
+        extra = {"models": _models_record(args, engine), "precision": precision}
         if as_zip:  # the same archive the app's Export page offers
             export_zip(dset, out, extra=extra, overwrite=args.overwrite)
         else:
@@ -172,6 +200,7 @@ def run_distill(args: argparse.Namespace, ctx=None) -> None:
               f"NFE {dset.nfe}/image, {dset.timings['total_s']:.2f} s{where}"
               + (f", landing error mean {np.mean(landing):.4f}" if len(landing) else ""))
         print(f"written to {out} (ImageFolder PNGs, manifest.json, latents.safetensors{', zipped' if as_zip else ''})")
+        print(memory)
         if registry is not None:
             from core.config import config_hash
 
@@ -183,13 +212,28 @@ def run_distill(args: argparse.Namespace, ctx=None) -> None:
         ctx.barrier()
 
 
+def _memory_line(engine, ctx, executor) -> str:
+    """The log line of the batch sizes and the peak memory (every rank's under torchrun: a collective, called
+    by all ranks)."""
+    from core.device import describe_peak_memory
+
+    line = describe_peak_memory(engine.vae.device)
+    if ctx is not None and ctx.is_distributed:
+        from core.pipeline.distributed import gather_objects
+
+        lines = gather_objects(ctx, line, dst=0) or []
+        line = "; ".join(f"rank {r}: {text}" for r, text in enumerate(lines))
+    batch = executor.used_decode_batch
+    return f"decode batch {batch if batch is not None else '-'} ({executor.decode_batch}); {line}"
+
+
 def main_distill(args) -> None:
     """``python -m core distill`` under torchrun / accelerate: every rank loads the engine (encoding split,
     cache written by rank 0; or the latent store, read by every rank) and distils its share; rank 0 checks
     the output folder, exports and prints (``run_distill`` with this process's context)."""
     from core.pipeline.distributed import init_from_env
 
-    ctx = init_from_env()
+    ctx = init_from_env(device=args.device)
     try:
         run_distill(args, ctx)
     finally:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from core.cli.options import (
+    add_batch_options,
     add_dataset,
     add_models,
 )
@@ -19,7 +20,7 @@ def add_parsers(add) -> None:
     p.add_argument("--splits", nargs="+", default=None,
                    help="splits to encode (default: train test; with --store: train). A split is the sub-folder "
                         "ROOT/<split> of an ImageFolder when it exists, else ROOT itself")
-    p.add_argument("--batch-size", type=int, default=None, help="images per VAE call (default 256; --store: 64)")
+    add_batch_options(p, decode=False, encode_aliases=("--batch-size",))
     g = p.add_argument_group("latent store (--dataset imagefolder only)")
     g.add_argument("--store", default=None, metavar="DIR",
                    help="write a sharded latent store to DIR instead of the cache: streamed, one shard at a time, "
@@ -46,6 +47,7 @@ STORE_ONLY = {"classes": None, "shard_size": None, "skip_bad": False, "max_per_c
 
 def _cmd_encode(args: argparse.Namespace) -> None:
     from core.data.latent_cache import encode_dataset
+    from core.device import describe_peak_memory
     from core.models.spec import ModelSpec
 
     if args.store:
@@ -66,15 +68,18 @@ def _cmd_encode(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         dataset = load_dataset(args.dataset, split, args.data_dir, args.resolution, args.channels,
                                getattr(args, "test_dir", None))
-        latents = encode_dataset(dataset, vae, args.cache_dir, batch_size=args.batch_size or 256)
+        batch = vae.batch_size(args.encode_batch, int(dataset.image_shape[-1]))
+        latents = encode_dataset(dataset, vae, args.cache_dir, batch_size=batch)
         print(f"{dataset.name}: {len(latents)} latents of shape {latents.latent_shape} -> {latents.path} "
-              f"({time.perf_counter() - t0:.1f} s)")
+              f"({time.perf_counter() - t0:.1f} s; encode batch {batch} ({args.encode_batch}); "
+              f"{describe_peak_memory(vae.device)})")
 
 
 def _encode_store(args: argparse.Namespace) -> None:
     """``encode --store DIR``: a streamed ImageFolder into a sharded, resumable latent store."""
     from core.data.imagefolder import open_image_folder
     from core.data.store_encoding import encode_to_store
+    from core.device import describe_peak_memory
     from core.models.loading import load_vae
     from core.models.spec import ModelSpec
 
@@ -93,10 +98,13 @@ def _encode_store(args: argparse.Namespace) -> None:
     dataset = open_image_folder(Path(args.data_dir).resolve(), args.classes, args.resolution, split=splits[0],
                                 skip_bad=args.skip_bad, max_per_class=args.max_per_class, workers=args.workers)
     vae = load_vae(ModelSpec(vae=args.vae, device=args.device))
-    print(f"{dataset!r}: encoding with {args.vae} into {args.store}", flush=True)
+    batch = vae.batch_size(args.encode_batch, int(dataset.image_shape[-1]))
+    print(f"{dataset!r}: encoding with {args.vae} into {args.store}, {batch} images per VAE call "
+          f"({args.encode_batch})", flush=True)
     store = encode_to_store(dataset, vae, args.store, shard_size=args.shard_size or 4096,
-                            batch_size=args.batch_size or 64, overwrite=args.overwrite)
+                            batch_size=batch, overwrite=args.overwrite)
     skipped = store.index.get("skipped_files", [])
     print(f"{dataset.name}: {len(store)} latents of shape {store.latent_shape} in {len(store.shards)} shards, "
-          f"{store.num_classes} classes -> {store.path} ({time.perf_counter() - t0:.1f} s)"
+          f"{store.num_classes} classes -> {store.path} ({time.perf_counter() - t0:.1f} s; "
+          f"{describe_peak_memory(vae.device)})"
           + (f"; {len(skipped)} unreadable images skipped (listed in {store.path / 'index.json'})" if skipped else ""))

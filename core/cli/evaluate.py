@@ -1,5 +1,5 @@
-"""`evaluate`: train students only on a distilled folder and test them on the real test split (seeds split
-across ranks under torchrun)."""
+"""`evaluate`: train students only on a distilled folder and test them on the real test split, on ``--device``
+(seeds split across ranks under torchrun: rank r trains seeds r, r + W, ...; each rank on its own GPU)."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +13,7 @@ from core.cli.options import (
     open_registry,
     world_size,
 )
-from core.config import PROTOCOLS, STUDENT_ARCHITECTURES, TEACHER_DIR
+from core.config import DEFAULT_TF32, PROTOCOLS, STUDENT_ARCHITECTURES, TEACHER_DIR
 
 
 def add_parsers(add) -> None:
@@ -39,6 +39,11 @@ def add_parsers(add) -> None:
     p.add_argument("--no-weights", action="store_true", help="ignore the manifest's per-image weights")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="student training precision (auto: bf16 mixed precision where supported)")
+    p.add_argument("--device", default="cpu",
+                   help="where students train and test: cpu, cuda, cuda:N, mps or auto (default cpu); under torchrun "
+                        "cuda / auto give each process its own GPU (cuda:LOCAL_RANK)")
+    p.add_argument("--tf32", default=DEFAULT_TF32, action=argparse.BooleanOptionalAction,
+                   help="TF32 float32 matmuls and convolutions on CUDA (Ampere and later; default on)")
     p.add_argument("--teacher", default=str(TEACHER_DIR),
                    help="teacher folder (soft labels; default: the embedded Fashion-MNIST teacher)")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
@@ -54,7 +59,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     if world_size() > 1:
         from core.pipeline.distributed import init_from_env
 
-        ctx = init_from_env()
+        ctx = init_from_env(device=args.device)   # gloo for cpu, nccl on cuda:LOCAL_RANK for cuda
     try:
         _evaluate(args, ctx)
     finally:
@@ -80,13 +85,19 @@ def check_validation_safe(folder: str) -> None:
 
 def _evaluate(args: argparse.Namespace, ctx=None) -> None:
     import sys as _sys
+    from dataclasses import replace
 
     import numpy as np
     import torch
     from tqdm import tqdm
 
     from core.data.splits import load_dataset
-    from core.evaluation.students import EvalConfig, evaluate_set, read_distilled_folder
+    from core.evaluation.students import (
+        EvalConfig,
+        eval_device,
+        evaluate_set,
+        read_distilled_folder,
+    )
     from core.io import write_json
     from core.models.spec import ModelSpec
 
@@ -96,9 +107,16 @@ def _evaluate(args: argparse.Namespace, ctx=None) -> None:
     if args.protocol is not None and (args.labels, args.augment) != ("hard", "none"):
         raise ValueError("give either --protocol or --labels / --augment, not both")
     protocol = dict(PROTOCOLS[args.protocol]) if args.protocol else {"labels": args.labels, "augment": args.augment}
+    device = args.device
+    if ctx is not None:
+        from core.pipeline.distributed import rank_device
+
+        device = rank_device(ctx, device)
     config = EvalConfig(architecture=args.architecture, temperature=args.temperature, epochs=args.epochs,
                         use_weights=not args.no_weights, seeds=tuple(range(args.seed, args.seed + args.seeds)),
-                        precision=args.precision, **protocol)
+                        precision=args.precision, device=str(device), tf32=args.tf32, **protocol)
+    # the device is checked (and "auto" resolved, so that the result records it) before anything is read
+    config = replace(config, device=str(eval_device(config)))
     if args.split == "val":
         check_validation_safe(args.folder)
     registry = open_registry(args) if main else None
@@ -116,7 +134,7 @@ def _evaluate(args: argparse.Namespace, ctx=None) -> None:
     if config.labels == "soft":
         from core.models.loading import load_teacher
 
-        teacher = load_teacher(ModelSpec(teacher=args.teacher))
+        teacher = load_teacher(ModelSpec(teacher=args.teacher, device=config.device))
         if not teacher.fits(test.image_shape, test.num_classes):
             raise ValueError(f"the teacher {args.teacher} does not fit this data ({test.num_classes} classes of "
                              f"{'x'.join(map(str, test.image_shape))} images); soft labels need a teacher of it: "
@@ -142,7 +160,8 @@ def _evaluate(args: argparse.Namespace, ctx=None) -> None:
     print(f"{args.folder}: {len(images)} images, {config.architecture}, protocol {config.protocol}, "
           f"{'weighted' if weights is not None and config.use_weights else 'unweighted'}: {split} accuracy "
           f"{100 * result.mean:.2f} ± {100 * result.std:.2f} % over {len(config.seeds)} seeds "
-          f"({', '.join(f'{100 * a:.2f}' for a in result.accuracies)}); {sum(result.seconds):.1f} s{where}")
+          f"({', '.join(f'{100 * a:.2f}' for a in result.accuracies)}); {sum(result.seconds):.1f} s on "
+          f"{config.device}{where}")
     if args.json:
         write_json(args.json, {"folder": str(args.folder), "split": args.split, **result.to_dict()})
         print(f"result written to {args.json}")

@@ -16,6 +16,7 @@ from core.config import (
     DIFFUSION_DIR,
     FLOW_DIR,
     METHODS,
+    SAMPLER_DTYPE_OPTIONS,
     SCHEDULES,
     SOLVERS,
     TEACHER_DIR,
@@ -43,6 +44,32 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
     return value
+
+
+def batch_option(text: str) -> str | int:
+    """An argparse type for batch sizes: 'auto' or an integer >= 1."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 1, got {value}")
+    return value
+
+
+def add_batch_options(p: argparse.ArgumentParser, decode: bool = True, encode_aliases: tuple[str, ...] = ()) -> None:
+    """--encode-batch (and --decode-batch): images per VAE call, 'auto' (from the resolution and the free memory:
+    core.models.vae.LatentAutoencoder.batch_size) or an integer."""
+    p.add_argument("--encode-batch", *encode_aliases, dest="encode_batch", type=batch_option, default="auto",
+                   metavar="N|auto", help="images per VAE encode call (default auto: as many as fit in half the free "
+                   "GPU memory, or 2 GiB on a CPU, at the resolution; at most 256)")
+    if decode:
+        p.add_argument("--decode-batch", type=batch_option, default="auto", metavar="N|auto",
+                       help="latents per VAE decode call (default auto: as many as fit in half the free GPU memory, "
+                            "or 2 GiB on a CPU, at the resolution; at most 256); under torchrun also the unit split "
+                            "across processes")
 
 
 def portable(path: str) -> str:
@@ -111,8 +138,9 @@ def engine_from_args(args: argparse.Namespace, spec: ModelSpec | None = None, ct
         from core.pipeline.distributed import load_engine_distributed
 
         return load_engine_distributed(ctx, spec, args.dataset, args.data_dir, args.cache_dir, args.resolution,
-                                       args.channels)
-    return load_engine(spec, args.dataset, args.data_dir, args.cache_dir, args.resolution, args.channels)
+                                       args.channels, encode_batch=getattr(args, "encode_batch", "auto"))
+    return load_engine(spec, args.dataset, args.data_dir, args.cache_dir, args.resolution, args.channels,
+                       encode_batch=getattr(args, "encode_batch", "auto"))
 
 
 def encode_split(args: argparse.Namespace, split: str):
@@ -152,6 +180,10 @@ def distill_config_from_args(args: argparse.Namespace, method: str = "", ipc: in
 
     options = dict(vars(args))
     options.update({k: v for k, v in (("method", method), ("ipc", ipc)) if v})
+    if options.get("dtype") == "auto":   # resolved for the device: a config records the precision that ran
+        from core.device import resolve_device, resolve_sampler_dtype
+
+        options["dtype"] = resolve_sampler_dtype("auto", resolve_device(options.get("device") or "cpu"))
     return distill_config(options)
 
 
@@ -166,14 +198,18 @@ def add_models(p: argparse.ArgumentParser, flow: bool = False, teacher: bool = F
     p.add_argument("--vae", default=str(VAE_DIR), help="VAE folder or diffusers hub id (default: embedded)")
     if flow:
         p.add_argument("--flow", default=str(FLOW_DIR),
-                       help="flow (velocity) model: this project's flow folder, a diffusers DiTTransformer2DModel "
-                            "folder (needs --flow-convention or a velocity_convention.json), or a raw SiT/DiT "
-                            "state dict .pt/.pth/.safetensors such as SiT-XL-2-256x256.pt (default: embedded)")
+                       help="flow (velocity) model: this project's flow folder, a diffusers DiT folder or "
+                            "pipeline (convention from its scheduler/, else --flow-convention or a "
+                            "velocity_convention.json), or a raw SiT/DiT state dict .pt/.pth/.safetensors such as "
+                            "SiT-XL-2-256x256.pt (default: embedded)")
         p.add_argument("--flow-convention", default=None, metavar="PRESET|JSON",
                        help="time/sign convention of a foreign flow: 'sit' (t=0 noise, t=1 data, predicts data - "
                             "noise; the default for .pt/.safetensors files), 'diffusers-flow' (timestep 1000·σ, "
-                            "σ = 1 - t, predicts noise - data), or a JSON object with time_scale / time_reversed / "
-                            "velocity_sign (and optionally preset); leave unset for this project's flow folders")
+                            "σ = 1 - t, predicts noise - data), 'ddpm-eps' (a DDPM noise predictor on DiT's "
+                            "schedule, converted to a velocity; DiT-XL-2-*.pt), or a JSON object with time_scale / "
+                            "time_reversed / velocity_sign, or beta_schedule / beta_start / beta_end / "
+                            "num_train_timesteps / prediction_type (and optionally preset); leave unset for this "
+                            "project's flow folders")
         p.add_argument("--flow-num-heads", type=int, default=None, metavar="N",
                        help="attention heads of a SiT .pt whose width is no preset's (SiT-S/B/L/XL are inferred)")
         p.add_argument("--flow-class-map", default=None, metavar="IDS",
@@ -216,7 +252,9 @@ def add_distill_options(p: argparse.ArgumentParser, single: bool = True) -> None
     g.add_argument("--steps", type=int, default=8)
     g.add_argument("--time-shift", type=float, default=1.0)
     g.add_argument("--cfg-scale", type=float, default=2.0)
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    g.add_argument("--dtype", default="float32", choices=list(SAMPLER_DTYPE_OPTIONS),
+                   help="model precision of sampling and decoding (default float32, the benchmarks' reference; "
+                        "auto: bfloat16 on a CUDA GPU with native bf16, float32 elsewhere)")
     g.add_argument("--guidance", type=float, default=DEFAULT_PGFM_GUIDANCE.strength, help="PGFM λ (>= 0)")
     g.add_argument("--schedule", default=DEFAULT_PGFM_GUIDANCE.schedule, choices=list(SCHEDULES))
     g.add_argument("--t-start", type=float, default=DEFAULT_PGFM_GUIDANCE.t_start)

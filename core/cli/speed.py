@@ -12,7 +12,12 @@ from core.cli.options import (
     model_spec,
     set_option,
 )
-from core.config import STUDENT_ARCHITECTURES, TEACHER_DIR
+from core.config import (
+    DEFAULT_TF32,
+    SAMPLER_DTYPE_OPTIONS,
+    STUDENT_ARCHITECTURES,
+    TEACHER_DIR,
+)
 
 
 def add_parsers(add) -> None:
@@ -24,8 +29,11 @@ def add_parsers(add) -> None:
     p.add_argument("--json", default=None)
     g = p.add_argument_group("throughput (synthetic images / latents / labels; any --vae, --flow, --resolution)")
     g.add_argument("--batch-size", type=int, default=64, help="images per encode / sample / decode call (default 64)")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="autocast precision of the flow and the VAE (default float32)")
+    g.add_argument("--dtype", default="auto", choices=list(SAMPLER_DTYPE_OPTIONS),
+                   help="autocast precision of the flow and the VAE (default auto: bfloat16 on a CUDA GPU with bf16, "
+                        "float32 elsewhere)")
+    g.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=DEFAULT_TF32,
+                   help="TF32 float32 matmuls and convolutions on CUDA (default on; no effect elsewhere)")
     g.add_argument("--steps", type=int, default=8, help="Euler steps of the sampling figure (default 8, as distill)")
     g.add_argument("--cfg-scale", type=float, default=2.0, help="CFG scale of the sampling figure (default 2)")
     g.add_argument("--compile", action="store_true",
@@ -59,7 +67,13 @@ def _cmd_bench_speed(args: argparse.Namespace) -> None:
 
     import torch
 
-    from core.device import compile_unavailable_reason, maybe_compile, resolve_device
+    from core.device import (
+        compile_unavailable_reason,
+        configure_device,
+        maybe_compile,
+        resolve_device,
+        resolve_sampler_dtype,
+    )
     from core.evaluation.reports import speed_report, throughput_report
     from core.io import write_json
 
@@ -68,8 +82,8 @@ def _cmd_bench_speed(args: argparse.Namespace) -> None:
     if args.batch_size < 1 or args.repeats < 1 or args.steps < 1:
         raise ValueError("--batch-size, --repeats and --steps must be >= 1")
     device = resolve_device(args.device)
-    args.device = str(device)
-    report: dict = {}
+    args.device, args.dtype = str(device), resolve_sampler_dtype(args.dtype, device)
+    report: dict = {"precision": {**configure_device(device, args.tf32), "dtype": args.dtype}}
     if args.throughput_only:
         from core.models.loading import load_flow_for, load_vae, model_present
 

@@ -82,7 +82,7 @@ def _remove_store_files(store_dir: Path) -> None:
 
 
 def encode_to_store(folder_dataset, vae: LatentAutoencoder, store_dir: str | Path, shard_size: int = 4096,
-                    batch_size: int = 64, progress: Callable[[float, str], None] | None = None,
+                    batch_size: int | str = 64, progress: Callable[[float, str], None] | None = None,
                     overwrite: bool = False, prefetch: int = 2) -> "LatentStore":
     """Encode ``folder_dataset`` (a StreamingImageFolder) with ``vae`` into a sharded store at ``store_dir``.
 
@@ -90,10 +90,13 @@ def encode_to_store(folder_dataset, vae: LatentAutoencoder, store_dir: str | Pat
     encoded. A complete store for the same dataset and VAE is returned without work. A store of another
     dataset, VAE, shard size or latent shape raises CacheMismatchError (``overwrite=True`` deletes its
     shards and index first). ``progress(fraction, message)`` is called after every batch and after every
-    shard ("wrote shard-00000.safetensors ..."); a tqdm bar is shown when it is None.
+    shard ("wrote shard-00000.safetensors ..."); a tqdm bar is shown when it is None. ``batch_size``: images
+    per VAE call, or "auto" (``vae.batch_size``: from the resolution and the free memory).
     """
     # Long by design: one streamed, resumable pass (check or resume the index, keep finished shards, encode the
     # missing ones with prefetching, write the index last); the shared state is the shard plan and the counts.
+    if batch_size == "auto":
+        batch_size = vae.batch_size("auto", int(folder_dataset.image_shape[-1]))
     for name, value in (("shard_size", shard_size), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

@@ -161,16 +161,17 @@ def solver_order_report(flow: torch.nn.Module, n: int = 16, steps: tuple[int, ..
     from core.transport.solvers import integrate
 
     model = flow.double() if next(flow.parameters()).dtype != torch.float64 else flow
+    device = next(model.parameters()).device   # inputs on the model's device (noise drawn on the CPU from the seed)
     try:
         g = torch.Generator().manual_seed(seed)
-        x0 = torch.randn(n, *model.config.latent_shape, generator=g, dtype=torch.float64)
-        y = torch.arange(n) % model.config.num_classes
+        x0 = torch.randn(n, *model.config.latent_shape, generator=g, dtype=torch.float64).to(device)
+        y = torch.arange(n, device=device) % model.config.num_classes
 
         def f(t, x):
             return cfg_velocity(model, x, float(t), y, cfg_scale)
 
         with torch.inference_mode():
-            reference = odeint(f, x0, torch.tensor([0.0, 1.0], dtype=torch.float64), method="dopri5",
+            reference = odeint(f, x0, torch.tensor([0.0, 1.0], dtype=torch.float64, device=device), method="dopri5",
                                rtol=rtol, atol=rtol)[-1]
             out = {}
             for solver in SOLVERS:

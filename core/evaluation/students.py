@@ -10,6 +10,12 @@ Protocols (DESIGN.md section 4b; ``PROTOCOLS``, ``EvalConfig.protocol``):
 - ``soft``: KL (· T²) to the teacher's temperature-T outputs on the un-augmented images, computed once;
 - ``soft-online``: every batch is DSA-augmented and the teacher labels *that* batch (FKD / SRe2L / RDED
   relabelling), KL · T².
+
+Device (``EvalConfig.device``, default cpu): the student and every batch live there, autocast runs on that
+device type, TF32 is allowed on CUDA (``EvalConfig.tf32``); a device that is not there is refused before any
+work. Initialisation and the batch order come from CPU generators, so a seed's draws are the same on every
+device (the arithmetic differs in the last bits between devices). ``evaluate_set_distributed``: rank r of
+W trains seeds r, r + W, ... (``seed_shard``).
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import torch.nn.functional as F
 
 from core.config import PROTOCOLS
 from core.data.datasets import LabelledImages
-from core.device import cpu_bf16_supported
+from core.device import bf16_supported, configure_device, resolve_device
 from core.evaluation.augment import dsa_augment
 from core.models.convnet import ARCHITECTURES, ConvNetConfig, build_classifier
 
@@ -59,6 +65,8 @@ class EvalConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     test_batch_size: int = 1000
     precision: str = "auto"          # auto | bf16 | fp32 (auto: bf16 autocast where the CPU/GPU supports it)
+    device: str = "cpu"              # where students train and test: cpu, cuda, cuda:N, mps, auto
+    tf32: bool = True                # TF32 matmuls / convolutions on CUDA (core.device.configure_device)
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -80,6 +88,11 @@ class EvalConfig:
             raise ValueError("seeds must name at least one seed")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
+        try:
+            if self.device != "auto":
+                torch.device(self.device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"device must be cpu, cuda, cuda:N, mps or auto, got {self.device!r}") from exc
 
     @property
     def protocol(self) -> str:
@@ -87,11 +100,30 @@ class EvalConfig:
         settings = {"labels": self.labels, "augment": self.augment, "relabel": self.relabel}
         return next((name for name, fields in PROTOCOLS.items() if fields == settings), "custom")
 
-    def autocast(self) -> torch.autocast:
-        """bf16 mixed precision (weights and optimiser stay fp32). On a CPU with AVX512-BF16/AMX it halves
-        the time of a ConvNet-3 step; ``auto`` uses it only where oneDNN reports bf16 support."""
-        enabled = self.precision == "bf16" or (self.precision == "auto" and cpu_bf16_supported())
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
+    def autocast(self, device: torch.device | str | None = None) -> torch.autocast:
+        """bf16 mixed precision on ``device``'s type (default ``self.device``; weights and optimiser stay fp32).
+        ``auto`` uses it only where bf16 is native: a CUDA GPU with bf16 (Ampere and later) or a CPU with
+        AVX512-BF16 / AMX (where it halves the time of a ConvNet-3 step)."""
+        device = resolve_device(self.device if device is None else device)
+        enabled = self.precision == "bf16" or (self.precision == "auto" and bf16_supported(device))
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def eval_device(config: EvalConfig) -> torch.device:
+    """The torch.device ``config`` asks for, checked to exist (ValueError: e.g. cuda on a machine without
+    CUDA, or bf16 on a GPU or MPS device without it), so that nothing starts on a device that is not there."""
+    device = resolve_device(config.device)
+    if config.precision == "bf16" and device.type != "cpu" and not bf16_supported(device):
+        raise ValueError(f"precision bf16 requested but {device} has no bf16; use --precision fp32 or auto")
+    return device
+
+
+def seed_shard(n: int, rank: int, world: int) -> list[int]:
+    """Indices of the ``n`` seeds that ``rank`` of ``world`` trains: rank, rank + world, ... (strided, so that
+    ranks stay busy alike when seeds are few; together exactly range(n), each once)."""
+    if n < 0 or world < 1 or not 0 <= rank < world:
+        raise ValueError(f"need n >= 0 and 0 <= rank < world, got n={n}, rank={rank}, world={world}")
+    return list(range(rank, n, world))
 
 
 @dataclass
@@ -118,12 +150,14 @@ class EvalResult:
 
 def test_accuracy(model: torch.nn.Module, test: LabelledImages, batch_size: int = 1000,
                   autocast: torch.autocast | None = None, progress: Progress | None = None) -> float:
-    """Fraction of ``test`` the model classifies correctly; ``progress(fraction, message)`` after each batch."""
+    """Fraction of ``test`` the model classifies correctly (batches moved to the model's device);
+    ``progress(fraction, message)`` after each batch."""
     model.eval()
+    device = next(model.parameters()).device
     correct = 0
     with torch.inference_mode(), (autocast or nullcontext()):
         for i in range(0, len(test), batch_size):
-            pred = model(test.batch(slice(i, i + batch_size))).argmax(1).numpy()
+            pred = model(test.batch(slice(i, i + batch_size)).to(device)).argmax(1).cpu().numpy()
             correct += int((pred == test.labels[i:i + batch_size]).sum())
             if progress is not None:
                 done = min(i + batch_size, len(test))
@@ -135,37 +169,43 @@ def train_student(images: torch.Tensor, labels: np.ndarray, num_classes: int, co
                   weights: np.ndarray | None = None, soft_targets: torch.Tensor | None = None,
                   progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
                   teacher=None) -> torch.nn.Module:
-    """Train one student on (images in [-1, 1] (N, C, H, W), labels (N,)); returns the trained model.
+    """Train one student on (images in [-1, 1] (N, C, H, W), labels (N,)) on ``config.device``; returns the
+    trained model (on that device).
 
     ``soft_targets`` (N, classes): static soft labels; with ``config.relabel`` the ``teacher`` labels every
-    (augmented) batch instead."""
+    (augmented) batch instead. The student is initialised on the CPU (the same weights on every device) and
+    moved; the images, labels, weights and targets are moved to the device once (a distilled set is small)."""
     if config.relabel and teacher is None:
         raise ValueError("the soft-online protocol needs a teacher to label every batch")
+    device = eval_device(config)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     c, h = images.shape[1], images.shape[2]
-    model = build_classifier(config.architecture, ConvNetConfig(c, num_classes, h, config.width))
+    model = build_classifier(config.architecture, ConvNetConfig(c, num_classes, h, config.width)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [config.epochs // 2], gamma=0.1)
-    y = torch.from_numpy(labels).long()
+    images = images.to(device)
+    y = torch.from_numpy(labels).long().to(device)
     w = torch.ones(len(y)) if weights is None or not config.use_weights else torch.from_numpy(np.asarray(weights)).float()
+    w = w.to(device)
+    soft_targets = None if soft_targets is None else soft_targets.to(device)
     model.train()
     for epoch in range(config.epochs):
         if should_stop is not None and should_stop():
             raise EvaluationCancelled(f"cancelled at epoch {epoch} of {config.epochs}")
-        order = torch.randperm(len(y), generator=generator)
+        order = torch.randperm(len(y), generator=generator)   # drawn on the CPU: the same order on every device
         for start in range(0, len(y), config.batch_size):
-            idx = order[start:start + config.batch_size]
+            idx = order[start:start + config.batch_size].to(device)
             x = images[idx]
             if config.augment == "dsa":
                 x = dsa_augment(x, generator)
-            with config.autocast():
+            with config.autocast(device):
                 logits = model(x)
             logits = logits.float()
             if config.relabel:  # the teacher labels this augmented batch (its forward in the student's precision)
-                with config.autocast():
-                    targets = teacher.soft_labels(x, config.temperature)
+                with config.autocast(device):
+                    targets = teacher.soft_labels(x, config.temperature).to(device)
             else:
                 targets = None if soft_targets is None else soft_targets[idx]
             if targets is None:
@@ -193,7 +233,9 @@ def protocol_config(protocol: str, **settings) -> EvalConfig:
 def evaluate_set(images: torch.Tensor, labels: np.ndarray, test: LabelledImages, config: EvalConfig = EvalConfig(),
                  weights: np.ndarray | None = None, teacher=None, progress: Progress | None = None,
                  should_stop: Callable[[], bool] | None = None) -> EvalResult:
-    """Train one student per seed on the set and test each on ``test``; mean ± std of test accuracy."""
+    """Train one student per seed on the set and test each on ``test``; mean ± std of test accuracy.
+    Students train and test on ``config.device`` (checked first, before any work; TF32 there per ``config.tf32``)."""
+    device = eval_device(config)
     if images.ndim != 4 or tuple(images.shape[1:]) != test.image_shape:
         raise ValueError(f"images must have shape (N, {', '.join(map(str, test.image_shape))}) like the test split, "
                          f"got {tuple(images.shape)}")
@@ -207,6 +249,7 @@ def evaluate_set(images: torch.Tensor, labels: np.ndarray, test: LabelledImages,
         if zero:
             raise ValueError(f"the images of class {', '.join(zero)} all have weight 0, so no loss could be trained "
                              "on them; give them weights > 0 (or evaluate unweighted: --no-weights)")
+    configure_device(device, config.tf32)
     soft = None
     if config.labels == "soft":
         if teacher is None:
@@ -228,7 +271,7 @@ def evaluate_set(images: torch.Tensor, labels: np.ndarray, test: LabelledImages,
 
         model = train_student(images, labels, test.num_classes, config, seed, weights, soft, train_progress, should_stop,
                               teacher)
-        accuracies.append(test_accuracy(model, test, config.test_batch_size, config.autocast(), test_progress))
+        accuracies.append(test_accuracy(model, test, config.test_batch_size, config.autocast(device), test_progress))
         seconds.append(time.perf_counter() - t0)
         if progress is not None:
             progress((k + 1) / len(config.seeds), f"seed {seed}: test accuracy {accuracies[-1]:.2%}")
@@ -375,11 +418,14 @@ def evaluate_set_distributed(images: torch.Tensor, labels: np.ndarray, test: Lab
                              ctx: "DistContext", weights: np.ndarray | None = None, teacher=None,
                              progress: Progress | None = None,
                              should_stop: Callable[[], bool] | None = None) -> EvalResult:
-    """``evaluate_set`` with the seeds split across ranks; the same EvalResult on every rank
-    (accuracies in seed order, equal to one process's; ``progress`` is reported by rank 0 for its seeds)."""
-    from core.pipeline.distributed import _run_shard, assemble_items, shard_indices
+    """``evaluate_set`` with the seeds split across ranks (rank r trains seeds r, r + W, ...: ``seed_shard``),
+    each on its ``config.device`` (under torchrun pass each rank's own, e.g. ``rank_device(ctx, "cuda")``);
+    the results are gathered and the same EvalResult is returned on every rank (accuracies in seed order,
+    equal to one process's on the same hardware; ``progress`` is reported by rank 0 for its seeds). A failure
+    on one rank is raised on all."""
+    from core.pipeline.distributed import _run_shard, assemble_items
 
-    mine = shard_indices(len(config.seeds), ctx.rank, ctx.world_size)
+    mine = seed_shard(len(config.seeds), ctx.rank, ctx.world_size)
 
     def compute() -> list[tuple[float, float]]:
         if not len(mine):

@@ -13,16 +13,25 @@ from torch import nn
 
 from core.errors import CheckpointError
 from core.io import save_model_folder
-from core.models.kinds import DIFFUSION_FIX, DIFFUSION_KIND, FLOW_FIX, FLOW_KIND, SIT_FLOW_KIND
+from core.models.kinds import (
+    DIFFUSION_FIX,
+    DIFFUSION_KIND,
+    FLOW_FIX,
+    FLOW_KIND,
+    SIT_FLOW_KIND,
+)
 from core.models.latent_mlp import LatentMLP, load_latent_mlp
 from core.models.spec import ModelSpec
 from core.models.vae import LatentAutoencoder
 from core.models.velocity import (
     CONVENTION_FILE,
     CONVENTIONS,
+    NOISE_PRESETS,
     TORCH_SUFFIXES,
+    NoiseConvention,
     VelocityAdapter,
     VelocityConvention,
+    convention_from_scheduler,
     resolve_convention,
 )
 
@@ -175,18 +184,116 @@ def build_sit(state: dict[str, torch.Tensor], name: str, input_size: int | None 
     return model.to(device).eval().requires_grad_(False)
 
 
-def _diffusers_folder(path: Path) -> Path | None:
-    """The folder holding a DiTTransformer2DModel config (``path`` itself or its ``transformer/``), else None."""
-    for folder in (path, path / "transformer"):
-        config = folder / "config.json"
-        if config.is_file():
-            try:
-                meta = json.loads(config.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
-            if isinstance(meta, dict) and meta.get("_class_name") == "DiTTransformer2DModel":
-                return folder
+DIT_CLASS_NAMES = ("DiTTransformer2DModel", "Transformer2DModel")  # the latter: DiT as diffusers < 0.28 saved it
+NOT_A_VELOCITY_FOLDER = ("not a velocity model folder: expected this project's flow folder (config.json with "
+                         "\"kind\"), or a diffusers DiT folder (config.json with \"_class_name\": "
+                         "\"DiTTransformer2DModel\", or \"Transformer2DModel\" with norm_type \"ada_norm_zero\"; "
+                         "or a pipeline folder with one under transformer/)")
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(meta).__name__}")
+    return meta
+
+
+def _not_a_dit(meta: Mapping[str, Any]) -> str | None:
+    """Why a diffusers transformer config is not a class-conditional latent DiT (None: it is one)."""
+    name = meta.get("_class_name")
+    if name == "Transformer2DModel":
+        if meta.get("norm_type") != "ada_norm_zero":
+            return (f"a diffusers Transformer2DModel with norm_type {meta.get('norm_type')!r} is not a DiT (only "
+                    f"norm_type \"ada_norm_zero\", class-conditional DiT, is a velocity model here; text-conditioned "
+                    f"transformers such as PixArt are not)")
+        if meta.get("patch_size") is None:
+            return "a diffusers Transformer2DModel without patch_size works on pixels or tokens, not a DiT on latents"
+    if meta.get("num_embeds_ada_norm") is None:
+        return "num_embeds_ada_norm is null: not a class-conditional DiT"
     return None
+
+
+def inspect_velocity_folder(path: str | Path) -> tuple[str, Path, dict]:
+    """What the folder ``path`` holds, read from its config files only (no weights): ``("own", path, config)``
+    for this project's formats (config.json with "kind") or ``("diffusers-dit", folder, config)`` for a
+    diffusers DiT (``path`` or its ``transformer/``). Everything else raises CheckpointError naming the
+    config file and why, the one message ``load_velocity_model`` gives for that folder; every folder that
+    ``model_present`` accepts ends here as one of the two or as such an error."""
+    path = Path(path)
+    for config in (path / "config.json", path / "transformer" / "config.json"):
+        if not config.is_file():
+            continue
+        meta = _read_config(config)
+        if config.parent == path and "kind" in meta:
+            if meta["kind"] not in (FLOW_KIND, SIT_FLOW_KIND):
+                raise CheckpointError(f"{config}: holds a {meta['kind']!r} model, not a velocity model "
+                                      f"({FLOW_KIND!r} or {SIT_FLOW_KIND!r})")
+            return "own", path, meta
+        name = meta.get("_class_name")
+        if name in DIT_CLASS_NAMES:
+            reason = _not_a_dit(meta)
+            if reason is not None:
+                raise CheckpointError(f"{config}: {reason}")
+            return "diffusers-dit", config.parent, meta
+        if name is not None:
+            raise CheckpointError(f"{config}: holds a diffusers {name}, not a velocity model; {NOT_A_VELOCITY_FOLDER}")
+    raise CheckpointError(f"{path}: {NOT_A_VELOCITY_FOLDER}")
+
+
+def _scheduler_config(root: Path, folder: Path) -> Path | None:
+    """The pipeline's scheduler config: ``root/scheduler/``, ``folder/``, or ``../scheduler/`` of a ``transformer/``."""
+    candidates = [root / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json"]
+    if folder == root and root.name == "transformer":
+        candidates.append(root.parent / "scheduler" / "scheduler_config.json")
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _describe(conv) -> str:
+    if isinstance(conv, NoiseConvention):
+        return (f"DDPM {conv.prediction_type}-prediction ({conv.beta_schedule} β {conv.beta_start:g}..{conv.beta_end:g}, "
+                f"{conv.num_train_timesteps} steps)")
+    preset = next((k for k, v in CONVENTIONS.items() if v == conv and k != "distill-studio"), None)
+    return repr(preset) if preset else str(asdict(conv))
+
+
+def dit_convention(root: Path, folder: Path, declared) -> VelocityConvention | NoiseConvention:
+    """The convention of a diffusers DiT folder (``folder``, inside ``root`` or ``root`` itself): the pipeline's scheduler config and
+    ``declared`` (the argument, else ``velocity_convention.json``) must agree (a declared DDPM convention such
+    as "ddpm-eps" takes the scheduler's schedule and prediction type: the scheduler describes the checkpoint);
+    with neither, CheckpointError asks for a declaration."""
+    declared = declared if declared is not None else _read_declared_convention(folder, root)
+    try:
+        conv = resolve_convention(declared, name=str(folder))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(str(exc)) from exc
+    sched_path = _scheduler_config(root, folder)
+    derived = None
+    if sched_path is not None:
+        try:
+            derived = convention_from_scheduler(_read_config(sched_path))
+        except ValueError as exc:
+            raise CheckpointError(f"{sched_path}: {exc}") from exc
+    if derived is None and conv is None:
+        raise CheckpointError(
+            f"{folder}: a diffusers DiT folder without a scheduler config does not show which time and sign "
+            f"convention it was trained with (diffusers' own DiT checkpoints, facebook/DiT-XL-2-*, are DDPM noise "
+            f"predictors, not velocity models). Declare it: convention='ddpm-eps' (DDPM ε-prediction, DiT's linear "
+            f"β 1e-4..0.02 over 1000 steps; converted to a velocity), 'diffusers-flow' (σ = 1 - t, timestep 1000·σ, "
+            f"predicts noise - data) or 'sit', or a {CONVENTION_FILE} in the folder such as "
+            f"{{\"preset\": \"ddpm-eps\"}}; or give the pipeline folder with its scheduler/")
+    if derived is None:
+        return conv
+    if conv is None:
+        return derived
+    if isinstance(conv, NoiseConvention) and isinstance(derived, NoiseConvention) and conv == NOISE_PRESETS["ddpm-eps"]:
+        return derived
+    if conv != derived:
+        raise CheckpointError(f"{folder}: declared convention {_describe(conv)} contradicts {sched_path}, which says "
+                              f"{_describe(derived)}; drop the declaration (the scheduler config decides) or fix it")
+    return conv
 
 
 def _read_declared_convention(folder: Path, root: Path) -> dict | None:
@@ -203,28 +310,17 @@ def _read_declared_convention(folder: Path, root: Path) -> dict | None:
 
 
 def _load_diffusers_dit(root: Path, folder: Path, convention, latent_shape, num_classes, class_map, device):
+    # DiTTransformer2DModel also reads the Transformer2DModel configs of DiT (same weights)
     from diffusers import DiTTransformer2DModel
 
-    declared = convention if convention is not None else _read_declared_convention(folder, root)
-    if declared is None:
-        raise CheckpointError(
-            f"{folder}: a diffusers DiTTransformer2DModel does not show which time and sign convention it was "
-            f"trained with (diffusers' own DiT checkpoints are DDPM noise predictors, not velocity models). "
-            f"Declare it: convention='diffusers-flow' (σ = 1 - t, timestep 1000·σ, predicts noise - data) or "
-            f"'sit', or a {CONVENTION_FILE} in the folder such as {{\"preset\": \"diffusers-flow\"}}")
-    try:
-        conv = resolve_convention(declared, name=str(folder))
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(str(exc)) from exc
-    cfg = json.loads((folder / "config.json").read_text())
+    conv = dit_convention(root, folder, convention)
+    cfg = _read_config(folder / "config.json")
     in_ch = int(cfg.get("in_channels", 4))
     size = int(cfg.get("sample_size", 32))
     out_ch = cfg.get("out_channels") or in_ch
     if int(out_ch) not in (in_ch, 2 * in_ch):
         raise CheckpointError(f"{folder}: out_channels {out_ch} is neither in_channels {in_ch} nor twice that")
-    model_classes = cfg.get("num_embeds_ada_norm")
-    if model_classes is None:
-        raise CheckpointError(f"{folder}: num_embeds_ada_norm is null: not a class-conditional DiT")
+    model_classes = cfg["num_embeds_ada_norm"]   # inspect_velocity_folder checked it is set
     shape = (in_ch, size, size)
     _check_data(str(folder), shape, int(model_classes), latent_shape, num_classes, class_map)
     try:  # safetensors only (no pickle); diffusers only warns about missing keys, so they are checked here
@@ -233,7 +329,7 @@ def _load_diffusers_dit(root: Path, folder: Path, convention, latent_shape, num_
             output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise CheckpointError(f"{folder}: could not load the DiTTransformer2DModel "
+        raise CheckpointError(f"{folder}: could not load the diffusers DiT "
                               f"({' '.join(lines[:2])[:400]})") from exc
     problems = {k: v for k, v in info.items() if v}
     if problems:
@@ -278,13 +374,15 @@ def load_velocity_model(ref: str | Path, latent_shape: Sequence[int] | None = No
                         num_heads: int | None = None, class_map: Sequence[int] | None = None) -> nn.Module:
     """Load the velocity model ``ref`` refers to, checked against the data, in eval mode without gradients.
 
-    ``ref``: the project's flow folder, a diffusers DiTTransformer2DModel folder (or pipeline folder with
-    ``transformer/``), or a SiT/DiT state dict file (``.pt``/``.pth``/``.bin``/``.ckpt`` or ``.safetensors``).
-    ``latent_shape`` (C, H, W) / ``num_classes``: the data's, checked when given (a SiT file without
-    ``pos_embed`` needs ``latent_shape`` for its latent size). ``convention``: a preset name ("sit",
-    "diffusers-flow"), a dict or a VelocityConvention; default "sit" for state-dict files, required (argument
-    or ``velocity_convention.json``) for diffusers folders, and must be left unset for the project's own
-    format. ``num_heads``: attention heads of a SiT whose width is no preset's (else read from safetensors
+    ``ref``: the project's flow folder, a diffusers DiT folder (DiTTransformer2DModel, or Transformer2DModel
+    with norm_type "ada_norm_zero"; or a pipeline folder with it under ``transformer/``; see
+    ``inspect_velocity_folder``), or a SiT/DiT state dict file (``.pt``/``.pth``/``.bin``/``.ckpt`` or
+    ``.safetensors``). ``latent_shape`` (C, H, W) / ``num_classes``: the data's, checked when given (a SiT file
+    without ``pos_embed`` needs ``latent_shape`` for its latent size). ``convention``: a preset name ("sit",
+    "diffusers-flow", "ddpm-eps"), a dict, a VelocityConvention or a NoiseConvention; default "sit" for
+    state-dict files (the DiT authors' ``DiT-XL-2-*.pt`` need "ddpm-eps"); for diffusers folders taken from
+    the pipeline's scheduler config and/or declared (argument or ``velocity_convention.json``; see
+    ``dit_convention``); must be left unset for the project's own format. ``num_heads``: attention heads of a SiT whose width is no preset's (else read from safetensors
     metadata "num_heads" or the preset). ``class_map``: the model's class id for each data class.
     Raises CheckpointError (naming the file and what differs) for unknown, corrupt or mismatched checkpoints.
     """
@@ -295,16 +393,8 @@ def load_velocity_model(ref: str | Path, latent_shape: Sequence[int] | None = No
     if class_map is not None:
         class_map = [int(c) for c in class_map]
     if path.is_dir():
-        own = path / "config.json"
-        meta = None
-        if own.is_file():
-            try:
-                meta = json.loads(own.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise CheckpointError(f"{own}: not valid JSON ({exc})") from exc
-        if isinstance(meta, dict) and "kind" in meta:   # the project's own formats (MLP or SiT)
-            if meta["kind"] not in (FLOW_KIND, SIT_FLOW_KIND):
-                raise CheckpointError(f"{own}: holds a {meta['kind']!r} model, not a velocity model ({FLOW_KIND!r})")
+        kind, folder, meta = inspect_velocity_folder(path)
+        if kind == "own":   # the project's own formats (MLP or SiT)
             if convention is not None and resolve_convention(convention) != CONVENTIONS["distill-studio"]:
                 raise CheckpointError(f"{name}: the project's flow models follow DESIGN.md's convention; "
                                       f"leave convention unset")
@@ -312,12 +402,7 @@ def load_velocity_model(ref: str | Path, latent_shape: Sequence[int] | None = No
                 raise CheckpointError(f"{name}: class_map applies to foreign models only")
             load = load_flow if meta["kind"] == FLOW_KIND else load_sit_flow
             return load(path, device, tuple(latent_shape) if latent_shape is not None else None, num_classes)
-        folder = _diffusers_folder(path)
-        if folder is not None:
-            return _load_diffusers_dit(path, folder, convention, latent_shape, num_classes, class_map, device)
-        raise CheckpointError(f"{name}: not a velocity model folder: expected this project's flow folder "
-                              f"(config.json with \"kind\"), or a diffusers DiTTransformer2DModel folder "
-                              f"(config.json with \"_class_name\": \"DiTTransformer2DModel\")")
+        return _load_diffusers_dit(path, folder, convention, latent_shape, num_classes, class_map, device)
     if not path.exists():
         raise CheckpointError(f"{name}: no such file or folder")
     if path.suffix not in TORCH_SUFFIXES + (".safetensors",):
@@ -371,7 +456,10 @@ def load_flow(path: str | Path, device: str | torch.device = "cpu", latent_shape
 def model_present(ref: str | None) -> bool:
     """True when ``ref`` names something to load: an existing file, or a folder holding a model config
     (its own ``config.json`` or a diffusers pipeline's ``transformer/config.json``). A folder without one
-    (e.g. only a training checkpoint) or a missing path is left out, as the embedded default's may be."""
+    (e.g. only a training checkpoint) or a missing path is left out, as the embedded default's may be.
+    Deliberately permissive: a flow folder it accepts is then loaded by ``load_velocity_model`` or refused with
+    ``inspect_velocity_folder``'s message (an unsupported or broken config fails loudly, never silently
+    leaves the run without its model)."""
     from pathlib import Path
 
     if not ref:

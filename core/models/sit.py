@@ -12,7 +12,8 @@ prediction, the last C DiT's variance interpolation, meaningless for a flow); Si
 second half, here ``core.models.velocity.VelocityAdapter(learned_sigma=True)`` does, so that the raw output
 stays available. ``t`` is passed to the sinusoidal embedding as given (times ``TimestepEmbedder.time_scale``,
 1 by default): SiT feeds t in [0, 1] (t = 0 noise, t = 1 data), DiT feeds DDPM's timestep 0..999. Which
-convention a checkpoint follows is not visible in its weights; ``core.models.velocity`` declares it.
+convention a checkpoint follows is not visible in its weights; ``core.models.velocity`` declares it (``"sit"``
+for SiT's; ``"ddpm-eps"`` for DiT's, whose ε-prediction ``VelocityAdapter`` converts to a velocity).
 """
 from __future__ import annotations
 

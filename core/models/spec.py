@@ -16,9 +16,10 @@ class ModelSpec:
 
     ``flow`` may be any reference ``core.models.loading.load_velocity_model`` takes: the project's flow folder,
     a diffusers DiTTransformer2DModel folder, or a raw SiT/DiT ``.pt`` / ``.safetensors`` state dict.
-    ``flow_convention``: its time / sign convention, a preset name ("sit", "diffusers-flow") or a dict / JSON
-    object text (``{"time_scale": 1000, "time_reversed": true, "velocity_sign": -1}``); None: the loader's
-    default (the project's for its own folders, "sit" for state-dict files; diffusers folders must declare one).
+    ``flow_convention``: its time / sign convention, a preset name ("sit", "diffusers-flow", "ddpm-eps") or a
+    dict / JSON object text (``{"time_scale": 1000, "time_reversed": true, "velocity_sign": -1}``); None: the
+    loader's default (the project's for its own folders, "sit" for state-dict files; a diffusers folder's
+    scheduler config, else it must declare one).
     ``flow_num_heads``: attention heads of a SiT whose width is no preset's. ``flow_class_map``: the flow's
     class id of each data class (an ImageNet SiT used on an ImageNet subset). A generator set to None or ""
     is not loaded.

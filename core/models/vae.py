@@ -24,6 +24,56 @@ from core.reads import require_finite_module, tensors_fingerprint
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 TRAINING_RECORD = "training.json"
 
+# -- batch sizes of encode / decode --------------------------------------------------------------
+AUTO = "auto"
+MAX_AUTO_BATCH = 256            # the most images per VAE call "auto" picks (the former fixed batch)
+CPU_BATCH_BUDGET = 2 << 30      # bytes of activations one VAE call may use on a CPU (or MPS)
+CUDA_FREE_FRACTION = 0.5        # share of the GPU's free memory one VAE call may use
+ACTIVATION_COPIES = 6           # full-resolution tensors of the first block's width alive at the peak
+
+
+def vae_image_bytes(resolution: int, width: int, value_bytes: int = 4, attention_tokens: int = 0) -> int:
+    """Estimated peak activation bytes per image of one AutoencoderKL encode or decode call.
+
+    ``resolution``: image side in px; ``width``: channels of the VAE's first block (block_out_channels[0],
+    128 for SD's VAE); ``value_bytes``: 4 for float32; ``attention_tokens``: latent pixels (h·w) when the mid
+    block has attention (its token x token scores, two copies), else 0. The peak is ACTIVATION_COPIES (6)
+    full-resolution tensors of ``width`` channels: counted on diffusers' AutoencoderKL, decode holds 6.0 of
+    them at its peak and encode 4 to 5 (SD's VAE at 256 px: 192 MiB per image to decode)."""
+    for name, value in (("resolution", resolution), ("width", width), ("value_bytes", value_bytes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if isinstance(attention_tokens, bool) or not isinstance(attention_tokens, int) or attention_tokens < 0:
+        raise ValueError(f"attention_tokens must be an integer >= 0, got {attention_tokens!r}")
+    return (ACTIVATION_COPIES * resolution * resolution * width + 2 * attention_tokens ** 2) * value_bytes
+
+
+def auto_batch_size(image_bytes: int, budget_bytes: int, cap: int = MAX_AUTO_BATCH) -> int:
+    """Images per VAE call: as many as ``budget_bytes`` holds at ``image_bytes`` each, at least 1, at most ``cap``."""
+    if image_bytes < 1 or cap < 1:
+        raise ValueError(f"image_bytes and cap must be >= 1, got {image_bytes} and {cap}")
+    return int(max(1, min(cap, budget_bytes // image_bytes)))
+
+
+def memory_budget(device: str | torch.device, free_bytes: int | None = None) -> int:
+    """Bytes one VAE call may use on ``device``: CUDA_FREE_FRACTION of the free GPU memory (``free_bytes``, by
+    default ``torch.cuda.mem_get_info``), CPU_BATCH_BUDGET on any other device."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return CPU_BATCH_BUDGET
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    return int(CUDA_FREE_FRACTION * free_bytes)
+
+
+def check_batch_option(value) -> str | int:
+    """``value`` as a batch option: "auto" or an integer >= 1 (ValueError otherwise)."""
+    if value == AUTO:
+        return AUTO
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"a batch size must be 'auto' or an integer >= 1, got {value!r}")
+    return value
+
 
 class LatentAutoencoder:
     """A frozen ``AutoencoderKL`` with the project's scaling convention and batched encode/decode."""
@@ -101,10 +151,27 @@ class LatentAutoencoder:
         return self._fingerprint
 
     # -- encode / decode -------------------------------------------------------------------------
+    def image_bytes(self, resolution: int) -> int:
+        """Estimated peak activation bytes per image of an encode or decode at ``resolution`` px (``vae_image_bytes``)."""
+        config = self.vae.config
+        tokens = (resolution // self.downsample) ** 2 if getattr(config, "mid_block_add_attention", True) else 0
+        value_bytes = torch.empty(0, dtype=self.dtype).element_size()
+        return vae_image_bytes(int(resolution), int(config.block_out_channels[0]), value_bytes, tokens)
+
+    def batch_size(self, option: str | int, resolution: int, free_bytes: int | None = None) -> int:
+        """Images per encode / decode call for a batch ``option``: an integer as it is; "auto": as many as
+        ``memory_budget(self.device, free_bytes)`` holds at ``image_bytes(resolution)`` each, in [1, 256]."""
+        option = check_batch_option(option)
+        if option != AUTO:
+            return option
+        return auto_batch_size(self.image_bytes(resolution), memory_budget(self.device, free_bytes))
+
     @torch.inference_mode()
-    def encode(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Images in [-1, 1] (B, C, H, W) -> scaled posterior-mean latents, float32 on CPU."""
+    def encode(self, images: torch.Tensor, batch_size: int | str = AUTO) -> torch.Tensor:
+        """Images in [-1, 1] (B, C, H, W) -> scaled posterior-mean latents, float32 on CPU; ``batch_size``
+        images per VAE call, "auto": from the resolution and the free memory (``batch_size``)."""
         self._check_images(images)
+        batch_size = self.batch_size(batch_size, int(images.shape[-1]))
         out = []
         for start in range(0, len(images), batch_size):
             x = images[start:start + batch_size].to(self.device, self.dtype)
@@ -113,12 +180,18 @@ class LatentAutoencoder:
         return torch.cat(out) if out else torch.empty(0, *self.latent_shape(images.shape[-1]))
 
     @torch.inference_mode()
-    def decode(self, latents: torch.Tensor, batch_size: int = 256, precision: str = "float32") -> torch.Tensor:
-        """Scaled latents (B, c, h, w) -> images in [-1, 1], float32 on CPU. ``precision``: ``float32``, or
+    def decode(self, latents: torch.Tensor, batch_size: int | str = AUTO, precision: str = "float32") -> torch.Tensor:
+        """Scaled latents (B, c, h, w) -> images in [-1, 1], float32 on CPU. ``batch_size``: latents per VAE
+        call ("auto": from the resolution and the free memory); ``precision``: ``float32``, or
         ``bfloat16`` / ``float16`` autocast of the decoder (a distillation's model precision)."""
         expected = int(self.vae.config.latent_channels)
         if latents.ndim != 4 or latents.shape[1] != expected:
             raise ValueError(f"latents must have shape (B, {expected}, h, w), got {tuple(latents.shape)}")
+        if precision == "float16":   # an SD-VAE decoder overflows it: refused, whatever named the VAE
+            from core.device import check_decode_precision
+
+            check_decode_precision(precision, dict(self.vae.config), f"VAE {self.source}")
+        batch_size = self.batch_size(batch_size, int(latents.shape[-1]) * self.downsample)
         amp = (torch.autocast(self.device.type, dtype=getattr(torch, precision)) if precision != "float32"
                else contextlib.nullcontext())
         out = []

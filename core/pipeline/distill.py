@@ -34,7 +34,7 @@ from core.config import (
 from core.data.datasets import LabelledImages
 from core.data.latent_cache import LatentSet
 from core.models.loading import model_present
-from core.models.vae import LatentAutoencoder
+from core.models.vae import LatentAutoencoder, check_batch_option
 from core.quantize.ddoq import (
     ClassQuantization,
     QuantizeConfig,
@@ -45,14 +45,16 @@ from core.quantize.streaming import StreamingLatents
 from core.transport.ddim import sample_diffusion
 from core.transport.sampler import SampleResult, Trajectories, sample
 
-DECODE_BATCH = 256  # latents decoded per VAE call
+PIXELS = ("float32", "uint8")  # how an executor returns images: float in [-1, 1], or uint8 in [0, 255]
 
 
 @dataclass
 class DistilledSet:
-    """images (N, C, H, W) in [-1, 1]; per-image arrays of length N; prototypes (N, *latent_shape)."""
+    """images (N, C, H, W): float32 in [-1, 1], or uint8 in [0, 255] from an executor with ``pixels="uint8"``
+    (the command line's, to export), None on the ranks other than 0 of a distributed run; per-image arrays of
+    length N; prototypes (N, *latent_shape)."""
 
-    images: torch.Tensor
+    images: torch.Tensor | None
     labels: np.ndarray
     weights: np.ndarray
     prototype_ids: np.ndarray          # index of the prototype within its class, -1 if none
@@ -153,9 +155,52 @@ def _quantize(engine: DistillEngine, classes: tuple[int, ...], config: DistillCo
     return result
 
 
+def to_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] (N, C, H, W) -> uint8 (N, C, H, W), with the arithmetic of the export's PNGs
+    (``core.data.visualize.to_uint8``)."""
+    from core.data.visualize import to_uint8
+
+    return torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2)
+
+
+def decode_pixels(vae: LatentAutoencoder, latents: torch.Tensor, batch_size: int | str = "auto",
+                  precision: str = "float32") -> torch.Tensor:
+    """``vae.decode`` as uint8 images (N, C, H, W), converted batch by batch: no float32 copy of the whole set.
+    ValueError naming the rows when the decoder gives NaN (a decoder overflowing its precision): converted to
+    pixels it would pass for black, so it is refused here, before any export."""
+    batch_size = vae.batch_size(batch_size, int(latents.shape[-1]) * vae.downsample)
+    parts = []
+    for start in range(0, len(latents), batch_size):
+        images = vae.decode(latents[start:start + batch_size], batch_size, precision)
+        bad = (~torch.isfinite(images.flatten(1))).any(dim=1)
+        if bad.any():
+            rows = (torch.nonzero(bad).flatten() + start).tolist()
+            raise ValueError(f"the VAE decoded non-finite images (rows {rows[:10]}{' …' if len(rows) > 10 else ''}) "
+                             f"at precision {precision}; nothing was exported. Use float32 or bfloat16")
+        parts.append(to_pixels(images))
+    return torch.cat(parts) if parts else torch.empty((0, vae.image_channels, 0, 0), dtype=torch.uint8)
+
+
+def real_pixels(dataset, rows: np.ndarray, chunk: int = 256) -> torch.Tensor:
+    """Real images ``rows`` of ``dataset`` (its ``batch``) as uint8 (N, C, H, W), read ``chunk`` at a time."""
+    parts = [to_pixels(dataset.batch(rows[i:i + chunk])) for i in range(0, len(rows), chunk)]
+    return torch.cat(parts) if parts else torch.empty((0, *dataset.image_shape), dtype=torch.uint8)
+
+
 class LocalExecutor:
     """How ``distill`` runs its stages: here, in this process. ``core.pipeline.distributed.ShardedExecutor`` runs the
-    same stages sharded across processes and returns the same results."""
+    same stages sharded across processes and returns the same results.
+
+    ``decode_batch``: latents per VAE call, "auto" (from the resolution and the free memory,
+    ``LatentAutoencoder.batch_size``) or an integer >= 1. ``pixels``: the images as "float32" in [-1, 1]
+    (default) or "uint8" (a quarter of the memory, converted batch by batch; what an export needs)."""
+
+    def __init__(self, decode_batch: int | str = "auto", pixels: str = "float32"):
+        if pixels not in PIXELS:
+            raise ValueError(f"pixels must be one of {', '.join(PIXELS)}, got {pixels!r}")
+        self.decode_batch = check_batch_option(decode_batch)
+        self.pixels = pixels
+        self.used_decode_batch: int | None = None   # the batch size of the last decode (for logs)
 
     def quantize(self, engine: DistillEngine, classes: tuple[int, ...], config: DistillConfig,
                  method: str) -> list[ClassQuantization]:
@@ -169,8 +214,20 @@ class LocalExecutor:
                          config: DiffusionSamplerConfig) -> SampleResult:
         return sample_diffusion(model, labels, prototypes, config)
 
-    def decode(self, vae: LatentAutoencoder, latents: torch.Tensor, precision: str = "float32") -> torch.Tensor:
-        return vae.decode(latents, DECODE_BATCH, precision)
+    def decode_batch_size(self, vae: LatentAutoencoder, latents: torch.Tensor) -> int:
+        """Latents per VAE call for ``latents`` (B, c, h, w): ``decode_batch`` at their image resolution."""
+        self.used_decode_batch = vae.batch_size(self.decode_batch, int(latents.shape[-1]) * vae.downsample)
+        return self.used_decode_batch
+
+    def decode(self, vae: LatentAutoencoder, latents: torch.Tensor, precision: str = "float32") -> torch.Tensor | None:
+        batch = self.decode_batch_size(vae, latents)
+        if self.pixels == "uint8":
+            return decode_pixels(vae, latents, batch, precision)
+        return vae.decode(latents, batch, precision)
+
+    def real_images(self, dataset, rows: np.ndarray) -> torch.Tensor | None:
+        """The real images of ``rows`` of ``dataset`` (method random), as ``pixels``."""
+        return real_pixels(dataset, rows) if self.pixels == "uint8" else dataset.batch(rows)
 
 
 def _require_in_memory(engine: DistillEngine, what: str) -> None:
@@ -266,7 +323,7 @@ def distill(engine: DistillEngine, config: DistillConfig, executor: LocalExecuto
 
     t0 = time.perf_counter()
     if config.method == "random":
-        images = engine.dataset.batch(source)
+        images = executor.real_images(engine.dataset, source)
     else:
         # the decoder runs at the distillation's model precision (the diffusion sampler's for its methods)
         precision = config.diffusion.dtype if config.method in DIFFUSION_METHODS else config.sampler.dtype
@@ -309,15 +366,16 @@ def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None 
                 progress: Callable[[float, str], None] | None = None,
                 encode: Callable[..., LatentSet] | None = None, latent_store: str | None = None,
                 max_store_bytes: int | None = None, stream: bool | None = False,
-                stream_init_size: int | None = None) -> DistillEngine:
+                stream_init_size: int | None = None, encode_batch: int | str = "auto") -> DistillEngine:
     """Load the training split, its cached latents, the VAE and whichever generators ``spec`` names.
 
     A generator that does not exist (or is set to None / "") is left out (methods that need it then raise a
     clear error). The flow is loaded by ``core.models.loading.load_flow_for``: any reference
     ``core.models.loading.load_velocity_model`` takes (the project's folder, a diffusers DiT folder, a SiT
     ``.pt`` / ``.safetensors``), with ``spec.flow_convention`` / ``flow_num_heads`` / ``flow_class_map``.
-    ``encode(dataset, vae, cache_dir, progress=...)`` replaces ``core.data.latent_cache.encode_dataset`` (the
-    distributed loader passes one that shards the encoding and lets one process write the cache).
+    ``encode(dataset, vae, cache_dir, batch_size, progress=...)`` replaces ``core.data.latent_cache.encode_dataset``
+    (the distributed loader passes one that shards the encoding and lets one process write the cache);
+    ``encode_batch``: images per VAE call when encoding, "auto" (``LatentAutoencoder.batch_size``) or an integer.
 
     ``latent_store``: a folder written by ``core.data.store_encoding.encode_to_store`` (``python -m core encode
     --store``) replaces the dataset and its encoding: its latents are checked against the VAE and held in
@@ -334,6 +392,7 @@ def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None 
     from core.models.spec import ModelSpec
 
     spec = spec or ModelSpec()
+    check_batch_option(encode_batch)
     if latent_store is not None:
         vae = load_vae(spec)
         data, latents = _store_data(latent_store, vae, data_dir, max_store_bytes, stream, stream_init_size)
@@ -345,7 +404,8 @@ def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None 
         if dataset != "fashion-mnist":
             vae.check_input(resolution, channels)
         data = load_dataset(dataset, "train", data_dir, resolution, channels)
-        latents = (encode or encode_dataset)(data, vae, cache_dir, progress=progress)
+        batch = vae.batch_size(encode_batch, int(data.image_shape[-1]))
+        latents = (encode or encode_dataset)(data, vae, cache_dir, batch, progress=progress)
     shape, n = latents.latent_shape, latents.num_classes
     flow = load_flow_for(spec, shape, n) if model_present(spec.flow) else None
     diffusion = (load_diffusion(spec.diffusion, spec.device, shape, n)

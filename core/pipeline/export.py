@@ -28,12 +28,19 @@ from safetensors.torch import save
 from core import __version__
 from core.data.visualize import to_uint8
 from core.errors import OutputError, OutputExistsError
-from core.io import atomic_directory, check_writable_target, new_sibling_file, publish, remove_stale_siblings
+from core.io import (
+    atomic_directory,
+    check_writable_target,
+    new_sibling_file,
+    publish,
+    remove_stale_siblings,
+)
 
 FORMAT = "distill-studio/imagefolder-v1"
 MANIFEST = "manifest.json"
 CLASS_INDEX = "class_index.json"
 LATENTS = "latents.safetensors"
+_CHUNK = 256  # rows checked at a time (no copy of a whole large set)
 
 
 def class_folder_name(class_id: int, name: str) -> str:
@@ -145,29 +152,38 @@ def _indices(dset, selection: Sequence[int] | None) -> np.ndarray:
     indices = np.arange(len(dset)) if selection is None else np.asarray(sorted(set(int(i) for i in selection)))
     if len(indices) == 0:
         raise ValueError("nothing to export: the selection is empty")
+    if dset.images is None:
+        raise ValueError("this distilled set holds no images (a rank other than 0 of a distributed run)")
     if indices.min() < 0 or indices.max() >= len(dset):
         raise ValueError(f"selection ids must lie in [0, {len(dset)}), got {indices.min()}..{indices.max()}")
-    idx = torch.from_numpy(indices)
     for what, values in (("latents", dset.latents), ("images", dset.images), ("prototypes", dset.prototypes)):
-        if values is None:
+        if values is None or not values.is_floating_point():  # uint8 images: checked as floats when decoded (decode_pixels)
             continue
-        finite = torch.isfinite(values[idx].reshape(len(idx), -1).float()).all(1)
+        finite = np.concatenate([torch.isfinite(values[torch.from_numpy(part)].reshape(len(part), -1)).all(1).numpy()
+                                 for part in np.array_split(indices, max(1, len(indices) // _CHUNK))])
         if not bool(finite.all()):
-            bad = indices[~finite.numpy()]
+            bad = indices[~finite]
             raise ValueError(f"refusing to export: {len(bad)} of {len(indices)} images have NaN or infinite "
                              f"{what} (ids {bad[:8].tolist()}{' ...' if len(bad) > 8 else ''}); check the models "
                              "(a generator with non-finite weights or a diverging guidance setting)")
     return indices
 
 
+def _tile(images: torch.Tensor, i: int) -> np.ndarray:
+    """Image ``i`` of ``images`` (N, C, H, W), float in [-1, 1] or uint8, as uint8 (H, W, C): one image at a
+    time, so that an export holds no copy of the whole set."""
+    image = images[i:i + 1]
+    return np.ascontiguousarray(image[0].permute(1, 2, 0).numpy()) if image.dtype == torch.uint8 else to_uint8(image)[0]
+
+
 def _export_entries(dset, indices: np.ndarray, extra: dict | None) -> Iterator[tuple[str, bytes]]:
     """The files of an export as (relative path, bytes): PNGs by class folder, then manifest and latents."""
-    pixels = to_uint8(dset.images[torch.from_numpy(indices)])
     files = []
-    for j, i in enumerate(indices):
+    for i in indices:
         label = int(dset.labels[i])
         name = f"{class_folder_name(label, dset.class_names[label])}/{int(i):05d}-p{int(dset.prototype_ids[i])}.png"
-        tile = pixels[j][..., 0] if pixels.shape[-1] == 1 else pixels[j]
+        tile = _tile(dset.images, int(i))
+        tile = tile[..., 0] if tile.shape[-1] == 1 else tile
         png = io.BytesIO()
         Image.fromarray(tile).save(png, format="PNG")
         files.append(name)
@@ -176,11 +192,12 @@ def _export_entries(dset, indices: np.ndarray, extra: dict | None) -> Iterator[t
     yield MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
     yield CLASS_INDEX, (json.dumps({f: int(c) for c, f in manifest["class_folders"].items()}, indent=2) + "\n").encode()
     idx = torch.from_numpy(indices)
-    tensors = {"latents": dset.latents[idx].float().contiguous(), "labels": torch.from_numpy(dset.labels[indices]),
+    rows = (lambda t: t) if len(indices) == len(dset) else (lambda t: t[idx])  # noqa: E731 - the whole set: no copy
+    tensors = {"latents": rows(dset.latents).float().contiguous(), "labels": torch.from_numpy(dset.labels[indices]),
                "weights": torch.from_numpy(dset.weights[indices]).float(),
                "prototype_ids": torch.from_numpy(dset.prototype_ids[indices]).long(), "indices": idx.long()}
     if dset.prototypes is not None:
-        tensors["prototypes"] = dset.prototypes[idx].float().contiguous()
+        tensors["prototypes"] = rows(dset.prototypes).float().contiguous()
     yield LATENTS, save(tensors)
 
 

@@ -29,6 +29,28 @@ def test_distill_writes_a_complete_folder(distill, tmp_path, method):
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["01-Trouser", "07-Sneaker"]
     assert len(list(out.glob("*/*.png"))) == 4 and (out / "latents.safetensors").is_file()
     assert manifest["models"]["vae_fingerprint"]
+    # --dtype auto on a CPU samples in float32 (the shipped benchmarks' precision); TF32 is CUDA's only
+    assert manifest["config"]["sampler"]["dtype"] == "float32"
+    assert manifest["precision"] == {"device": "cpu", "tf32": False, "dtype": "float32"}
+
+
+def test_device_auto_picks_this_machines_device_and_the_manifest_says_which(distill, tmp_path):
+    import torch
+
+    result = distill("--method", "d4m", "--ipc", "1", "--device", "auto", "--out", str(tmp_path / "o"))
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["precision"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_float16_decoding_with_a_stable_diffusion_vae_is_refused_before_any_work(distill, tmp_path):
+    vae = tmp_path / "sd-vae"   # its config is all the check reads: nothing is loaded
+    vae.mkdir()
+    (vae / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL",
+                                                 "block_out_channels": [128, 256, 512, 512]}))
+    result = distill("--vae", str(vae), "--dtype", "float16", "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "float16 decoding refused" in result.stderr and "bfloat16" in result.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_existing_output_is_refused_before_any_work(distill, tmp_path):

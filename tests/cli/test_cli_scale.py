@@ -333,7 +333,7 @@ def test_evaluate_splits_seeds_across_ranks_and_only_rank_0_reports(monkeypatch,
     monkeypatch.setattr("core.evaluation.students.evaluate_set_distributed", fake_evaluate)
     monkeypatch.setenv("WORLD_SIZE", "2")
     for rank in (1, 0):
-        monkeypatch.setattr(distributed, "init_from_env", lambda rank=rank: distributed.DistContext(rank, 2))
+        monkeypatch.setattr(distributed, "init_from_env", lambda rank=rank, **_: distributed.DistContext(rank, 2))
         report = tmp_path / f"rank{rank}.json"
         assert main(["evaluate", str(tmp_path / "set"), "--seeds", "2", "--json", str(report)]) == 0
         out = capsys.readouterr().out

@@ -10,18 +10,25 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from core.config import DEFAULT_PGFM_GUIDANCE, DiffusionSamplerConfig, DistillConfig, SamplerConfig
+from core.config import (
+    DEFAULT_PGFM_GUIDANCE,
+    DiffusionSamplerConfig,
+    DistillConfig,
+    SamplerConfig,
+)
 from core.data.datasets import LabelledImages
 from core.data.latent_cache import encode_dataset
 from core.evaluation.students import EvalConfig, evaluate_set, evaluate_set_distributed
 from core.models.latent_mlp import LatentMLP, LatentMLPConfig
 from core.models.vae import LatentAutoencoder, TinyVAEConfig, build_tiny_vae
-from core.pipeline.distill import DistillEngine, distill
+from core.pipeline.distill import DistillEngine, LocalExecutor, distill, to_pixels
 from core.pipeline.distributed import (
     DistContext,
     _run_shard,
+    agree_batch_size,
     assemble_items,
     assemble_rows,
+    broadcast_object,
     check_indices,
     decode_distributed,
     distill_distributed,
@@ -29,6 +36,9 @@ from core.pipeline.distributed import (
     gather_items,
     gather_tensor_rows,
     init_from_env,
+    plan_backend,
+    rank_device,
+    shard_batches,
     shard_indices,
     shard_items,
     shard_rows,
@@ -38,10 +48,11 @@ from core.transport.sampler import initial_noise, sample
 
 WORLD = 2
 ENCODE_BATCH = 16  # 90 images -> 6 batches: rank 0 encodes rows 0..47, rank 1 rows 48..89
-CONFIGS = {  # sampler batch 2: 6 rows in 3 batches, rank 0 samples rows 0..3 and rank 1 rows 4..5
+DECODE_BATCH = 2  # 6 images in 3 batches: rank 0 decodes rows 0..1, rank 1 rows 2..5 (one process's batches)
+CONFIGS = {  # sampler batch 2: 6 rows in 3 batches, rank 0 samples rows 0..1 and rank 1 rows 2..5
     "pgfm": DistillConfig(method="pgfm", ipc=2, seed=3, record_trajectories=True,
                           sampler=SamplerConfig(steps=4, guidance=DEFAULT_PGFM_GUIDANCE, batch_size=2)),
-    "pgfm-one-batch": DistillConfig(method="pgfm", ipc=2, seed=3, classes=(0, 2),  # rank 1 samples nothing
+    "pgfm-one-batch": DistillConfig(method="pgfm", ipc=2, seed=3, classes=(0, 2),  # 4 rows < 2 batches: 2 each
                                     sampler=SamplerConfig(steps=4, guidance=DEFAULT_PGFM_GUIDANCE)),
     "diffusion-mg": DistillConfig(method="diffusion-mg", ipc=2, seed=3,
                                   diffusion=DiffusionSamplerConfig(steps=5, batch_size=2)),
@@ -73,14 +84,83 @@ def test_shard_indices_are_contiguous_balanced_and_complete(world):
         assert sum((shard_items(items, r, world) for r in range(world)), []) == items
 
 
-def test_shard_rows_are_whole_batches():
-    for n, batch, world in [(90, 16, 2), (6, 2, 2), (6, 1024, 2), (0, 4, 3), (17, 4, 3), (100, 7, 5)]:
+def _whole_batches(b: range, batch: int, n: int) -> bool:
+    return not b or (b.start % batch == 0 and (b.stop % batch == 0 or b.stop == n))
+
+
+def test_shard_rows_are_whole_batches_when_there_are_enough():
+    for n, batch, world in [(90, 16, 2), (6, 2, 2), (0, 4, 3), (17, 4, 3), (100, 7, 5), (50_000, 1024, 8)]:
         blocks = [shard_rows(n, batch, r, world) for r in range(world)]
         assert [i for b in blocks for i in b] == list(range(n))
-        assert all(not b or (b.start % batch == 0 and (b.stop % batch == 0 or b.stop == n)) for b in blocks)
-    assert shard_rows(6, 1024, 1, 2) == range(6, 6)
+        assert all(_whole_batches(b, batch, n) for b in blocks)
+        batches = [shard_batches(n, batch, r, world) for r in range(world)]
+        assert [i for bs in batches for b in bs for i in b] == list(range(n))
+        assert all(len(b) == batch or b.stop == n for bs in batches for b in bs)  # one process's batches
+    assert shard_rows(90, 16, 0, 2) == range(0, 48) and shard_rows(6, 2, 0, 2) == range(0, 2)
+    # fewer batches than ranks: an even share each, as one smaller batch
+    assert [shard_rows(6, 1024, r, 2) for r in range(2)] == [range(0, 3), range(3, 6)]
+    assert shard_batches(6, 1024, 1, 2) == [range(3, 6)]
+    # encoding keeps whole batches always (the cache is the same bits for any number of processes)
+    assert [shard_rows(6, 1024, r, 2, split_batches=False) for r in range(2)] == [range(0, 6), range(6, 6)]
+    assert [shard_rows(20, 8, r, 4, split_batches=False) for r in range(4)] == [range(0, 8), range(8, 16),
+                                                                                 range(16, 20), range(20, 20)]
     with pytest.raises(ValueError):
         shard_indices(3, 2, 2)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        shard_rows(3, 0, 0, 2)
+
+
+@pytest.mark.parametrize("n", [100, 500, 50_000])
+@pytest.mark.parametrize("batch", [256, 1024])
+def test_rows_over_8_ranks_are_balanced_within_one_batch_and_are_one_process_rows(n, batch):
+    """The issue's cases: 500 rows used to shard as [500, 0, ...] for sampling and [256, 244, 0, ...] for decoding."""
+    blocks = [shard_rows(n, batch, r, 8) for r in range(8)]
+    sizes = [len(b) for b in blocks]
+    assert max(sizes) - min(sizes) <= batch and min(sizes) > 0
+    if n < 8 * batch:
+        assert max(sizes) - min(sizes) <= 1
+    assert [i for b in blocks for i in b] == list(range(n))      # the same rows as one process, once each
+    batches = [b for r in range(8) for b in shard_batches(n, batch, r, 8)]
+    assert all(0 < len(b) <= batch for b in batches)
+    assert [i for b in batches for i in b] == list(range(n))
+
+
+def test_plan_backend_follows_the_requested_device():
+    assert plan_backend("cpu", cuda_devices=8, local_rank=3, local_world=8) == ("gloo", "cpu")
+    assert plan_backend("cuda", 2, 1, 2) == ("nccl", "cuda:1")
+    assert plan_backend("auto", 0, 1, 4) == ("gloo", "cpu") and plan_backend(None, 4, 3, 4) == ("nccl", "cuda:3")
+    assert plan_backend("cuda:1", 2, 0, 1) == ("nccl", "cuda:1")
+    assert plan_backend("mps", 0) == ("gloo", "mps")
+    with pytest.raises(ValueError, match="4 processes on this node but only 2 CUDA device"):
+        plan_backend("cuda", 2, 0, 4)
+    with pytest.raises(ValueError, match="4 processes on this node but only 2 CUDA device"):
+        plan_backend("auto", 2, 3, 4)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        plan_backend("cuda", 0)
+    with pytest.raises(ValueError, match="give --device cuda"):
+        plan_backend("cuda:1", 2, 0, 2)
+
+
+def test_init_from_env_refuses_cuda_without_gpus_before_joining(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        init_from_env(device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="2 processes on this node but only 1 CUDA device"):
+        init_from_env(device="cuda")
+    assert not torch.distributed.is_initialized()
+
+
+def test_rank_device_is_the_context_device():
+    cpu = DistContext(1, 2, 1, torch.device("cpu"), "gloo")
+    gpu = DistContext(1, 2, 1, torch.device("cuda", 1), "nccl")
+    assert rank_device(cpu, "auto") == "cpu" and rank_device(cpu, "cpu") == "cpu" and rank_device(cpu, "cuda") == "cuda"
+    assert rank_device(gpu, "cuda") == "cuda:1" and rank_device(gpu, "auto") == "cuda:1"
+    assert rank_device(DistContext(), "cuda") == "cuda"
 
 
 def test_assemble_reorders_by_index_and_rejects_gaps_and_duplicates():
@@ -141,6 +221,21 @@ def test_distributed_entry_points_in_one_process_equal_the_plain_ones(engine):
     assert torch.equal(a.images, b.images) and torch.equal(a.latents, b.latents)
     latents = encode_dataset_distributed(engine.dataset, engine.vae, ctx, use_cache=False)
     assert torch.equal(latents.latents, engine.latents.latents)
+    pixels = decode_distributed(engine.vae, a.latents, ctx, batch_size=4)
+    assert pixels.dtype == torch.uint8 and torch.equal(pixels, to_pixels(engine.vae.decode(a.latents, 4)))
+    assert agree_batch_size(ctx, 7) == 7
+
+
+def test_uint8_executor_gives_the_float_sets_pixels(engine):
+    for name in ("pgfm", "random"):
+        a = distill(engine, CONFIGS[name], LocalExecutor(DECODE_BATCH))
+        b = distill(engine, CONFIGS[name], LocalExecutor(DECODE_BATCH, "uint8"))
+        assert a.images.dtype == torch.float32 and b.images.dtype == torch.uint8
+        assert torch.equal(to_pixels(a.images), b.images) and torch.equal(a.latents, b.latents)
+    with pytest.raises(ValueError, match="pixels must be one of"):
+        LocalExecutor(pixels="float16")
+    with pytest.raises(ValueError, match="'auto' or an integer >= 1"):
+        LocalExecutor(decode_batch=0)
 
 
 # -- two processes, gloo ---------------------------------------------------------------------------------
@@ -176,10 +271,12 @@ def _run_all(encode, distill_fn, evaluate_fn, decode_fn) -> dict:
     latents = encode(data, vae)
     engine = DistillEngine(data, latents, vae, flow, diffusion)
     out = {"latents": latents.latents, "cache": str(latents.path),
-           "decoded": decode_fn(vae, latents.latents[:21]),
+           "decoded": decode_fn(vae, latents.latents[:21], 4),       # 6 batches: one process's
+           "decoded-split": decode_fn(vae, latents.latents[:3], 4),  # one batch: rows 0..1 and 2 on the ranks
            "sets": {name: _summary(distill_fn(engine, config)) for name, config in CONFIGS.items()}}
     pgfm = out["sets"]["pgfm"]
-    out["accuracies"] = evaluate_fn(pgfm["images"], pgfm["labels"], test, pgfm["weights"]).accuracies
+    images = None if pgfm["images"] is None else pgfm["images"].float() / 127.5 - 1  # what an export holds
+    out["accuracies"] = evaluate_fn(images, pgfm["labels"], test, pgfm["weights"]).accuracies
     return out
 
 
@@ -187,19 +284,25 @@ def _worker(rank: int, port: int, folder: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)
-    ctx = init_from_env(backend="gloo", timeout=timedelta(seconds=120))
+    ctx = init_from_env(timeout=timedelta(seconds=120), device="cpu")  # gloo, whether or not CUDA is there
     try:
-        assert (ctx.rank, ctx.world_size, ctx.backend) == (rank, WORLD, "gloo")
+        assert (ctx.rank, ctx.world_size, ctx.backend, ctx.device) == (rank, WORLD, "gloo", torch.device("cpu"))
         out = _run_all(
             lambda data, vae: encode_dataset_distributed(data, vae, ctx, Path(folder) / "cache", ENCODE_BATCH,
                                                          progress=lambda f, m: None),
-            lambda engine, config: distill_distributed(engine, config, ctx),
-            lambda images, labels, test, weights: evaluate_set_distributed(images, labels, test, EVAL, ctx, weights),
-            lambda vae, latents: decode_distributed(vae, latents, ctx, batch_size=4))
+            lambda engine, config: distill_distributed(engine, config, ctx, DECODE_BATCH),
+            lambda images, labels, test, weights: evaluate_set_distributed(broadcast_object(ctx, images), labels, test,
+                                                                           EVAL, ctx, weights),  # from rank 0
+            lambda vae, latents, batch: decode_distributed(vae, latents, ctx, batch))
         try:  # a failure on one rank is raised on every rank instead of leaving the others waiting
             _run_shard(ctx, lambda: 1 / 0 if rank == 1 else "fine", [rank])
         except Exception as exc:  # noqa: BLE001
             out["failure"] = f"{type(exc).__name__}: {exc}"
+        try:  # also when the values go to rank 0 alone
+            _run_shard(ctx, lambda: 1 / 0 if rank == 0 else "fine", [rank], dst=0)
+        except Exception as exc:  # noqa: BLE001
+            out["failure-to-0"] = f"{type(exc).__name__}: {exc}"
+        out["auto-batch"] = agree_batch_size(ctx, 5 + rank)
         torch.save(out, Path(folder) / f"rank{rank}.pt")
     finally:
         ctx.shutdown()
@@ -222,9 +325,9 @@ def two_processes(tmp_path_factory):
     try:
         single = _run_all(lambda data, vae: encode_dataset(data, vae, batch_size=ENCODE_BATCH, use_cache=False,
                                                            progress=lambda f, m: None),
-                          distill,
+                          lambda engine, config: distill(engine, config, LocalExecutor(DECODE_BATCH, "uint8")),
                           lambda images, labels, test, weights: evaluate_set(images, labels, test, EVAL, weights),
-                          lambda vae, latents: vae.decode(latents, 4))
+                          lambda vae, latents, batch: to_pixels(vae.decode(latents, batch)))
     finally:
         torch.set_num_threads(threads)
     deadline = time.monotonic() + 240
@@ -258,7 +361,12 @@ def test_two_process_encoding_equals_one_process_and_rank_0_writes_the_cache(two
     single, ranks, folder = two_processes
     for out in ranks:
         _equal(single["latents"], out["latents"], "latents")
-        _equal(single["decoded"], out["decoded"], "decoded")
+    # decoded images: uint8 on rank 0 alone; one process's bits where the ranks ran its batches
+    _equal(single["decoded"], ranks[0]["decoded"], "decoded")
+    assert ranks[1]["decoded"] is None and ranks[1]["decoded-split"] is None
+    split, one = ranks[0]["decoded-split"], single["decoded-split"]
+    assert split.dtype == torch.uint8 and split.shape == one.shape
+    assert (split.int() - one.int()).abs().max() <= 1  # rows decoded in other batches: float rounding at most
     entries = list((folder / "cache" / "latents").glob("*.safetensors"))
     assert len(entries) == 1 and all(out["cache"] == str(entries[0]) for out in ranks)
     data, _, vae, _, _ = _models()
@@ -271,8 +379,13 @@ def test_two_process_distillation_equals_one_process(two_processes, name):
     single, ranks, _ = two_processes
     expected = single["sets"][name]
     assert len(expected["labels"]) == 2 * (len(CONFIGS[name].classes or (0, 1, 2)))
-    for out in ranks:  # every rank ends with the whole set
-        _equal(expected, out["sets"][name], name)
+    assert expected["images"].dtype == torch.uint8
+    for rank, out in enumerate(ranks):  # every rank ends with the whole set; the images are on rank 0 alone
+        got = dict(out["sets"][name])
+        if rank:
+            assert got.pop("images") is None
+            got["images"] = expected["images"]
+        _equal(expected, got, name)
 
 
 def test_two_process_evaluation_equals_one_process(two_processes):
@@ -286,3 +399,10 @@ def test_a_failure_on_one_rank_is_raised_on_every_rank(two_processes):
     _, ranks, _ = two_processes
     assert ranks[0]["failure"] == "ShardError: rank 1 failed: ZeroDivisionError: division by zero"
     assert ranks[1]["failure"] == "ZeroDivisionError: division by zero"
+    assert ranks[0]["failure-to-0"] == "ZeroDivisionError: division by zero"
+    assert ranks[1]["failure-to-0"] == "ShardError: rank 0 failed: ZeroDivisionError: division by zero"
+
+
+def test_ranks_agree_on_the_smallest_batch(two_processes):
+    _, ranks, _ = two_processes
+    assert [out["auto-batch"] for out in ranks] == [5, 5]
