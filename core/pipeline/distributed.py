@@ -519,9 +519,6 @@ def distill_distributed(engine: DistillEngine, config: DistillConfig, ctx: DistC
     return distill(engine, config, executor=executor)
 
 
-# -- evaluation ------------------------------------------------------------------------------------------
-
-
 # -- command line ----------------------------------------------------------------------------------------
 def load_engine_distributed(ctx: DistContext, spec=None, dataset: str = "fashion-mnist", data_dir: str | None = None,
                             cache_dir: str | None = None, resolution: int = 32, channels: int = 3,
