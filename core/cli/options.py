@@ -36,27 +36,26 @@ def set_option(p: argparse.ArgumentParser, dest: str, **changes) -> None:
     raise KeyError(dest)
 
 
-def non_negative_int(text: str) -> int:
+def _int_at_least(text: str, minimum: int, what: str) -> int:
+    """``text`` as an integer >= ``minimum``, or the argparse error that names ``what`` was expected."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0, "an integer >= 0")
 
 
 def batch_option(text: str) -> str | int:
     """An argparse type for batch sizes: 'auto' or an integer >= 1."""
     if text.strip().lower() == "auto":
         return "auto"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 1, got {value}")
-    return value
+    return _int_at_least(text, 1, "'auto' or an integer >= 1")
 
 
 def add_batch_options(p: argparse.ArgumentParser, decode: bool = True, encode_aliases: tuple[str, ...] = ()) -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
+from test_students import blobs  # two classes a convnet separates easily
 
 import core.evaluation.students as students
-from core.data.datasets import LabelledImages
 from core.evaluation.students import (
     EvalConfig,
     eval_device,
@@ -23,14 +22,6 @@ from core.pipeline.distributed import DistContext
 
 FAST = dict(width=8, epochs=2, batch_size=4, seeds=(0,), test_batch_size=16)
 NO_CUDA = not torch.cuda.is_available()
-
-
-def blobs(n_per_class: int, seed: int) -> LabelledImages:
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 40, size=(2 * n_per_class, 1, 16, 16), dtype=np.uint8)
-    images[:n_per_class, :, 2:7, 2:7] = 255
-    images[n_per_class:, :, 9:14, 9:14] = 255
-    return LabelledImages(images, np.repeat([0, 1], n_per_class), ("a", "b"), f"blobs{seed}")
 
 
 @pytest.fixture
