@@ -185,6 +185,38 @@ class DiffusionSamplerConfig:
         return self.steps if self.mode != "d4m" else max(1, min(self.steps, round(self.steps * self.strength)))
 
 
+REFINE_SPACES = ("latent", "pixel")
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Distribution-matching refinement of a sampled set (core.pipeline.refine); ``iterations`` 0: none.
+    ``space``: ``latent`` (Adam on the latents, through the frozen decoder) or ``pixel`` (SGD on the images);
+    ``real_batch``: real images per class and iteration; ``width``: channels of the random ConvNet-3 embeddings."""
+
+    iterations: int = 0
+    space: str = "latent"
+    lr: float = 0.01
+    real_batch: int = 128
+    width: int = 64
+
+    def __post_init__(self) -> None:
+        if self.space not in REFINE_SPACES:
+            raise ValueError(f"refine space must be one of {', '.join(REFINE_SPACES)}, got {self.space!r}")
+        for name in ("iterations", "real_batch", "width"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if name == "iterations" else 1):
+                raise ValueError(f"refine {name} must be an integer >= {0 if name == 'iterations' else 1}, got {value!r}")
+        _check_finite("refine lr", self.lr)
+        if self.lr <= 0:
+            raise ValueError(f"refine lr must be > 0, got {self.lr}")
+
+
+# The refinement of the benchmark's ``pgfm-dm`` row and of ``distill --refine`` without settings (chosen on the
+# validation split at IPC 50: benchmarks/sweep-ipc50).
+DEFAULT_REFINE = RefineConfig(iterations=200, space="pixel", lr=1.0, real_batch=128, width=64)
+
+
 METHODS = ("random", "d4m", "ddoq", "fm", "pgfm", "diffusion-d4m", "diffusion-mg")
 
 
@@ -219,10 +251,13 @@ class DistillConfig:
     # pgfm: K < IPC prototypes per class, the IPC samples allocated to them in proportion to their DDOQ cell
     # masses (largest remainder, DESIGN.md section 3): several samples (different noise) per prototype
     prototypes_per_class: int | None = None
+    # distribution-matching refinement of the sampled set (DM; core.pipeline.refine): off unless iterations > 0
+    refine: RefineConfig = field(default_factory=RefineConfig)
 
     # Fields added after results were keyed by this config: recorded only when they differ from these
     # values, so the hash (benchmark cells, caches) of a config that does not use them stays what it was.
-    LATER_DEFAULTS: ClassVar[dict[str, Any]] = {"cell_offset": 0.0, "prototypes_per_class": None}
+    LATER_DEFAULTS: ClassVar[dict[str, Any]] = {"cell_offset": 0.0, "prototypes_per_class": None,
+                                                "refine": asdict(RefineConfig())}
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -234,6 +269,8 @@ class DistillConfig:
         _check_finite("cell_offset", self.cell_offset)
         if not 0.0 <= self.cell_offset <= 1.0:
             raise ValueError(f"cell_offset must lie in [0, 1], got {self.cell_offset}")
+        if self.refine.iterations and self.method == "random":
+            raise ValueError("refinement applies to generated sets: method random keeps its real images as they are")
         k = self.prototypes_per_class
         if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.ipc):
             raise ValueError(f"prototypes_per_class must be an integer in [1, ipc = {self.ipc}], got {k!r}")
@@ -271,10 +308,12 @@ class DistillConfig:
             values["sampler"] = build(SamplerConfig, values["sampler"], "sampler", {"guidance": GuidanceConfig})
         if "diffusion" in values:
             values["diffusion"] = build(DiffusionSamplerConfig, values["diffusion"], "diffusion")
+        if "refine" in values:
+            values["refine"] = build(RefineConfig, values["refine"], "refine")
         return build(cls, values, "config")
 
 
-BENCH_METHODS = ("random", "random-vae", "d4m", "ddoq", "ddoq-unweighted", "fm", "pgfm", "diffusion-d4m",
+BENCH_METHODS = ("random", "random-vae", "d4m", "ddoq", "ddoq-unweighted", "fm", "pgfm", "pgfm-dm", "diffusion-d4m",
                  "diffusion-mg")
 
 

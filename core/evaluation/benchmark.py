@@ -15,6 +15,7 @@ from typing import Callable
 
 from core.config import (
     BENCH_METHODS,
+    DEFAULT_REFINE,
     PROTOCOLS,
     STUDENT_ARCHITECTURES,
     TRAIN_MINUS_VAL,
@@ -38,7 +39,9 @@ from core.reads import read_json
 
 # Benchmark-only variants of a distill method. random-vae: the random real images after a VAE round trip
 # (encode -> decode): what the VAE alone costs real images, beside the latent-space methods.
-BASE_METHOD = {"ddoq-unweighted": "ddoq", "random-vae": "random"}
+# pgfm-dm: PGFM's samples refined by distribution matching (core.pipeline.refine, DEFAULT_REFINE).
+BASE_METHOD = {"ddoq-unweighted": "ddoq", "random-vae": "random", "pgfm-dm": "pgfm"}
+METHOD_CHANGES = {"pgfm-dm": {"refine": DEFAULT_REFINE}}
 
 FASHION_MNIST = "fashion-mnist"   # meta.dataset of the embedded default's benchmark (and of results without one)
 
@@ -280,6 +283,7 @@ class Bench:
         return progress
 
     def distill_config(self, method: str, ipc: int, **changes) -> DistillConfig:
+        changes = {**METHOD_CHANGES.get(method, {}), **changes}
         return replace(self.config.distill, method=BASE_METHOD.get(method, method), ipc=ipc, seed=self.config.seed, **changes)
 
     def run_main(self) -> None:
@@ -314,6 +318,9 @@ class Bench:
             configs[f"prototypes={ipc // 2}"] = ("pgfm", self.distill_config("pgfm", ipc, prototypes_per_class=ipc // 2))
             configs[f"prototypes={ipc // 2}, cell offset=1"] = (
                 "pgfm", self.distill_config("pgfm", ipc, prototypes_per_class=ipc // 2, cell_offset=1.0))
+        for space, lr in (("pixel", 1.0), ("latent", 0.01)):   # distribution-matching refinement (pgfm-dm)
+            refine = replace(DEFAULT_REFINE, space=space, lr=lr)
+            configs[f"dm {space}"] = ("pgfm", self.distill_config("pgfm", ipc, refine=refine))
         configs["random real"] = ("random", self.distill_config("random", ipc))
         chosen = self.config.sweep_variants
         unknown = sorted(set(chosen) - set(configs))
@@ -474,7 +481,8 @@ def write_report(results: dict, out: Path) -> Path:
              f"split ({validation}, DESIGN.md 4b) is held out, and every choice that looked at accuracy "
              "(the sweep below) read validation accuracy, never test. DDOQ weights are per-sample loss weights "
              "(`ddoq-unweighted`: the same images without them). `random-vae`: the `random` real images after a "
-             "VAE round trip (encode → decode): what the VAE alone costs real images.", "",
+             "VAE round trip (encode → decode): what the VAE alone costs real images. `pgfm-dm`: the `pgfm` images refined "
+             "by distribution matching against the real images (random ConvNet embeddings, DSA; `core/pipeline/refine.py`).", "",
              "Protocols (DESIGN.md section 4b):", ""]
     lines += [f"- `{p}`: {PROTOCOL_TEXT[p]}" for p in protocols]
     if whole:

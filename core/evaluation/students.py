@@ -6,7 +6,7 @@ masses, mean 1 per class) multiply each sample's loss.
 
 Protocols (DESIGN.md section 4b; ``PROTOCOLS``, ``EvalConfig.protocol``):
 - ``hard``: cross-entropy on the set's labels, no augmentation;
-- ``hard-dsa``: the same with DSA augmentation drawn afresh for every batch (core.evaluation.augment);
+- ``hard-dsa``: the same with DSA augmentation drawn afresh for every batch (core.data.augment);
 - ``soft``: KL (· T²) to the teacher's temperature-T outputs on the un-augmented images, computed once;
 - ``soft-online``: every batch is DSA-augmented and the teacher labels *that* batch (FKD / SRe2L / RDED
   relabelling), KL · T².
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from core.config import PROTOCOLS
 from core.data.datasets import LabelledImages
 from core.device import bf16_supported, configure_device, resolve_device
-from core.evaluation.augment import dsa_augment
+from core.data.augment import dsa_augment
 from core.models.convnet import ARCHITECTURES, ConvNetConfig, build_classifier
 
 if TYPE_CHECKING:

@@ -179,6 +179,12 @@ class LatentAutoencoder:
             out.append(((mean - self.shift_factor) * self.scaling_factor).float().cpu())
         return torch.cat(out) if out else torch.empty(0, *self.latent_shape(images.shape[-1]))
 
+    def decode_with_grad(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (B, c, h, w) -> images in [-1, 1] on the VAE's device, in one call, differentiable in the
+        latents (the decoder's weights stay frozen): what a refinement through the decoder optimises."""
+        z = latents.to(self.device, self.dtype)
+        return self.vae.decode(z / self.scaling_factor + self.shift_factor).sample.float().clamp(-1, 1)
+
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor, batch_size: int | str = AUTO, precision: str = "float32") -> torch.Tensor:
         """Scaled latents (B, c, h, w) -> images in [-1, 1], float32 on CPU. ``batch_size``: latents per VAE

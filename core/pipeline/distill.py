@@ -29,12 +29,14 @@ from core.config import (
     DiffusionSamplerConfig,
     DistillConfig,
     GuidanceConfig,
+    RefineConfig,
     SamplerConfig,
 )
 from core.data.datasets import LabelledImages
 from core.data.latent_cache import LatentSet
 from core.models.loading import model_present
 from core.models.vae import LatentAutoencoder, check_batch_option
+from core.pipeline.refine import RefineResult, refine_set
 from core.quantize.ddoq import (
     ClassQuantization,
     QuantizeConfig,
@@ -225,6 +227,22 @@ class LocalExecutor:
             return decode_pixels(vae, latents, batch, precision)
         return vae.decode(latents, batch, precision)
 
+    def refine(self, engine: DistillEngine, latents: torch.Tensor, labels: np.ndarray, config: RefineConfig,
+               seed: int) -> RefineResult:
+        """Distribution-matching refinement of the sampled set against the engine's real images
+        (``core.pipeline.refine.refine_set``); a sharded run refines the whole set on every rank (the same result)."""
+        pool = {int(c): np.flatnonzero(engine.dataset.labels == c) for c in np.unique(labels)}
+
+        def real_images(c: int, n: int, rng: np.random.Generator) -> torch.Tensor:
+            rows = pool[c]
+            return engine.dataset.batch(np.sort(rng.choice(rows, min(n, len(rows)), replace=False)))
+
+        return refine_set(latents, labels, engine.vae.decode_with_grad, real_images, config, seed)
+
+    def own_images(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Images in [-1, 1] made in this process (a pixel-space refinement), as ``pixels``."""
+        return to_pixels(images) if self.pixels == "uint8" else images
+
     def real_images(self, dataset, rows: np.ndarray) -> torch.Tensor | None:
         """The real images of ``rows`` of ``dataset`` (method random), as ``pixels``."""
         return real_pixels(dataset, rows) if self.pixels == "uint8" else dataset.batch(rows)
@@ -321,9 +339,18 @@ def distill(engine: DistillEngine, config: DistillConfig, executor: LocalExecuto
         latents, nfe = result.latents, result.nfe
     timings["sample_s"] = time.perf_counter() - t0
 
+    refined = None
+    if config.refine.iterations:
+        t0 = time.perf_counter()
+        refined = executor.refine(engine, latents, labels, config.refine, config.seed)
+        latents = refined.latents
+        timings["refine_s"] = time.perf_counter() - t0
+
     t0 = time.perf_counter()
     if config.method == "random":
         images = executor.real_images(engine.dataset, source)
+    elif refined is not None and config.refine.space == "pixel":
+        images = executor.own_images(refined.images)
     else:
         # the decoder runs at the distillation's model precision (the diffusion sampler's for its methods)
         precision = config.diffusion.dtype if config.method in DIFFUSION_METHODS else config.sampler.dtype

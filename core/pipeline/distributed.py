@@ -52,6 +52,7 @@ from core.pipeline.distill import (
     decode_pixels,
     distill,
     real_pixels,
+    to_pixels,
 )
 from core.quantize.ddoq import ClassQuantization
 from core.transport.sampler import SampleResult, Trajectories, initial_noise
@@ -500,6 +501,10 @@ class ShardedExecutor(LocalExecutor):
         batch = agree_batch_size(self.ctx, self.decode_batch_size(vae, latents))
         self.used_decode_batch = batch
         return decode_distributed(vae, latents, self.ctx, batch, precision)
+
+    def own_images(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Images every rank made alike (a pixel-space refinement), as uint8 on rank 0 alone (None on the others)."""
+        return to_pixels(images) if self.ctx.is_main else None
 
     def real_images(self, dataset, rows: np.ndarray) -> torch.Tensor | None:
         """The real images of ``rows`` (method random) as uint8, read by rank 0 alone (None on the others)."""

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-import core.evaluation.augment as augment
+import core.data.augment as augment
 from core.config import PROTOCOLS
 from core.data.datasets import LabelledImages
-from core.evaluation.augment import POLICIES, dsa_augment
+from core.data.augment import POLICIES, dsa_augment
 from core.evaluation.students import EvalConfig, evaluate_set, protocol_config
 
 

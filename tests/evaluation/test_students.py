@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from core.data.datasets import LabelledImages
-from core.evaluation.augment import dsa_augment
+from core.data.augment import dsa_augment
 from core.evaluation.students import EvalConfig, EvaluationCancelled, evaluate_set, read_distilled_folder, train_student
 
 FAST = dict(width=16, epochs=30, batch_size=64, seeds=(0,), lr=0.05)

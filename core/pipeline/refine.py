@@ -1,0 +1,91 @@
+"""Distribution-matching refinement of a distilled set (DM, Zhao & Bilen, WACV 2023), the task-aware option of PGFM.
+
+Every iteration draws a freshly initialised ConvNet-3 (instance norm, ``width``) as the embedding φ and one DSA
+policy (``core.data.augment``), then for every class c matches the mean embedding of ``real_batch`` real images of c
+to that of the set's images of c, each batch augmented with that policy:
+
+    loss = Σ_c || mean φ(A(real_c)) − mean φ(A(set_c)) ||²
+
+``space`` says what is optimised:
+- ``latent`` (GLaD / LD3M style): the latents, with Adam at ``lr``, through the frozen VAE decoder, so every image
+  stays one the decoder can draw;
+- ``pixel`` (DM's own): the decoded images, with SGD (momentum 0.5) at ``lr``, clamped to [-1, 1]; it can also undo
+  what the VAE blurs.
+
+Images are (N, C, H, W) in [-1, 1], latents the VAE's scaled latents; every random draw (networks, real rows,
+augmentation) follows ``seed``. Written by hand: DM's reference code is a research script, not a library.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from core.config import RefineConfig
+from core.data.augment import POLICIES, dsa_augment
+from core.models.convnet import ConvNet, ConvNetConfig
+
+@dataclass(frozen=True)
+class RefineResult:
+    latents: torch.Tensor          # (N, *latent_shape): refined (space latent) or the input (space pixel)
+    images: torch.Tensor           # (N, C, H, W) in [-1, 1], float32
+    losses: np.ndarray             # the matching loss of every iteration
+
+
+def match_loss(embed: ConvNet, real: list[torch.Tensor], synthetic: list[torch.Tensor], policy: str,
+               generator: torch.Generator) -> torch.Tensor:
+    """Σ over classes of the squared distance between the mean embeddings of the augmented real and synthetic
+    batches (one list entry per class)."""
+    loss = torch.zeros(())
+    for r, s in zip(real, synthetic):
+        with torch.no_grad():
+            target = embed.features(dsa_augment(r, generator, policy)).mean(0)
+        loss = loss + (embed.features(dsa_augment(s, generator, policy)).mean(0) - target).pow(2).sum()
+    return loss
+
+
+def refine_set(latents: torch.Tensor, labels: np.ndarray, decode: Callable[[torch.Tensor], torch.Tensor],
+               real_images: Callable[[int, int, np.random.Generator], torch.Tensor], config: RefineConfig,
+               seed: int = 0, progress: Callable[[float, str], None] | None = None) -> RefineResult:
+    """Refine the set (``latents`` (N, ...) with class ``labels`` (N,)) by distribution matching.
+
+    ``decode(latents)``: differentiable images in [-1, 1]; ``real_images(c, n, rng)``: n real images of class c;
+    ``config``: the settings (its ``iterations`` steps are all run)."""
+    classes = np.unique(labels)
+    members = [torch.from_numpy(np.flatnonzero(labels == c)) for c in classes]
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    if config.space == "latent":
+        param = latents.detach().clone().requires_grad_(True)
+        optimizer: torch.optim.Optimizer = torch.optim.Adam([param], lr=config.lr)
+    else:
+        with torch.no_grad():
+            param = decode(latents).detach().clone().requires_grad_(True)
+        optimizer = torch.optim.SGD([param], lr=config.lr, momentum=0.5)
+    images_of = decode if config.space == "latent" else (lambda p: p)
+    losses = []
+    for step in range(config.iterations):
+        images = images_of(param)
+        with torch.random.fork_rng(devices=[]):   # the network's initialisation, from the seed's stream
+            torch.manual_seed(int(rng.integers(2**62)))
+            embed = ConvNet(ConvNetConfig(images.shape[1], len(classes), images.shape[2], config.width))
+        embed.train().requires_grad_(False)
+        policy = POLICIES[int(torch.randint(len(POLICIES), (1,), generator=generator))]
+        real = [real_images(int(k), config.real_batch, rng) for k in classes]
+        loss = match_loss(embed, real, [images[m] for m in members], policy, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if config.space == "pixel":
+            with torch.no_grad():
+                param.clamp_(-1, 1)
+        losses.append(float(loss.detach()))
+        if progress is not None and (step % 10 == 9 or step == config.iterations - 1):
+            progress((step + 1) / config.iterations, f"refine: iteration {step + 1}/{config.iterations}, "
+                     f"matching loss {losses[-1]:.3f}")
+    with torch.no_grad():
+        images = images_of(param).detach().float().clamp(-1, 1)
+    refined = param.detach() if config.space == "latent" else latents
+    return RefineResult(refined, images, np.asarray(losses))

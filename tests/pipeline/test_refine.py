@@ -1,0 +1,68 @@
+"""Distribution-matching refinement (core.pipeline.refine) and its place in distill."""
+import numpy as np
+import pytest
+import torch
+
+from core.config import DistillConfig, RefineConfig
+from core.pipeline.distill import LocalExecutor, distill
+from core.pipeline.refine import refine_set
+
+STRIPES = torch.sin(torch.arange(16).float() * 1.5)
+PATTERNS = {0: STRIPES.view(1, 1, 16).expand(1, 16, 16), 1: STRIPES.view(1, 16, 1).expand(1, 16, 16)}
+
+
+def pattern_score(images: torch.Tensor, labels: np.ndarray) -> float:
+    """How much of its class's stripe pattern each image holds, summed over the classes."""
+    return sum(float((images[labels == c] * p).mean()) for c, p in PATTERNS.items())
+
+
+def striped(c: int, n: int, rng: np.random.Generator) -> torch.Tensor:
+    """Real images of class c: vertical (0) or horizontal (1) stripes, plus noise."""
+    noise = torch.from_numpy(rng.standard_normal((n, 1, 16, 16))).float()
+    return (0.8 * PATTERNS[c] + 0.1 * noise).clamp(-1, 1)
+
+
+def test_pixel_refinement_moves_each_class_toward_its_real_images():
+    labels = np.repeat([0, 1], 4)
+    start = 0.1 * torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    config = RefineConfig(iterations=40, space="pixel", lr=1.0, real_batch=16, width=8)
+    result = refine_set(start, labels, lambda x: x, striped, config, seed=0)
+    assert pattern_score(result.images, labels) > 4 * max(pattern_score(start, labels), 0.01)
+    assert torch.equal(result.latents, start)       # pixel space leaves the latents alone
+    assert result.images.min() >= -1 and result.images.max() <= 1 and len(result.losses) == 40
+    again = refine_set(start, labels, lambda x: x, striped, config, seed=0)
+    assert torch.equal(again.images, result.images)  # the seed fixes every draw
+
+
+def test_latent_refinement_optimises_through_the_decoder(tiny_vae):
+    labels = np.repeat([0, 1], 3)
+    latents = torch.randn(6, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    config = RefineConfig(iterations=30, space="latent", lr=0.1, real_batch=8, width=8)
+    result = refine_set(latents, labels, tiny_vae.decode_with_grad, striped, config, seed=1)
+    assert not torch.equal(result.latents, latents)
+    assert torch.allclose(result.images, tiny_vae.decode(result.latents), atol=1e-5)   # images are the decoded latents
+    with torch.no_grad():
+        start = tiny_vae.decode_with_grad(latents)
+    assert pattern_score(result.images, labels) > pattern_score(start, labels)
+
+
+def test_distill_refines_the_sampled_set(engine):
+    plain = distill(engine, DistillConfig(method="pgfm", ipc=2, seed=0))
+    refine = RefineConfig(iterations=3, space="latent", lr=0.05, real_batch=8, width=8)
+    refined = distill(engine, DistillConfig(method="pgfm", ipc=2, seed=0, refine=refine))
+    assert not torch.equal(refined.latents, plain.latents) and refined.timings["refine_s"] > 0
+    assert torch.allclose(refined.images, engine.vae.decode(refined.latents), atol=1e-5)
+    pixel = DistillConfig(method="pgfm", ipc=2, seed=0, refine=RefineConfig(iterations=2, space="pixel", width=8))
+    exported = distill(engine, pixel, executor=LocalExecutor(pixels="uint8"))
+    assert exported.images.dtype == torch.uint8 and torch.equal(exported.latents, plain.latents)
+
+
+def test_refine_settings_are_checked_and_keep_earlier_hashes():
+    assert "refine" not in DistillConfig().to_dict()   # off: the config hash of earlier results is unchanged
+    config = DistillConfig(refine=RefineConfig(iterations=5, space="pixel"))
+    assert DistillConfig.from_dict(config.to_dict()) == config
+    for bad in (dict(space="image"), dict(iterations=-1), dict(lr=0.0), dict(real_batch=0), dict(width=True)):
+        with pytest.raises(ValueError, match="refine"):
+            RefineConfig(**bad)
+    with pytest.raises(ValueError, match="random keeps its real images"):
+        DistillConfig(method="random", refine=RefineConfig(iterations=1))
