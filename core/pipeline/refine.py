@@ -27,6 +27,7 @@ from core.config import RefineConfig
 from core.data.augment import POLICIES, dsa_augment
 from core.models.convnet import ConvNet, ConvNetConfig
 
+
 @dataclass(frozen=True)
 class RefineResult:
     latents: torch.Tensor          # (N, *latent_shape): refined (space latent) or the input (space pixel)
