@@ -214,7 +214,8 @@ class RefineConfig:
 
 # The refinement of the benchmark's ``pgfm-dm`` row and of ``distill --refine`` without settings (chosen on the
 # validation split at IPC 50: benchmarks/sweep-ipc50).
-DEFAULT_REFINE = RefineConfig(iterations=200, space="pixel", lr=1.0, real_batch=128, width=64)
+DEFAULT_REFINE = RefineConfig(iterations=150, space="latent", lr=0.01, real_batch=128, width=64)
+REFINE_LR = {"pixel": 1.0, "latent": 0.01}   # the step size of each space when none is given
 
 
 METHODS = ("random", "d4m", "ddoq", "fm", "pgfm", "diffusion-d4m", "diffusion-mg")
@@ -351,7 +352,8 @@ def distill_config(options: Mapping[str, Any]) -> DistillConfig:
     a missing option takes its default). Keys: method, ipc, classes ("all", a string of names / ids or ids),
     seed; guidance, schedule, t_start, t_stop, trust_radius, t0; solver, steps, time_shift, cfg_scale, dtype,
     sample_batch_size; diffusion_steps, strength, mg_guidance, mg_stop; ddoq_t0, medoid, pgfm_weights,
-    cell_offset, prototypes_per_class.
+    cell_offset, prototypes_per_class; refine (iterations, 0: none), refine_space, refine_lr, refine_real_batch,
+    refine_width (defaults: DEFAULT_REFINE, the space's REFINE_LR).
     ValueError (from the dataclasses) names what is invalid."""
     base, sampler, diffusion = DistillConfig(), SamplerConfig(), DiffusionSamplerConfig()
     o = {k: v for k, v in options.items() if v is not None}
@@ -364,7 +366,13 @@ def distill_config(options: Mapping[str, Any]) -> DistillConfig:
                               t_start=o.get("t_start", default.t_start), t_stop=o.get("t_stop", default.t_stop),
                               trust_radius=o.get("trust_radius"))
     classes = o.get("classes", "all")
-    return DistillConfig(
+    refine = RefineConfig()
+    if o.get("refine", 0):
+        space = o.get("refine_space", DEFAULT_REFINE.space)
+        refine = RefineConfig(iterations=o["refine"], space=space, lr=o.get("refine_lr", REFINE_LR.get(space, 1.0)),
+                              real_batch=o.get("refine_real_batch", DEFAULT_REFINE.real_batch),
+                              width=o.get("refine_width", DEFAULT_REFINE.width))
+    return DistillConfig(refine=refine,
         method=o.get("method", base.method), ipc=o.get("ipc", base.ipc), classes=None if classes == "all" else classes,
         seed=seed, ddoq_t0=o.get("ddoq_t0", base.ddoq_t0), medoid=bool(o.get("medoid", False)),
         pgfm_weights=bool(o.get("pgfm_weights", False)), record_trajectories=False,

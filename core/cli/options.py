@@ -13,9 +13,12 @@ if TYPE_CHECKING:
 from core.config import (
     ASSETS,
     DEFAULT_PGFM_GUIDANCE,
+    DEFAULT_REFINE,
     DIFFUSION_DIR,
     FLOW_DIR,
     METHODS,
+    REFINE_LR,
+    REFINE_SPACES,
     SAMPLER_DTYPE_OPTIONS,
     SCHEDULES,
     SOLVERS,
@@ -272,6 +275,19 @@ def add_distill_options(p: argparse.ArgumentParser, single: bool = True) -> None
     g.add_argument("--sample-batch-size", type=int, default=None, metavar="B",
                    help="rows per sampler batch, flow and diffusion (default 1024; lower it for large models on "
                         "small GPUs); under torchrun also the unit split across processes")
+    g = p.add_argument_group("distribution-matching refinement of a generated set (DM; core/pipeline/refine.py)")
+    g.add_argument("--refine", type=int, default=0, metavar="ITERATIONS",
+                   help=f"refine the sampled images for ITERATIONS steps of distribution matching against the real "
+                        f"images (random ConvNet embeddings, DSA; default 0: none; the benchmark's pgfm-dm: "
+                        f"{DEFAULT_REFINE.iterations})")
+    g.add_argument("--refine-space", default=DEFAULT_REFINE.space, choices=list(REFINE_SPACES),
+                   help="pixel: optimise the decoded images; latent: the latents, through the frozen decoder")
+    g.add_argument("--refine-lr", type=float, default=None,
+                   help="step size (default: " + ", ".join(f"{k} {v:g}" for k, v in REFINE_LR.items()) + ")")
+    g.add_argument("--refine-real-batch", type=int, default=DEFAULT_REFINE.real_batch,
+                   help="real images per class and iteration")
+    g.add_argument("--refine-width", type=int, default=DEFAULT_REFINE.width,
+                   help="channels of the random ConvNet-3 embeddings")
     g = p.add_argument_group("diffusion counterpart (diffusion-d4m, diffusion-mg)")
     g.add_argument("--diffusion-steps", type=int, default=25)
     g.add_argument("--strength", type=float, default=0.7, help="diffusion-d4m: fraction of the schedule run")

@@ -17,10 +17,12 @@ from core.config import (
     BENCH_METHODS,
     DEFAULT_REFINE,
     PROTOCOLS,
+    REFINE_LR,
     STUDENT_ARCHITECTURES,
     TRAIN_MINUS_VAL,
     DistillConfig,
     GuidanceConfig,
+    RefineConfig,
     config_hash,
 )
 from core.data.datasets import holds_out_validation
@@ -283,8 +285,10 @@ class Bench:
         return progress
 
     def distill_config(self, method: str, ipc: int, **changes) -> DistillConfig:
-        changes = {**METHOD_CHANGES.get(method, {}), **changes}
-        return replace(self.config.distill, method=BASE_METHOD.get(method, method), ipc=ipc, seed=self.config.seed, **changes)
+        base = BASE_METHOD.get(method, method)
+        changes = {**({"refine": RefineConfig()} if base == "random" else {}),   # real images are not refined
+                   **METHOD_CHANGES.get(method, {}), **changes}
+        return replace(self.config.distill, method=base, ipc=ipc, seed=self.config.seed, **changes)
 
     def run_main(self) -> None:
         for ipc in self.config.ipcs:
@@ -318,7 +322,7 @@ class Bench:
             configs[f"prototypes={ipc // 2}"] = ("pgfm", self.distill_config("pgfm", ipc, prototypes_per_class=ipc // 2))
             configs[f"prototypes={ipc // 2}, cell offset=1"] = (
                 "pgfm", self.distill_config("pgfm", ipc, prototypes_per_class=ipc // 2, cell_offset=1.0))
-        for space, lr in (("pixel", 1.0), ("latent", 0.01)):   # distribution-matching refinement (pgfm-dm)
+        for space, lr in REFINE_LR.items():   # distribution-matching refinement in each space (pgfm-dm: the default's)
             refine = replace(DEFAULT_REFINE, space=space, lr=lr)
             configs[f"dm {space}"] = ("pgfm", self.distill_config("pgfm", ipc, refine=refine))
         configs["random real"] = ("random", self.distill_config("random", ipc))

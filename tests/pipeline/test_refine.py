@@ -66,3 +66,14 @@ def test_refine_settings_are_checked_and_keep_earlier_hashes():
             RefineConfig(**bad)
     with pytest.raises(ValueError, match="random keeps its real images"):
         DistillConfig(method="random", refine=RefineConfig(iterations=1))
+
+
+def test_the_distill_options_describe_a_refinement():
+    from core.config import DEFAULT_REFINE, REFINE_LR, distill_config
+
+    assert distill_config({"refine": 0}).refine == RefineConfig()
+    latent = distill_config({"refine": 7, "refine_space": "latent"}).refine
+    assert latent == RefineConfig(iterations=7, space="latent", lr=REFINE_LR["latent"],
+                                  real_batch=DEFAULT_REFINE.real_batch, width=DEFAULT_REFINE.width)
+    with pytest.raises(ValueError, match="refine space"):
+        distill_config({"refine": 3, "refine_space": "image"})
