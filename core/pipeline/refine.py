@@ -35,16 +35,12 @@ class RefineResult:
     losses: np.ndarray             # the matching loss of every iteration
 
 
-def match_loss(embed: ConvNet, real: list[torch.Tensor], synthetic: list[torch.Tensor], policy: str,
-               generator: torch.Generator) -> torch.Tensor:
-    """Σ over classes of the squared distance between the mean embeddings of the augmented real and synthetic
-    batches (one list entry per class)."""
-    loss = torch.zeros(())
-    for r, s in zip(real, synthetic):
-        with torch.no_grad():
-            target = embed.features(dsa_augment(r, generator, policy)).mean(0)
-        loss = loss + (embed.features(dsa_augment(s, generator, policy)).mean(0) - target).pow(2).sum()
-    return loss
+def class_match_loss(embed: ConvNet, real: torch.Tensor, synthetic: torch.Tensor, policy: str,
+                     generator: torch.Generator) -> torch.Tensor:
+    """The squared distance between the mean embeddings of one class's augmented real and synthetic images."""
+    with torch.no_grad():
+        target = embed.features(dsa_augment(real, generator, policy)).mean(0)
+    return (embed.features(dsa_augment(synthetic, generator, policy)).mean(0) - target).pow(2).sum()
 
 
 def refine_set(latents: torch.Tensor, labels: np.ndarray, decode: Callable[[torch.Tensor], torch.Tensor],
@@ -66,23 +62,28 @@ def refine_set(latents: torch.Tensor, labels: np.ndarray, decode: Callable[[torc
             param = decode(latents).detach().clone().requires_grad_(True)
         optimizer = torch.optim.SGD([param], lr=config.lr, momentum=0.5)
     images_of = decode if config.space == "latent" else (lambda p: p)
+    with torch.no_grad():
+        probe = images_of(param[:1])
+    image_shape, device = tuple(probe.shape[1:]), probe.device
     losses = []
     for step in range(config.iterations):
-        images = images_of(param)
         with torch.random.fork_rng(devices=[]):   # the network's initialisation, from the seed's stream
             torch.manual_seed(int(rng.integers(2**62)))
-            embed = ConvNet(ConvNetConfig(images.shape[1], len(classes), images.shape[2], config.width))
-        embed.train().requires_grad_(False)
+            embed = ConvNet(ConvNetConfig(image_shape[0], len(classes), image_shape[1], config.width))
+        embed = embed.to(device).train().requires_grad_(False)
         policy = POLICIES[int(torch.randint(len(POLICIES), (1,), generator=generator))]
-        real = [real_images(int(k), config.real_batch, rng) for k in classes]
-        loss = match_loss(embed, real, [images[m] for m in members], policy, generator)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = 0.0
+        for c, rows in zip(classes, members):   # one class at a time: memory for one class's images and graph
+            real = real_images(int(c), config.real_batch, rng).to(device)
+            class_loss = class_match_loss(embed, real, images_of(param[rows]), policy, generator)
+            class_loss.backward()
+            loss += float(class_loss.detach())
         optimizer.step()
         if config.space == "pixel":
             with torch.no_grad():
                 param.clamp_(-1, 1)
-        losses.append(float(loss.detach()))
+        losses.append(loss)
         if progress is not None and (step % 10 == 9 or step == config.iterations - 1):
             progress((step + 1) / config.iterations, f"refine: iteration {step + 1}/{config.iterations}, "
                      f"matching loss {losses[-1]:.3f}")
