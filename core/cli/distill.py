@@ -186,7 +186,7 @@ def run_distill(args: argparse.Namespace, ctx=None) -> None:
         dset = distill_distributed(engine, config, ctx, executor=executor)
     else:  # uint8 images, converted batch by batch: all the export needs, a quarter of float32's memory
         executor = LocalExecutor(args.decode_batch, "uint8")
-        dset = distill(engine, config, executor)
+        dset = distill(engine, config, executor, progress=lambda fraction, message: print(message, flush=True))
     memory = _memory_line(engine, ctx, executor)
     if main:
         extra = {"models": _models_record(args, engine), "precision": precision}

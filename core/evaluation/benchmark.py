@@ -234,7 +234,8 @@ class Bench:
         return row
 
     def _distill(self, method: str, distill_config: DistillConfig):
-        dset = distill(self.engine, distill_config)
+        progress = self._throttled_progress(f"{method}/ipc{distill_config.ipc} distill")   # the refinement's
+        dset = distill(self.engine, distill_config, progress=progress)
         if method == "random-vae":
             t_decode = time.perf_counter()
             images = LocalExecutor().decode(self.engine.vae, dset.latents)

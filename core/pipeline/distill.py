@@ -228,7 +228,7 @@ class LocalExecutor:
         return vae.decode(latents, batch, precision)
 
     def refine(self, engine: DistillEngine, latents: torch.Tensor, labels: np.ndarray, config: RefineConfig,
-               seed: int) -> RefineResult:
+               seed: int, progress: Callable[[float, str], None] | None = None) -> RefineResult:
         """Distribution-matching refinement of the sampled set against the engine's real images
         (``core.pipeline.refine.refine_set``); a sharded run refines the whole set on every rank (the same result)."""
         pool = {int(c): np.flatnonzero(engine.dataset.labels == c) for c in np.unique(labels)}
@@ -237,7 +237,7 @@ class LocalExecutor:
             rows = pool[c]
             return engine.dataset.batch(np.sort(rng.choice(rows, min(n, len(rows)), replace=False)))
 
-        return refine_set(latents, labels, engine.vae.decode_with_grad, real_images, config, seed)
+        return refine_set(latents, labels, engine.vae.decode_with_grad, real_images, config, seed, progress)
 
     def own_images(self, images: torch.Tensor) -> torch.Tensor | None:
         """Images in [-1, 1] made in this process (a pixel-space refinement), as ``pixels``."""
@@ -274,10 +274,12 @@ def cell_targets(engine: DistillEngine, quantization: list[ClassQuantization], p
     return torch.cat(targets)
 
 
-def distill(engine: DistillEngine, config: DistillConfig, executor: LocalExecutor | None = None) -> DistilledSet:
+def distill(engine: DistillEngine, config: DistillConfig, executor: LocalExecutor | None = None,
+            progress: Callable[[float, str], None] | None = None) -> DistilledSet:
     """Run one distillation. All checks happen before any work; every random choice follows config.seed.
 
-    ``executor`` runs the stages (default: in this process; see ``core.pipeline.distributed.distill_distributed``).
+    ``executor`` runs the stages (default: in this process; see ``core.pipeline.distributed.distill_distributed``);
+    ``progress(fraction, message)`` hears from the one stage that takes minutes, the refinement (``config.refine``).
     """
     # Long by design: the method's stages in order (checks, quantize, sample, decode, weights), as DESIGN.md
     # describes them; each stage is a call into its layer.
@@ -342,7 +344,7 @@ def distill(engine: DistillEngine, config: DistillConfig, executor: LocalExecuto
     refined = None
     if config.refine.iterations:
         t0 = time.perf_counter()
-        refined = executor.refine(engine, latents, labels, config.refine, config.seed)
+        refined = executor.refine(engine, latents, labels, config.refine, config.seed, progress)
         latents = refined.latents
         timings["refine_s"] = time.perf_counter() - t0
 

@@ -49,8 +49,11 @@ def test_latent_refinement_optimises_through_the_decoder(tiny_vae):
 def test_distill_refines_the_sampled_set(engine):
     plain = distill(engine, DistillConfig(method="pgfm", ipc=2, seed=0))
     refine = RefineConfig(iterations=3, space="latent", lr=0.05, real_batch=8, width=8)
-    refined = distill(engine, DistillConfig(method="pgfm", ipc=2, seed=0, refine=refine))
+    heard = []
+    refined = distill(engine, DistillConfig(method="pgfm", ipc=2, seed=0, refine=refine),
+                      progress=lambda fraction, message: heard.append((fraction, message)))
     assert not torch.equal(refined.latents, plain.latents) and refined.timings["refine_s"] > 0
+    assert heard[-1][0] == 1.0 and "iteration 3/3" in heard[-1][1]
     assert torch.allclose(refined.images, engine.vae.decode(refined.latents), atol=1e-5)
     pixel = DistillConfig(method="pgfm", ipc=2, seed=0, refine=RefineConfig(iterations=2, space="pixel", width=8))
     exported = distill(engine, pixel, executor=LocalExecutor(pixels="uint8"))
