@@ -214,8 +214,8 @@ class RefineConfig:
 
 # The refinement of the benchmark's ``pgfm-dm`` row and of ``distill --refine`` without settings (chosen on the
 # validation split at IPC 50: benchmarks/sweep-ipc50).
-DEFAULT_REFINE = RefineConfig(iterations=150, space="latent", lr=0.01, real_batch=128, width=64)
 REFINE_LR = {"pixel": 1.0, "latent": 0.01}   # the step size of each space when none is given
+DEFAULT_REFINE = RefineConfig(iterations=150, space="latent", lr=REFINE_LR["latent"], real_batch=128, width=64)
 
 
 METHODS = ("random", "d4m", "ddoq", "fm", "pgfm", "diffusion-d4m", "diffusion-mg")
@@ -369,7 +369,7 @@ def distill_config(options: Mapping[str, Any]) -> DistillConfig:
     refine = RefineConfig()
     if o.get("refine", 0):
         space = o.get("refine_space", DEFAULT_REFINE.space)
-        refine = RefineConfig(iterations=o["refine"], space=space, lr=o.get("refine_lr", REFINE_LR.get(space, 1.0)),
+        refine = RefineConfig(iterations=o["refine"], space=space, lr=o.get("refine_lr", REFINE_LR.get(space, DEFAULT_REFINE.lr)),
                               real_batch=o.get("refine_real_batch", DEFAULT_REFINE.real_batch),
                               width=o.get("refine_width", DEFAULT_REFINE.width))
     return DistillConfig(refine=refine,

@@ -31,7 +31,7 @@ from core.models.convnet import ConvNet, ConvNetConfig
 @dataclass(frozen=True)
 class RefineResult:
     latents: torch.Tensor          # (N, *latent_shape): refined (space latent) or the input (space pixel)
-    images: torch.Tensor           # (N, C, H, W) in [-1, 1], float32
+    images: torch.Tensor | None    # space pixel: the refined (N, C, H, W) in [-1, 1]; latent: None (decode the latents)
     losses: np.ndarray             # the matching loss of every iteration
 
 
@@ -87,7 +87,6 @@ def refine_set(latents: torch.Tensor, labels: np.ndarray, decode: Callable[[torc
         if progress is not None and (step % 10 == 9 or step == config.iterations - 1):
             progress((step + 1) / config.iterations, f"refine: iteration {step + 1}/{config.iterations}, "
                      f"matching loss {losses[-1]:.3f}")
-    with torch.no_grad():
-        images = images_of(param).detach().float().clamp(-1, 1)
-    refined = param.detach() if config.space == "latent" else latents
-    return RefineResult(refined, images, np.asarray(losses))
+    if config.space == "latent":   # the caller decodes the latents its own way (batched, at its precision)
+        return RefineResult(param.detach(), None, np.asarray(losses))
+    return RefineResult(latents, param.detach().clone(), np.asarray(losses))

@@ -39,11 +39,8 @@ def test_latent_refinement_optimises_through_the_decoder(tiny_vae):
     latents = torch.randn(6, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     config = RefineConfig(iterations=30, space="latent", lr=0.1, real_batch=8, width=8)
     result = refine_set(latents, labels, tiny_vae.decode_with_grad, striped, config, seed=1)
-    assert not torch.equal(result.latents, latents)
-    assert torch.allclose(result.images, tiny_vae.decode(result.latents), atol=1e-5)   # images are the decoded latents
-    with torch.no_grad():
-        start = tiny_vae.decode_with_grad(latents)
-    assert pattern_score(result.images, labels) > pattern_score(start, labels)
+    assert not torch.equal(result.latents, latents) and result.images is None   # the latents are the result
+    assert pattern_score(tiny_vae.decode(result.latents), labels) > pattern_score(tiny_vae.decode(latents), labels)
 
 
 def test_distill_refines_the_sampled_set(engine):
