@@ -18,6 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -32,6 +33,7 @@ from core.config import (
     RefineConfig,
     SamplerConfig,
 )
+from core.config import cache_dir as cache_root  # load_engine's argument is named cache_dir
 from core.data.datasets import LabelledImages
 from core.data.latent_cache import LatentSet
 from core.models.loading import model_present
@@ -43,6 +45,7 @@ from core.quantize.ddoq import (
     allocate_by_weight,
     quantize,
 )
+from core.quantize.disk_cache import quantize_cached
 from core.quantize.streaming import StreamingLatents
 from core.transport.ddim import sample_diffusion
 from core.transport.sampler import SampleResult, Trajectories, sample
@@ -111,6 +114,7 @@ class DistillEngine:
     vae: LatentAutoencoder
     flow: torch.nn.Module | None = None
     diffusion: torch.nn.Module | None = None
+    quantize_cache: Path | None = None   # folder of core.quantize.disk_cache entries (None: memory only)
     # Quantizations are deterministic in (method, classes, ipc, medoid, seed): an interactive session that
     # only changes sampler settings reuses them. Entries are never mutated; the lock makes concurrent
     # sessions sharing one engine safe.
@@ -138,7 +142,8 @@ class DistillEngine:
 
 def _quantize(engine: DistillEngine, classes: tuple[int, ...], config: DistillConfig, method: str,
               keep: int = 16) -> list[ClassQuantization]:
-    """Quantize ``classes``; the last ``keep`` results are memoised on the engine."""
+    """Quantize ``classes``; the last ``keep`` results are memoised on the engine, and every class's result
+    also on disk when the engine has a ``quantize_cache`` folder."""
     qconfig = QuantizeConfig(method=method, ipc=config.ipc, medoid=config.medoid and method != "random",
                              seed=config.seed, compute_w2=False)
     key = (classes, qconfig)
@@ -148,6 +153,8 @@ def _quantize(engine: DistillEngine, classes: tuple[int, ...], config: DistillCo
             return engine._quantizations[key]
     if isinstance(engine.latents, StreamingLatents):  # class by class from the store
         result = engine.latents.quantize(list(classes), qconfig)
+    elif engine.quantize_cache is not None:
+        result = quantize_cached(engine.latents, list(classes), qconfig, engine.quantize_cache)
     else:
         result = quantize(engine.latents, list(classes), qconfig)
     with engine._lock:
@@ -387,7 +394,7 @@ def hold_out_validation(engine: DistillEngine, held_out: np.ndarray | None = Non
     rows = np.setdiff1d(np.arange(len(engine.dataset)), held_out)
     data = engine.dataset.subset(rows, f"{engine.dataset.name}-minus-val")
     latents = engine.latents.subset(rows, data.fingerprint)
-    return DistillEngine(data, latents, engine.vae, engine.flow, engine.diffusion)
+    return DistillEngine(data, latents, engine.vae, engine.flow, engine.diffusion, engine.quantize_cache)
 
 
 def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None = None,
@@ -425,6 +432,7 @@ def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None 
     if latent_store is not None:
         vae = load_vae(spec)
         data, latents = _store_data(latent_store, vae, data_dir, max_store_bytes, stream, stream_init_size)
+        quantize_cache = None
     else:
         from core.data.latent_cache import encode_dataset
         from core.data.splits import load_dataset
@@ -435,11 +443,12 @@ def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None 
         data = load_dataset(dataset, "train", data_dir, resolution, channels)
         batch = vae.batch_size(encode_batch, int(data.image_shape[-1]))
         latents = (encode or encode_dataset)(data, vae, cache_dir, batch, progress=progress)
+        quantize_cache = cache_root(cache_dir) / "quantizations"
     shape, n = latents.latent_shape, latents.num_classes
     flow = load_flow_for(spec, shape, n) if model_present(spec.flow) else None
     diffusion = (load_diffusion(spec.diffusion, spec.device, shape, n)
                  if spec.diffusion and model_present(spec.diffusion) else None)
-    return DistillEngine(data, latents, vae, flow, diffusion)
+    return DistillEngine(data, latents, vae, flow, diffusion, quantize_cache)
 
 
 def _store_data(store_dir: str, vae: LatentAutoencoder, data_dir: str | None, max_bytes: int | None,
@@ -508,7 +517,6 @@ class StoreImages:
         """The StreamingImageFolder of the store's rows (opened and checked once)."""
         if self._folder is not None:
             return self._folder
-        from pathlib import Path
 
         from core.data.imagefolder import StreamingImageFolder
         from core.errors import CacheMismatchError, DatasetNotFoundError
