@@ -326,6 +326,15 @@ class Bench:
         for space, lr in REFINE_LR.items():   # distribution-matching refinement in each space (pgfm-dm: the default's)
             refine = replace(DEFAULT_REFINE, space=space, lr=lr)
             configs[f"dm {space}"] = ("pgfm", self.distill_config("pgfm", ipc, refine=refine))
+        # around pgfm-dm: a longer or faster refinement, and more diverse starting points for it
+        longer, faster = (replace(DEFAULT_REFINE, iterations=3 * DEFAULT_REFINE.iterations),
+                          replace(DEFAULT_REFINE, lr=3 * DEFAULT_REFINE.lr))
+        configs["dm latent x3 iterations"] = ("pgfm", self.distill_config("pgfm", ipc, refine=longer))
+        configs["dm latent x3 lr"] = ("pgfm", self.distill_config("pgfm", ipc, refine=faster))
+        configs["dm latent, lambda=0.3"] = ("pgfm", self.distill_config(
+            "pgfm", ipc, refine=DEFAULT_REFINE, sampler=replace(base, guidance=replace(g, strength=0.3))))
+        configs["dm latent, cell offset=1"] = ("pgfm", self.distill_config(
+            "pgfm", ipc, refine=DEFAULT_REFINE, cell_offset=1.0))
         configs["random real"] = ("random", self.distill_config("random", ipc))
         chosen = self.config.sweep_variants
         unknown = sorted(set(chosen) - set(configs))

@@ -58,8 +58,9 @@ def refine_set(latents: torch.Tensor, labels: np.ndarray, decode: Callable[[torc
         param = latents.detach().clone().requires_grad_(True)
         optimizer: torch.optim.Optimizer = torch.optim.Adam([param], lr=config.lr)
     else:
-        with torch.no_grad():
-            param = decode(latents).detach().clone().requires_grad_(True)
+        with torch.no_grad():   # decoded one class at a time (as the loop below works), back in the set's order
+            images = torch.cat([decode(latents[rows]) for rows in members])[torch.argsort(torch.cat(members))]
+        param = images.detach().clone().requires_grad_(True)
         optimizer = torch.optim.SGD([param], lr=config.lr, momentum=0.5)
     images_of = decode if config.space == "latent" else (lambda p: p)
     with torch.no_grad():

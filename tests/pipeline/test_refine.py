@@ -34,6 +34,21 @@ def test_pixel_refinement_moves_each_class_toward_its_real_images():
     assert torch.equal(again.images, result.images)  # the seed fixes every draw
 
 
+def test_pixel_refinement_starts_from_each_image_decoded_in_place():
+    labels = np.array([1, 0, 1, 0, 0])     # classes interleaved: decoded class by class, put back in order
+    start = torch.randn(5, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    calls = []
+
+    def decode(x):
+        calls.append(len(x))
+        return torch.tanh(x)
+
+    config = RefineConfig(iterations=0, space="pixel", real_batch=4, width=8)
+    result = refine_set(start, labels, decode, striped, config, seed=0)
+    assert torch.allclose(result.images, torch.tanh(start))   # no step: the starting images, each in its place
+    assert sorted(calls[:2]) == [2, 3]                         # one decode per class, not the whole set
+
+
 def test_latent_refinement_optimises_through_the_decoder(tiny_vae):
     labels = np.repeat([0, 1], 3)
     latents = torch.randn(6, 4, 4, 4, generator=torch.Generator().manual_seed(0))
