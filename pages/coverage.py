@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from core.studio.figures import coverage_bars, mode_grid
-from core.studio.session import covering_counts
+from core.studio.session import TEACHER_SCORES, covering_counts
 from ui import state
 from ui.frame import page_frame
 from ui.widgets import require_run
@@ -15,7 +15,7 @@ names = run.dset.class_names
 st.title("Coverage")
 history = state.history()
 with st.spinner("Scoring the set (mode coverage, PRDC)…"):
-    failed = run.wait_for_scores()
+    failed = run.wait_for_scores(only=TEACHER_SCORES)   # W2 may still follow: the table below redraws for it
 if failed is not None:
     st.error(f"Scoring run {run.run_id} failed: {failed}. The set itself is fine (its images and latent scores "
              "are shown on the other pages).")
@@ -33,10 +33,21 @@ else:
                     width="stretch", key="mode_grid")
 
 st.subheader("Run history (this session)")
-table = pd.DataFrame(history.rows(studio.baseline)).set_index("run")
-first = [c for c in table.columns if c.startswith("accuracy (") or c in ("LRS", "ARS")]
-table = table[["method", "ipc", *first, *[c for c in table.columns if c not in ("method", "ipc", *first)]]]
-st.dataframe(table, width="stretch", column_config={c: st.column_config.NumberColumn(c, pinned=True) for c in first})
+w2_pending = run.scores_job is not None and not run.scores_job.done
+
+
+@st.fragment(run_every=0.3 if w2_pending else None)
+def run_table() -> None:
+    """The history; while the current run's W2 is computed in the background it redraws itself until it is in."""
+    table = pd.DataFrame(history.rows(studio.baseline)).set_index("run")
+    first = [c for c in table.columns if c.startswith("accuracy (") or c in ("LRS", "ARS")]
+    table = table[["method", "ipc", *first, *[c for c in table.columns if c not in ("method", "ipc", *first)]]]
+    st.dataframe(table, width="stretch", column_config={c: st.column_config.NumberColumn(c, pinned=True) for c in first})
+    if w2_pending and run.scores_job.done:
+        st.rerun()   # W2 is in: the page is drawn once more, now without the timer
+
+
+run_table()
 dropped = history.next_id - 1 - len(history.runs)
 st.caption(f"Accuracies: test %, latest student of each protocol (Evaluate page); LRS / ARS: DD-Ranking scores "
            f"(0–100) against the benchmark's random real images, for ConvNet-3 students with the benchmark's epochs "

@@ -35,6 +35,10 @@ from core.studio.jobs import BackgroundJob
 Progress = Callable[[float, str], None]
 
 
+# The teacher's scores, added to a deferred run by its scores job before W2 (``start_scores``).
+TEACHER_SCORES = ("mode_coverage", "mode_coverage_per_class", "precision", "recall", "density", "coverage")
+
+
 @dataclass
 class Studio:
     """``teacher`` / ``reference`` / ``test`` are None for data the shipped teacher does not fit (e.g. a latent
@@ -142,13 +146,20 @@ class Run:
     scores_job: BackgroundJob | None = field(default=None, repr=False)   # run_once(defer=True): scores on their way
     pending_metrics: tuple[str, ...] = ()   # the metric keys that job adds (empty once they are in)
 
-    def wait_for_scores(self, timeout: float | None = None) -> BaseException | None:
-        """Block until the deferred scores are in (at once when there are none); the error that kept them
-        from coming in, if any (returned, not raised: the set itself is fine)."""
-        if self.scores_job is None:
+    def wait_for_scores(self, timeout: float | None = None, only: tuple[str, ...] | None = None) -> BaseException | None:
+        """Block until the deferred scores are in (at once when there are none), or with ``only`` until those
+        metric keys are no longer pending (the job adds the teacher's scores before W2); the error that kept
+        them from coming in, if any (returned, not raised: the set itself is fine)."""
+        job = self.scores_job
+        if job is None:
             return None
+        if only is not None:
+            deadline = time.perf_counter() + (float("inf") if timeout is None else timeout)
+            while set(only) & set(self.pending_metrics) and not job.done and time.perf_counter() < deadline:
+                time.sleep(0.01)
+            return job.error if job.done else None
         try:
-            self.scores_job.wait(timeout)
+            job.wait(timeout)
         except Exception as exc:   # noqa: BLE001 - reported to the page, which shows it
             return exc
         return None
@@ -203,7 +214,7 @@ def run_once(studio: Studio, config: DistillConfig, defer: bool = False) -> Run:
               time.perf_counter() - t0)
     pending = ["w2_latent_mean"]
     if studio.teacher is not None:
-        pending[:0] = ["mode_coverage", "mode_coverage_per_class", "precision", "recall", "density", "coverage"]
+        pending[:0] = TEACHER_SCORES
     run.pending_metrics = tuple(pending)
     start_scores(studio, run)
     return run

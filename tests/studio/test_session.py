@@ -237,6 +237,26 @@ def test_deferred_scores_arrive_from_the_runs_background_job(studio):
     assert np.array_equal(run.features, direct.features) and run.coverage.overall == direct.coverage.overall
 
 
+def test_waiting_for_the_teacher_scores_does_not_wait_for_w2(studio, monkeypatch):
+    from core.studio import session
+    from core.studio.session import TEACHER_SCORES
+
+    release = threading.Event()
+    real_w2 = session.w2_latent_mean
+
+    def slow_w2(*args):
+        assert release.wait(60)
+        return real_w2(*args)
+
+    monkeypatch.setattr(session, "w2_latent_mean", slow_w2)
+    run = run_once(studio, pgfm(), defer=True)
+    assert run.wait_for_scores(60, only=TEACHER_SCORES) is None
+    assert run.pending_metrics == ("w2_latent_mean",) and "mode_coverage" in run.metrics   # W2 still on its way
+    assert not run.scores_job.done
+    release.set()
+    assert run.wait_for_scores(60) is None and "w2_latent_mean" in run.metrics
+
+
 def test_decoded_prototypes_follow_the_cell_offset(studio):
     centroid = run_once(studio, pgfm())
     moved = run_once(studio, pgfm(cell_offset=1.0))
