@@ -24,6 +24,7 @@ from core.config import (
     GuidanceConfig,
     RefineConfig,
     config_hash,
+    default_refine,
 )
 from core.data.datasets import holds_out_validation
 from core.evaluation.assess import (
@@ -41,9 +42,9 @@ from core.reads import read_json
 
 # Benchmark-only variants of a distill method. random-vae: the random real images after a VAE round trip
 # (encode -> decode): what the VAE alone costs real images, beside the latent-space methods.
-# pgfm-dm: PGFM's samples refined by distribution matching (core.pipeline.refine, DEFAULT_REFINE).
+# pgfm-dm: PGFM's samples refined by distribution matching (core.pipeline.refine, default_refine(ipc)).
 BASE_METHOD = {"ddoq-unweighted": "ddoq", "random-vae": "random", "pgfm-dm": "pgfm"}
-METHOD_CHANGES = {"pgfm-dm": {"refine": DEFAULT_REFINE}}
+METHOD_CHANGES = {"pgfm-dm": lambda ipc: {"refine": default_refine(ipc)}}
 
 FASHION_MNIST = "fashion-mnist"   # meta.dataset of the embedded default's benchmark (and of results without one)
 
@@ -288,7 +289,7 @@ class Bench:
     def distill_config(self, method: str, ipc: int, **changes) -> DistillConfig:
         base = BASE_METHOD.get(method, method)
         changes = {**({"refine": RefineConfig()} if base == "random" else {}),   # real images are not refined
-                   **METHOD_CHANGES.get(method, {}), **changes}
+                   **(METHOD_CHANGES[method](ipc) if method in METHOD_CHANGES else {}), **changes}
         return replace(self.config.distill, method=base, ipc=ipc, seed=self.config.seed, **changes)
 
     def run_main(self) -> None:

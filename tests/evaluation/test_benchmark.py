@@ -302,3 +302,15 @@ def test_random_real_draws_its_images_anew_for_every_student_seed(bench_parts, m
     cell = results["cells"]["main/random/ipc2"]
     assert cell["spec"]["draws"] == benchmark.PER_SEED and cell["hard"]["draws"] == "one set per seed"
     assert len(cell["hard"]["accuracies"]) == 2 and list(cell["hard"]["config"]["seeds"]) == [0, 1]
+
+
+def test_pgfm_dm_refines_longer_up_to_ipc_10_and_random_is_never_refined(bench_parts):
+    from core.config import DEFAULT_REFINE, LONG_REFINE_UP_TO_IPC
+
+    engine, teacher, test, out, config = bench_parts
+    bench = Bench(engine, teacher, test, out, config, log=lambda m: None)
+    short, long = bench.distill_config("pgfm-dm", LONG_REFINE_UP_TO_IPC + 1), bench.distill_config("pgfm-dm", 1)
+    assert short.method == long.method == "pgfm" and short.refine == DEFAULT_REFINE
+    assert long.refine.iterations == 3 * DEFAULT_REFINE.iterations and long.refine.space == DEFAULT_REFINE.space
+    assert bench.distill_config("pgfm", 10).refine.iterations == 0
+    assert bench.distill_config("random", 10).refine.iterations == 0
