@@ -33,7 +33,6 @@ from core.config import (
     RefineConfig,
     SamplerConfig,
 )
-from core.config import cache_dir as cache_root  # load_engine's argument is named cache_dir
 from core.data.datasets import LabelledImages
 from core.data.latent_cache import LatentSet
 from core.models.loading import model_present
@@ -424,6 +423,7 @@ def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None 
     does not), quantizing class by class with at most ``max_store_bytes`` of latents in memory, streamed
     classes with a k-means sample of ``stream_init_size`` rows (default max(20 IPC, 4096)).
     """
+    from core.config import cache_dir as cache_root  # the argument is named cache_dir
     from core.models.loading import load_diffusion, load_flow_for, load_vae
     from core.models.spec import ModelSpec
 

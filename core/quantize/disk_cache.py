@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -77,5 +78,8 @@ def quantize_cached(latent_set, classes: list[int], config: QuantizeConfig, fold
     if missing:
         for q in quantize(latent_set, missing, config):
             found[q.label] = q
-            _write(folder / f"{keys[q.label]}.safetensors", keys[q.label], q)
+            try:
+                _write(folder / f"{keys[q.label]}.safetensors", keys[q.label], q)
+            except OSError as exc:   # a cache that cannot be written costs the next process time, not this result
+                warnings.warn(f"quantization not cached in {folder}: {exc}", stacklevel=2)
     return [found[c] for c in classes]

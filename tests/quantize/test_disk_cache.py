@@ -86,3 +86,13 @@ def test_damaged_or_foreign_entry_is_recomputed_and_nothing_else_touched(latent_
     _same(result[1], expected[1])
     assert mine.read_text() == "kept"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path0.name, path1.name, "notes.txt"])
+
+
+def test_a_cache_that_cannot_be_written_warns_and_still_returns_the_result(latent_set, tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("mine")                 # the cache folder's path is taken by a file
+    config = QuantizeConfig(ipc=2, workers=1)
+    with pytest.warns(UserWarning, match="not cached"):
+        result = quantize_cached(latent_set, [0], config, blocked / "quantizations")
+    _same(result[0], quantize(latent_set, [0], config)[0])
+    assert blocked.read_text() == "mine"
