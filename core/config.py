@@ -220,13 +220,12 @@ DEFAULT_REFINE = RefineConfig(iterations=150, space="latent", lr=REFINE_LR["late
 # 84.0 % against 83.1 % for 150 (benchmarks/sweep-ipc10-soft-online); at IPC 50 only 150 was measured, and it
 # would cost three times the refinement's ~15 min there.
 LONG_REFINE_UP_TO_IPC = 10
+LONG_REFINE = replace(DEFAULT_REFINE, iterations=3 * DEFAULT_REFINE.iterations)
 
 
 def default_refine(ipc: int) -> RefineConfig:
-    """pgfm-dm's refinement at ``ipc`` (DEFAULT_REFINE, with 3x the iterations up to LONG_REFINE_UP_TO_IPC)."""
-    if ipc <= LONG_REFINE_UP_TO_IPC:
-        return replace(DEFAULT_REFINE, iterations=3 * DEFAULT_REFINE.iterations)
-    return DEFAULT_REFINE
+    """pgfm-dm's refinement at ``ipc``: LONG_REFINE up to LONG_REFINE_UP_TO_IPC, DEFAULT_REFINE above."""
+    return LONG_REFINE if ipc <= LONG_REFINE_UP_TO_IPC else DEFAULT_REFINE
 
 
 METHODS = ("random", "d4m", "ddoq", "fm", "pgfm", "diffusion-d4m", "diffusion-mg")

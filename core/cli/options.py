@@ -16,6 +16,7 @@ from core.config import (
     DEFAULT_REFINE,
     DIFFUSION_DIR,
     FLOW_DIR,
+    LONG_REFINE,
     LONG_REFINE_UP_TO_IPC,
     METHODS,
     REFINE_LR,
@@ -280,7 +281,7 @@ def add_distill_options(p: argparse.ArgumentParser, single: bool = True) -> None
     g.add_argument("--refine", type=int, default=0, metavar="ITERATIONS",
                    help=f"refine the sampled images for ITERATIONS steps of distribution matching against the real "
                         f"images (random ConvNet embeddings, DSA; default 0: none; the benchmark's pgfm-dm: "
-                        f"{DEFAULT_REFINE.iterations}, {3 * DEFAULT_REFINE.iterations} up to IPC {LONG_REFINE_UP_TO_IPC})")
+                        f"{DEFAULT_REFINE.iterations}, {LONG_REFINE.iterations} up to IPC {LONG_REFINE_UP_TO_IPC})")
     g.add_argument("--refine-space", default=DEFAULT_REFINE.space, choices=list(REFINE_SPACES),
                    help="pixel: optimise the decoded images; latent: the latents, through the frozen decoder")
     g.add_argument("--refine-lr", type=float, default=None,

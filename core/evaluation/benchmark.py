@@ -16,6 +16,7 @@ from typing import Callable
 from core.config import (
     BENCH_METHODS,
     DEFAULT_REFINE,
+    LONG_REFINE,
     PROTOCOLS,
     REFINE_LR,
     STUDENT_ARCHITECTURES,
@@ -324,13 +325,12 @@ class Bench:
             configs[f"prototypes={ipc // 2}"] = ("pgfm", self.distill_config("pgfm", ipc, prototypes_per_class=ipc // 2))
             configs[f"prototypes={ipc // 2}, cell offset=1"] = (
                 "pgfm", self.distill_config("pgfm", ipc, prototypes_per_class=ipc // 2, cell_offset=1.0))
-        for space, lr in REFINE_LR.items():   # distribution-matching refinement in each space (pgfm-dm: the default's)
+        for space, lr in REFINE_LR.items():   # distribution-matching refinement in each space (DEFAULT_REFINE's steps)
             refine = replace(DEFAULT_REFINE, space=space, lr=lr)
             configs[f"dm {space}"] = ("pgfm", self.distill_config("pgfm", ipc, refine=refine))
         # around pgfm-dm: a longer or faster refinement, and more diverse starting points for it
-        longer, faster = (replace(DEFAULT_REFINE, iterations=3 * DEFAULT_REFINE.iterations),
-                          replace(DEFAULT_REFINE, lr=3 * DEFAULT_REFINE.lr))
-        configs["dm latent x3 iterations"] = ("pgfm", self.distill_config("pgfm", ipc, refine=longer))
+        faster = replace(DEFAULT_REFINE, lr=3 * DEFAULT_REFINE.lr)
+        configs["dm latent x3 iterations"] = ("pgfm", self.distill_config("pgfm", ipc, refine=LONG_REFINE))
         configs["dm latent x3 lr"] = ("pgfm", self.distill_config("pgfm", ipc, refine=faster))
         configs["dm latent, lambda=0.3"] = ("pgfm", self.distill_config(
             "pgfm", ipc, refine=DEFAULT_REFINE, sampler=replace(base, guidance=replace(g, strength=0.3))))

@@ -62,7 +62,8 @@ def _read(path: Path, key: str) -> ClassQuantization | None:
             assignments=tensors["assignments"].numpy(), source_indices=None if source is None else source.numpy(),
             quantization_error=float(scalars["quantization_error"]), w2_weighted=scalars["w2_weighted"],
             w2_uniform=scalars["w2_uniform"], w2_points=int(scalars["w2_points"]), seconds=scalars["seconds"])
-    except Exception:  # noqa: BLE001 - a damaged entry of this cache is recomputed, never trusted
+    except Exception as exc:  # noqa: BLE001 - a damaged entry of this cache is recomputed, never trusted
+        warnings.warn(f"{path}: unreadable quantization cache entry ({exc}); recomputing it", stacklevel=3)
         return None
 
 
