@@ -20,6 +20,7 @@ from core.config import (
     LONG_REFINE_UP_TO_IPC,
     METHODS,
     REFINE_LR,
+    REFINE_OBJECTIVES,
     REFINE_SPACES,
     SAMPLER_DTYPE_OPTIONS,
     SCHEDULES,
@@ -290,6 +291,9 @@ def add_distill_options(p: argparse.ArgumentParser, single: bool = True) -> None
                    help="real images per class and iteration")
     g.add_argument("--refine-width", type=int, default=DEFAULT_REFINE.width,
                    help="channels of the random ConvNet-3 embeddings")
+    g.add_argument("--refine-objective", default=DEFAULT_REFINE.objective, choices=list(REFINE_OBJECTIVES),
+                   help="mean: DM's distance of mean embeddings; mmd: that plus a Gaussian-kernel MMD² of the "
+                        "embeddings (M3D-style: also matches their spread)")
     g = p.add_argument_group("diffusion counterpart (diffusion-d4m, diffusion-mg)")
     g.add_argument("--diffusion-steps", type=int, default=25)
     g.add_argument("--strength", type=float, default=0.7, help="diffusion-d4m: fraction of the schedule run")

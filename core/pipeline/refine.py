@@ -4,7 +4,12 @@ Every iteration draws a freshly initialised ConvNet-3 (instance norm, ``width``)
 policy (``core.data.augment``), then for every class c matches the mean embedding of ``real_batch`` real images of c
 to that of the set's images of c, each batch augmented with that policy:
 
-    loss = Σ_c || mean φ(A(real_c)) − mean φ(A(set_c)) ||²
+    loss = Σ_c || mean φ(A(real_c)) − mean φ(A(set_c)) ||²              (objective ``mean``, DM)
+
+Objective ``mmd`` adds to each class's term a Gaussian-kernel MMD² between the two batches of embeddings
+(M3D, Zhang et al., AAAI 2024: matching the whole embedding distribution, not only its mean, keeps the set
+spread out). Its bandwidths are {1/4, 1, 4} x the median squared real-to-set distance m (detached), and the
+MMD² is multiplied by m, so that it has the units (squared embedding distance) of the mean term.
 
 ``space`` says what is optimised:
 - ``latent`` (GLaD / LD3M style): the latents, with Adam at ``lr``, through the frozen VAE decoder, so every image
@@ -35,12 +40,28 @@ class RefineResult:
     losses: np.ndarray             # the matching loss of every iteration
 
 
+MMD_BANDWIDTHS = (0.25, 1.0, 4.0)   # x the median squared distance
+
+
+def gaussian_mmd2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Biased MMD² between rows of ``x`` (n, d) and ``y`` (m, d; the fixed target) under Gaussian kernels at
+    ``MMD_BANDWIDTHS`` times the median squared x-to-y distance m, multiplied by m (squared-distance units)."""
+    d_xx, d_xy, d_yy = torch.cdist(x, x).pow(2), torch.cdist(x, y).pow(2), torch.cdist(y, y).pow(2)
+    scale = d_xy.detach().median().clamp_min(1e-12)
+    mmd2 = sum((-d_xx / (b * scale)).exp().mean() + (-d_yy / (b * scale)).exp().mean()
+               - 2 * (-d_xy / (b * scale)).exp().mean() for b in MMD_BANDWIDTHS)
+    return scale * mmd2
+
+
 def class_match_loss(embed: ConvNet, real: torch.Tensor, synthetic: torch.Tensor, policy: str,
-                     generator: torch.Generator) -> torch.Tensor:
-    """The squared distance between the mean embeddings of one class's augmented real and synthetic images."""
+                     generator: torch.Generator, objective: str = "mean") -> torch.Tensor:
+    """One class's matching loss between its augmented real and synthetic images: the squared distance of the
+    mean embeddings, plus (``objective`` mmd) the scaled Gaussian MMD² of the embeddings."""
     with torch.no_grad():
-        target = embed.features(dsa_augment(real, generator, policy)).mean(0)
-    return (embed.features(dsa_augment(synthetic, generator, policy)).mean(0) - target).pow(2).sum()
+        target = embed.features(dsa_augment(real, generator, policy))
+    features = embed.features(dsa_augment(synthetic, generator, policy))
+    loss = (features.mean(0) - target.mean(0)).pow(2).sum()
+    return loss + gaussian_mmd2(features, target) if objective == "mmd" else loss
 
 
 def refine_set(latents: torch.Tensor, labels: np.ndarray, decode: Callable[[torch.Tensor], torch.Tensor],
@@ -77,7 +98,7 @@ def refine_set(latents: torch.Tensor, labels: np.ndarray, decode: Callable[[torc
         loss = 0.0
         for c, rows in zip(classes, members):   # one class at a time: memory for one class's images and graph
             real = real_images(int(c), config.real_batch, rng).to(device)
-            class_loss = class_match_loss(embed, real, images_of(param[rows]), policy, generator)
+            class_loss = class_match_loss(embed, real, images_of(param[rows]), policy, generator, config.objective)
             class_loss.backward()
             loss += float(class_loss.detach())
         optimizer.step()

@@ -76,7 +76,11 @@ def test_refine_settings_are_checked_and_keep_earlier_hashes():
     assert "refine" not in DistillConfig().to_dict()   # off: the config hash of earlier results is unchanged
     config = DistillConfig(refine=RefineConfig(iterations=5, space="pixel"))
     assert DistillConfig.from_dict(config.to_dict()) == config
-    for bad in (dict(space="image"), dict(iterations=-1), dict(lr=0.0), dict(real_batch=0), dict(width=True)):
+    assert "objective" not in config.to_dict()["refine"]   # the default objective: pgfm-dm's cells keep their keys
+    mmd = DistillConfig(refine=RefineConfig(iterations=5, objective="mmd"))
+    assert mmd.to_dict()["refine"]["objective"] == "mmd" and DistillConfig.from_dict(mmd.to_dict()) == mmd
+    for bad in (dict(space="image"), dict(iterations=-1), dict(lr=0.0), dict(real_batch=0), dict(width=True),
+                dict(objective="cosine")):
         with pytest.raises(ValueError, match="refine"):
             RefineConfig(**bad)
     with pytest.raises(ValueError, match="random keeps its real images"):
@@ -92,3 +96,37 @@ def test_the_distill_options_describe_a_refinement():
                                   real_batch=DEFAULT_REFINE.real_batch, width=DEFAULT_REFINE.width)
     with pytest.raises(ValueError, match="refine space"):
         distill_config({"refine": 3, "refine_space": "image"})
+    assert distill_config({"refine": 3, "refine_objective": "mmd"}).refine.objective == "mmd"
+
+
+def test_the_mmd_term_is_zero_only_for_matching_batches_and_pulls_the_spread():
+    from core.pipeline.refine import gaussian_mmd2
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(64, 5, generator=g)
+    assert float(gaussian_mmd2(target, target)) == pytest.approx(0.0, abs=1e-6)
+    collapsed = target.mean(0, keepdim=True).repeat(8, 1).requires_grad_(True)   # right mean, no spread
+    loss = gaussian_mmd2(collapsed, target)
+    loss.backward()
+    assert float(loss.detach()) > 0.05 and collapsed.grad.abs().sum() > 0
+    spread = target[:8] + 0.0   # real rows: a much smaller MMD than the collapsed batch
+    assert float(gaussian_mmd2(spread, target)) < float(loss.detach())
+
+
+def test_mmd_refinement_keeps_the_set_more_spread_than_mean_matching():
+    """Both objectives move a collapsed class toward its real images; the MMD one also spreads it out."""
+    g = torch.Generator().manual_seed(0)
+    labels = np.zeros(6, dtype=int)
+    start = torch.zeros(6, 1, 8, 8)
+
+    def real_images(c, n, rng):
+        return torch.from_numpy(rng.uniform(-1, 1, size=(n, 1, 8, 8)).astype(np.float32))
+
+    spreads = {}
+    for objective in ("mean", "mmd"):
+        config = RefineConfig(iterations=30, space="pixel", lr=1.0, real_batch=32, width=8, objective=objective)
+        result = refine_set(start + 0.01 * torch.randn(start.shape, generator=g), labels, lambda x: x, real_images,
+                            config, seed=0)
+        assert np.isfinite(result.losses).all()
+        spreads[objective] = float(result.images.flatten(1).std(0).mean())
+    assert spreads["mmd"] > spreads["mean"]
