@@ -30,6 +30,7 @@ class BackgroundJob:
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.cancelled = False
+        self.changed = threading.Condition()   # notified on every progress report and when the job ends
 
     def start(self) -> "BackgroundJob":
         """Start once; later calls do nothing."""
@@ -43,7 +44,9 @@ class BackgroundJob:
         return self
 
     def _progress(self, fraction: float, message: str) -> None:
-        self.fraction, self.message = float(fraction), message
+        with self.changed:
+            self.fraction, self.message = float(fraction), message
+            self.changed.notify_all()
 
     def _work(self) -> None:
         try:
@@ -53,7 +56,9 @@ class BackgroundJob:
             self.error = exc
             self.message = f"failed: {exc}"
         finally:
-            self.finished_at = time.perf_counter()
+            with self.changed:
+                self.finished_at = time.perf_counter()
+                self.changed.notify_all()
 
     def cancel(self) -> None:
         """Ask ``fn`` to stop (it polls ``job.cancelled``); the job ends with the error ``fn`` raises."""
@@ -79,6 +84,13 @@ class BackgroundJob:
         if self.started_at is None:
             return 0.0
         return (self.finished_at or time.perf_counter()) - self.started_at
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Block until ``condition()`` holds or the job is done (checked at each progress report and at the
+        end; ``fn`` reports after changing what ``condition`` reads); whether ``condition()`` held."""
+        with self.changed:
+            self.changed.wait_for(lambda: condition() or self.done, timeout)
+            return condition()
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until done; return the result or raise the job's error."""

@@ -154,9 +154,7 @@ class Run:
         if job is None:
             return None
         if only is not None:
-            deadline = time.perf_counter() + (float("inf") if timeout is None else timeout)
-            while set(only) & set(self.pending_metrics) and not job.done and time.perf_counter() < deadline:
-                time.sleep(0.01)
+            job.wait_until(lambda: not set(only) & set(self.pending_metrics), timeout)
             return job.error if job.done else None
         try:
             job.wait(timeout)
@@ -231,6 +229,7 @@ def start_scores(studio: Studio, run: Run) -> None:
             run.features, run.coverage = features, coverage
             run.metrics = {**run.metrics, **scores}   # a new dict: a page iterating the old one is not disturbed
             run.pending_metrics = ("w2_latent_mean",)
+            progress(0.5, "teacher scores in")   # wakes Run.wait_for_scores(only=TEACHER_SCORES)
         if job.cancelled:
             return
         run.metrics = {**run.metrics, "w2_latent_mean": w2_latent_mean(studio.latents_by_class, run.dset)}

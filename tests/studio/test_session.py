@@ -180,6 +180,21 @@ def test_background_job_reports_progress_result_and_error():
     assert "failed" in failing.message
 
 
+def test_waiting_on_a_job_wakes_at_the_report_that_makes_the_condition_true():
+    state, gate = {"stage": 0}, threading.Event()
+
+    def work(progress):
+        state["stage"] = 1
+        progress(0.5, "stage 1")
+        gate.wait(5)   # the job is still running when the waiter must already be awake
+
+    job = BackgroundJob(work).start()
+    assert job.wait_until(lambda: state["stage"] == 1, timeout=5) and not job.done
+    assert not job.wait_until(lambda: state["stage"] == 2, timeout=0.05)   # times out, says so
+    gate.set()
+    assert not job.wait_until(lambda: state["stage"] == 2, timeout=5) and job.done   # ended without it
+
+
 def test_figures_carry_sample_ids_for_selection(studio):
     run = run_once(studio, pgfm())
     n = len(run.dset)
