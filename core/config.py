@@ -229,8 +229,8 @@ class RefineConfig:
 REFINE_LR = {"pixel": 1.0, "latent": 0.01}   # the step size of each space when none is given
 DEFAULT_REFINE = RefineConfig(iterations=150, space="latent", lr=REFINE_LR["latent"], real_batch=128, width=64)
 # Up to this IPC, pgfm-dm refines 3x as long: on validation at IPC 10 (soft-online, one seed) 450 iterations gave
-# 84.0 % against 83.1 % for 150 (benchmarks/sweep-ipc10-soft-online); at IPC 50 only 150 was measured, and it
-# would cost three times the refinement's ~15 min there.
+# 84.0 % against 83.1 % for 150 (benchmarks/sweep-ipc10-soft-online); at IPC 50 both gave 88.4 %, 450 for 2.2x
+# the time (benchmarks/sweep-ipc50-soft-online).
 LONG_REFINE_UP_TO_IPC = 10
 LONG_REFINE = replace(DEFAULT_REFINE, iterations=3 * DEFAULT_REFINE.iterations)
 
