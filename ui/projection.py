@@ -9,8 +9,13 @@ import streamlit as st
 
 from core.config import cache_dir
 from core.studio.jobs import BackgroundJob
-from core.studio.projection import Projection, ProjectionConfig, fit_projection, load_or_fit_projection
-from core.studio.session import Run, Studio
+from core.studio.projection import (
+    Projection,
+    ProjectionConfig,
+    fit_projection,
+    load_or_fit_projection,
+)
+from core.studio.session import BACKGROUND_NICE, Run, Studio
 
 METHODS = ("PCA", "UMAP")
 
@@ -32,7 +37,7 @@ def _umap_job(_studio: Studio, key: str) -> BackgroundJob:
     cache_file = cache_dir() / "projections" / f"umap-{key}.safetensors"
     return BackgroundJob(lambda progress: load_or_fit_projection(latents.latents, latents.labels,
                                                                  ProjectionConfig(method="umap"), cache_file, progress),
-                         name="umap-fit")
+                         name="umap-fit", nice=BACKGROUND_NICE)
 
 
 def umap_job(studio: Studio) -> BackgroundJob:

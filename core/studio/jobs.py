@@ -8,6 +8,7 @@ job exposes its latest progress, result or error, an ETA, and a cancel flag ``fn
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 import time
 import weakref
@@ -20,8 +21,10 @@ EXIT_WAIT_S = 30.0
 
 
 class BackgroundJob:
-    def __init__(self, fn: Callable[[Callable[[float, str], None]], Any], name: str = "job"):
-        self._fn, self.name = fn, name
+    def __init__(self, fn: Callable[[Callable[[float, str], None]], Any], name: str = "job", nice: int = 0):
+        """``nice``: added to the thread's scheduling niceness (Linux: per thread), so that background work
+        such as scoring gives the CPU to the page being drawn and the browser first (0: unchanged)."""
+        self._fn, self.name, self.nice = fn, name, nice
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.fraction, self.message = 0.0, "not started"
@@ -49,6 +52,12 @@ class BackgroundJob:
             self.changed.notify_all()
 
     def _work(self) -> None:
+        if self.nice and hasattr(os, "setpriority"):
+            try:   # on Linux a thread is a task of its own: this lowers this thread only
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                               os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + self.nice)
+            except OSError:
+                pass   # not permitted here: the job runs at the process's priority
         try:
             self.result = self._fn(self._progress)
             self._progress(1.0, "done")

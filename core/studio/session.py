@@ -36,6 +36,8 @@ Progress = Callable[[float, str], None]
 
 
 # The teacher's scores, added to a deferred run by its scores job before W2 (``start_scores``).
+# Niceness of the background scoring thread: a λ step's page and the browser drawing it come first.
+BACKGROUND_NICE = 10
 TEACHER_SCORES = ("mode_coverage", "mode_coverage_per_class", "precision", "recall", "density", "coverage")
 
 
@@ -237,7 +239,7 @@ def start_scores(studio: Studio, run: Run) -> None:
         if studio.registry is not None and run.registry_id is not None:
             studio.registry.update(run.registry_id, metrics=run.metrics)
 
-    job = BackgroundJob(score, name="scores")
+    job = BackgroundJob(score, name="scores", nice=BACKGROUND_NICE)
     run.scores_job = job.start()
 
 

@@ -2,6 +2,7 @@
 re-samples, pills select images, the Export page's download is a complete zip, and Cancel stops a student
 evaluation. Screenshots of the main pages go to $DISTILL_STUDIO_SCREENSHOTS (the README's: docs/screenshots)."""
 import json
+import os
 import time
 import zipfile
 
@@ -26,19 +27,45 @@ PAGES = [("latent_space", "Latent space"), ("trajectories", "Trajectories"), ("c
          ("evaluate", "Evaluate"), ("dataset", "Dataset")]
 
 
+# Polled every 5 ms from just before the key press: when (ms after it) the script started and finished its
+# run, the first gallery image was replaced, all were, and all had loaded. It tells the server's share of a
+# λ step (the run) from the browser's (rendering, fetching /media images).
+STEP_PROBE = """([selector, before]) => {
+  const t0 = performance.now(), marks = {}, events = [];
+  let last = '';
+  const mark = (name, cond) => { if (!(name in marks) && cond) marks[name] = performance.now() - t0; };
+  const timer = setInterval(() => {
+    const run = document.querySelector('[data-testid="stApp"]').getAttribute('data-test-script-state');
+    const imgs = Array.from(document.querySelectorAll(selector));
+    const fresh = imgs.filter(img => !before.includes(img.getAttribute('src')));
+    const loaded = fresh.filter(img => img.complete).length;
+    const now = `${run} ${fresh.length}/${imgs.length} new ${loaded} loaded`;
+    if (now !== last) { events.push([Math.round(performance.now() - t0), now]); last = now; }
+    mark('script running', run === 'running');
+    mark('script done', 'script running' in marks && run === 'notRunning');
+    mark('first image replaced', fresh.length > 0);
+    mark('all replaced', imgs.length > 0 && fresh.length === imgs.length);
+    mark('all loaded', imgs.length > 0 && loaded === imgs.length);
+  }, 5);
+  window.__e2eStep = {timer, marks, events};
+}"""
+
+
 def image_sources(page) -> list[str]:
     # st.image serves each picture at /media/<hash of its bytes>: a new picture has a new address.
     return page.locator(MAIN_IMAGES).evaluate_all("imgs => imgs.map(img => img.getAttribute('src'))")
 
 
-def lambda_step_seconds(page) -> float:
+def lambda_step_seconds(page) -> tuple[float, dict[str, float]]:
     """Press → once on the λ slider; seconds until every gallery image has been replaced and has loaded
-    (re-sample, re-score, redraw, as the browser shows it). On a timeout the error says what the page shows."""
+    (re-sample, re-score, redraw, as the browser shows it), and where that time went (``STEP_PROBE``'s
+    marks, seconds after the press). On a timeout the error says what the page shows."""
     page.locator(MAIN_IMAGES).first.wait_for(timeout=120_000)   # the gallery is drawn before it is read
     wait_for_images(page)
     before = image_sources(page)
     thumb = widget(page, "stSlider", "Guidance λ").locator(SLIDER_THUMB)
     thumb.focus()
+    page.evaluate(STEP_PROBE, [MAIN_IMAGES, before])
     started = time.monotonic()
     thumb.press("ArrowRight")
     try:
@@ -55,8 +82,11 @@ def lambda_step_seconds(page) -> float:
             f"{slider_value(page, 'Guidance λ')}, url {page.url}, app state {app_state(page)}, exceptions "
             f"{exceptions(page)}") from error
     seconds = time.monotonic() - started
+    marks = page.evaluate("() => { clearInterval(window.__e2eStep.timer); return window.__e2eStep.marks; }")
+    if os.environ.get("DISTILL_STUDIO_E2E_EVENTS"):
+        print(f"[e2e]   page states (ms after the key press): {page.evaluate('() => window.__e2eStep.events')}")
     wait_for_app_idle(page)
-    return seconds
+    return seconds, {name: round(ms / 1000, 2) for name, ms in marks.items()}
 
 
 def no_errors(page) -> None:
@@ -76,7 +106,9 @@ def test_pages_guidance_selection_and_export(streamlit_server, browser_page, tmp
     before = image_sources(page)
 
     steps = [lambda_step_seconds(page) for _ in range(3)]   # λ 0.90 -> 0.95 -> 1.00 -> 1.05
-    print(f"[e2e] λ step -> gallery replaced and loaded in the browser: {', '.join(f'{t:.2f}' for t in steps)} s")
+    print(f"[e2e] λ step -> gallery replaced and loaded in the browser: {', '.join(f'{t:.2f}' for t, _ in steps)} s")
+    for _, marks in steps:
+        print(f"[e2e]   seconds after the key press: {marks}")
     assert [float(v) for v in slider_value(page, "Guidance λ")] == [1.05]
     assert image_sources(page) != before, "the gallery did not change with λ"
     no_errors(page)

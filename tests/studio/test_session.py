@@ -2,6 +2,7 @@
 background jobs and the figures."""
 import io
 import json
+import os
 import threading
 import zipfile
 from dataclasses import replace
@@ -193,6 +194,16 @@ def test_waiting_on_a_job_wakes_at_the_report_that_makes_the_condition_true():
     assert not job.wait_until(lambda: state["stage"] == 2, timeout=0.05)   # times out, says so
     gate.set()
     assert not job.wait_until(lambda: state["stage"] == 2, timeout=5) and job.done   # ended without it
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread niceness is a POSIX/Linux feature")
+def test_a_niced_job_lowers_its_own_thread_only():
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    job = BackgroundJob(lambda progress: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), nice=5)
+    assert job.start().wait(5) == min(base + 5, 19)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base   # the caller's thread is unchanged
+    assert BackgroundJob(lambda progress: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).start().wait(5) \
+        == base
 
 
 def test_figures_carry_sample_ids_for_selection(studio):
