@@ -203,8 +203,14 @@ def test_benchmark_under_protocols_writes_whole_data_ranking_and_cross_architect
     monkeypatch.setattr(benchmark, "ARCH_IPCS", (2,))
     config = replace(config, methods=("random", "ddoq", "pgfm"), ipcs=(2,), protocols=("hard", "hard-dsa", "soft-online"),
                      whole_data=True, whole_data_epochs=1, architectures=("mlp",))
+    distilled = []
+    real_distill = benchmark.distill
+    monkeypatch.setattr(benchmark, "distill", lambda engine, dc, **kw: distilled.append(dc) or real_distill(engine, dc, **kw))
     results = run_benchmark(Bench(engine, teacher, test, out, config, log=lambda m: None))
     cells = results["cells"]
+    # each set is distilled once: its cross-architecture cell trains on the main cell's set
+    assert len(distilled) == len({json.dumps(dc.to_dict(), sort_keys=True) for dc in distilled})
+    assert {dc.method for dc in distilled} == {"random", "ddoq", "pgfm"}
     assert {"whole/convnet", "arch/mlp/random/ipc2", "arch/mlp/ddoq/ipc2", "arch/mlp/pgfm/ipc2"} <= set(cells)
     for name in ("main/pgfm/ipc2", "whole/convnet"):
         assert {cells[name][p]["protocol"] for p in config.protocols} == set(config.protocols)
