@@ -389,6 +389,9 @@ def distill_config(options: Mapping[str, Any]) -> DistillConfig:
                               trust_radius=o.get("trust_radius"))
     classes = o.get("classes", "all")
     refine = RefineConfig()
+    for key in ("refine_space", "refine_lr", "refine_real_batch", "refine_width", "refine_objective"):
+        if o.get(key) not in (None, getattr(DEFAULT_REFINE, key.removeprefix("refine_"))) and not o.get("refine", 0):
+            raise ValueError(f"{key} {o[key]!r} changes a refinement, but none is asked for: give refine N > 0 (--refine N)")
     if o.get("refine", 0):
         space = o.get("refine_space", DEFAULT_REFINE.space)
         refine = RefineConfig(iterations=o["refine"], space=space, lr=o.get("refine_lr", REFINE_LR.get(space, DEFAULT_REFINE.lr)),

@@ -8,14 +8,14 @@ import numpy as np
 import streamlit as st
 
 from core.config import cache_dir
-from core.studio.jobs import BackgroundJob
+from core.studio.jobs import BACKGROUND_NICE, BackgroundJob
 from core.studio.projection import (
     Projection,
     ProjectionConfig,
     fit_projection,
     load_or_fit_projection,
 )
-from core.studio.session import BACKGROUND_NICE, Run, Studio
+from core.studio.session import Run, Studio
 
 METHODS = ("PCA", "UMAP")
 

@@ -207,7 +207,7 @@ class Bench:
              architecture: str = "convnet", on_validation: bool = False) -> dict:
         """Distil, assess and evaluate one configuration. A cell already in results.json with the same
         parameters is kept; only protocols it lacks are evaluated (the set is re-distilled, which is
-        deterministic for the seed)."""
+        deterministic for the seed, and done once per process: see ``_distill``)."""
         spec = {"method": method, "distill": distill_config.to_dict(), "seeds": seeds, "epochs": self.config.epochs,
                 "architecture": architecture, "pool": self.config.pool, "split": "val" if on_validation else "test"}
         if method in ("random", "random-vae"):   # random real: which images is the main source of spread
@@ -239,7 +239,7 @@ class Bench:
         return row
 
     def _distill(self, method: str, distill_config: DistillConfig):
-        key = (method, json.dumps(distill_config.to_dict(), sort_keys=True))
+        key = (method, config_hash(distill_config.to_dict()))
         if key not in self._distilled:
             self._distilled[key] = self._distill_anew(method, distill_config)
         return self._distilled[key]

@@ -44,9 +44,13 @@ MMD_BANDWIDTHS = (0.25, 1.0, 4.0)   # x the median squared distance
 
 
 def gaussian_mmd2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Biased MMD² between rows of ``x`` (n, d) and ``y`` (m, d; the fixed target) under Gaussian kernels at
-    ``MMD_BANDWIDTHS`` times the median squared x-to-y distance m, multiplied by m (squared-distance units)."""
-    d_xx, d_xy, d_yy = torch.cdist(x, x).pow(2), torch.cdist(x, y).pow(2), torch.cdist(y, y).pow(2)
+    """Biased MMD² (the V-statistic, diagonals included: never negative) between rows of ``x`` (n, d) and ``y``
+    (m, d; the fixed target) under Gaussian kernels at ``MMD_BANDWIDTHS`` times the median squared x-to-y
+    distance s (detached), multiplied by s: squared-distance units, so scaling both sets by c scales it by c²."""
+    def sq_dist(a, b):
+        return (a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1) - 2 * a @ b.T).clamp_min(0)
+
+    d_xx, d_xy, d_yy = sq_dist(x, x), sq_dist(x, y), sq_dist(y, y)
     scale = d_xy.detach().median().clamp_min(1e-12)
     mmd2 = sum((-d_xx / (b * scale)).exp().mean() + (-d_yy / (b * scale)).exp().mean()
                - 2 * (-d_xy / (b * scale)).exp().mean() for b in MMD_BANDWIDTHS)
@@ -61,7 +65,9 @@ def class_match_loss(embed: ConvNet, real: torch.Tensor, synthetic: torch.Tensor
         target = embed.features(dsa_augment(real, generator, policy))
     features = embed.features(dsa_augment(synthetic, generator, policy))
     loss = (features.mean(0) - target.mean(0)).pow(2).sum()
-    return loss + gaussian_mmd2(features, target) if objective == "mmd" else loss
+    if objective == "mmd":
+        loss = loss + gaussian_mmd2(features, target)
+    return loss
 
 
 def refine_set(latents: torch.Tensor, labels: np.ndarray, decode: Callable[[torch.Tensor], torch.Tensor],

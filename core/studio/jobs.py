@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
 import time
 import weakref
@@ -18,6 +19,9 @@ from typing import Any, Callable
 # forward pass aborts the process (SIGABRT), so exit waits a little for them (``_join_at_exit``).
 _RUNNING: "weakref.WeakSet[BackgroundJob]" = weakref.WeakSet()
 EXIT_WAIT_S = 30.0
+# The niceness the app's background jobs (scores, UMAP, students, sweeps) add to their threads: the page being
+# drawn and the browser drawing it come first; the jobs share what is left equally.
+BACKGROUND_NICE = 10
 
 
 class BackgroundJob:
@@ -52,10 +56,9 @@ class BackgroundJob:
             self.changed.notify_all()
 
     def _work(self) -> None:
-        if self.nice and hasattr(os, "setpriority"):
-            try:   # on Linux a thread is a task of its own: this lowers this thread only
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
-                               os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + self.nice)
+        if self.nice and sys.platform.startswith("linux"):
+            try:   # on Linux a thread is a task of its own (who 0: the calling thread): this lowers this thread only
+                os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + self.nice)
             except OSError:
                 pass   # not permitted here: the job runs at the process's priority
         try:
@@ -96,7 +99,11 @@ class BackgroundJob:
 
     def wait_until(self, condition: Callable[[], bool], timeout: float | None = None) -> bool:
         """Block until ``condition()`` holds or the job is done (checked at each progress report and at the
-        end; ``fn`` reports after changing what ``condition`` reads); whether ``condition()`` held."""
+        end; ``fn`` reports after changing what ``condition`` reads); whether ``condition()`` held. A job not
+        started never changes: the answer is ``condition()`` at once. ``condition`` runs under the job's lock, so
+        it must not take other locks."""
+        if not self.started:
+            return condition()
         with self.changed:
             self.changed.wait_for(lambda: condition() or self.done, timeout)
             return condition()

@@ -30,14 +30,12 @@ from core.evaluation.ranking import RankingBaseline, load_baseline
 from core.evaluation.students import EvalConfig, EvalResult, evaluate_set
 from core.pipeline.distill import DistilledSet, DistillEngine, distill
 from core.registry import Registry, RegistryError
-from core.studio.jobs import BackgroundJob
+from core.studio.jobs import BACKGROUND_NICE, BackgroundJob
 
 Progress = Callable[[float, str], None]
 
 
 # The teacher's scores, added to a deferred run by its scores job before W2 (``start_scores``).
-# Niceness of the background scoring thread: a λ step's page and the browser drawing it come first.
-BACKGROUND_NICE = 10
 TEACHER_SCORES = ("mode_coverage", "mode_coverage_per_class", "precision", "recall", "density", "coverage")
 
 

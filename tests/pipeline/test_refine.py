@@ -97,6 +97,9 @@ def test_the_distill_options_describe_a_refinement():
     with pytest.raises(ValueError, match="refine space"):
         distill_config({"refine": 3, "refine_space": "image"})
     assert distill_config({"refine": 3, "refine_objective": "mmd"}).refine.objective == "mmd"
+    with pytest.raises(ValueError, match="refine_objective 'mmd' changes a refinement, but none is asked for"):
+        distill_config({"refine_objective": "mmd"})   # would be silently ignored
+    assert distill_config({"refine_objective": "mean", "refine_space": "latent"}).refine == RefineConfig()   # defaults
 
 
 def test_the_mmd_term_is_zero_only_for_matching_batches_and_pulls_the_spread():
@@ -104,13 +107,31 @@ def test_the_mmd_term_is_zero_only_for_matching_batches_and_pulls_the_spread():
 
     g = torch.Generator().manual_seed(0)
     target = torch.randn(64, 5, generator=g)
-    assert float(gaussian_mmd2(target, target)) == pytest.approx(0.0, abs=1e-6)
+    assert float(gaussian_mmd2(target, target)) == pytest.approx(0.0, abs=1e-5)
+    other = torch.randn(16, 5, generator=g) + 1.0
+    # squared-distance units: scaling both sets by c scales it by c², so it adds to the mean term consistently
+    assert float(gaussian_mmd2(3 * other, 3 * target)) == pytest.approx(9 * float(gaussian_mmd2(other, target)), rel=1e-4)
     collapsed = target.mean(0, keepdim=True).repeat(8, 1).requires_grad_(True)   # right mean, no spread
     loss = gaussian_mmd2(collapsed, target)
     loss.backward()
     assert float(loss.detach()) > 0.05 and collapsed.grad.abs().sum() > 0
-    spread = target[:8] + 0.0   # real rows: a much smaller MMD than the collapsed batch
-    assert float(gaussian_mmd2(spread, target)) < float(loss.detach())
+    assert float(gaussian_mmd2(target[:8], target)) < float(loss.detach())   # real rows: a much smaller MMD
+
+
+def test_the_mmd_objective_adds_the_mmd_term_to_the_mean_term():
+    from core.data.augment import dsa_augment
+    from core.models.convnet import ConvNet, ConvNetConfig
+    from core.pipeline.refine import class_match_loss, gaussian_mmd2
+
+    embed = ConvNet(ConvNetConfig(in_channels=1, num_classes=2, image_size=8, width=8, depth=2))
+    real, synthetic = torch.rand(12, 1, 8, 8) * 2 - 1, torch.rand(4, 1, 8, 8) * 2 - 1
+    losses = {o: class_match_loss(embed, real, synthetic, "flip", torch.Generator().manual_seed(1), o)
+              for o in ("mean", "mmd")}
+    g = torch.Generator().manual_seed(1)   # the same draws as class_match_loss: real first, then synthetic
+    real_aug, synthetic_aug = dsa_augment(real, g, "flip"), dsa_augment(synthetic, g, "flip")
+    with torch.no_grad():
+        mmd = gaussian_mmd2(embed.features(synthetic_aug), embed.features(real_aug))
+    assert float(losses["mmd"]) == pytest.approx(float(losses["mean"] + mmd), rel=1e-4)
 
 
 def test_mmd_refinement_keeps_the_set_more_spread_than_mean_matching():
@@ -122,11 +143,11 @@ def test_mmd_refinement_keeps_the_set_more_spread_than_mean_matching():
     def real_images(c, n, rng):
         return torch.from_numpy(rng.uniform(-1, 1, size=(n, 1, 8, 8)).astype(np.float32))
 
+    start = start + 0.01 * torch.randn(start.shape, generator=g)   # the same start for both objectives
     spreads = {}
     for objective in ("mean", "mmd"):
         config = RefineConfig(iterations=30, space="pixel", lr=1.0, real_batch=32, width=8, objective=objective)
-        result = refine_set(start + 0.01 * torch.randn(start.shape, generator=g), labels, lambda x: x, real_images,
-                            config, seed=0)
+        result = refine_set(start, labels, lambda x: x, real_images, config, seed=0)
         assert np.isfinite(result.losses).all()
         spreads[objective] = float(result.images.flatten(1).std(0).mean())
-    assert spreads["mmd"] > spreads["mean"]
+    assert spreads["mmd"] > 1.5 * spreads["mean"]

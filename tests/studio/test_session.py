@@ -3,7 +3,9 @@ background jobs and the figures."""
 import io
 import json
 import os
+import sys
 import threading
+import time
 import zipfile
 from dataclasses import replace
 
@@ -189,21 +191,27 @@ def test_waiting_on_a_job_wakes_at_the_report_that_makes_the_condition_true():
         progress(0.5, "stage 1")
         gate.wait(5)   # the job is still running when the waiter must already be awake
 
-    job = BackgroundJob(work).start()
-    assert job.wait_until(lambda: state["stage"] == 1, timeout=5) and not job.done
+    assert BackgroundJob(work).wait_until(lambda: True) and not BackgroundJob(work).wait_until(lambda: False)  # not started
+    job = BackgroundJob(work)
+    started = time.monotonic()
+    job.start()
+    assert job.wait_until(lambda: state["stage"] == 1, timeout=30) and not job.done
+    assert time.monotonic() - started < 10   # woken by the report, not by the 30 s timeout
     assert not job.wait_until(lambda: state["stage"] == 2, timeout=0.05)   # times out, says so
     gate.set()
-    assert not job.wait_until(lambda: state["stage"] == 2, timeout=5) and job.done   # ended without it
+    assert not job.wait_until(lambda: state["stage"] == 2, timeout=30) and job.done   # ended without it
+    assert time.monotonic() - started < 20
 
 
-@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread niceness is a POSIX/Linux feature")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
 def test_a_niced_job_lowers_its_own_thread_only():
-    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    job = BackgroundJob(lambda progress: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), nice=5)
-    assert job.start().wait(5) == min(base + 5, 19)
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base   # the caller's thread is unchanged
-    assert BackgroundJob(lambda progress: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).start().wait(5) \
-        == base
+    def own_niceness(progress=None):
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = own_niceness()
+    assert BackgroundJob(own_niceness, nice=5).start().wait(5) == min(base + 5, 19)
+    assert own_niceness() == base   # the caller's thread is unchanged
+    assert BackgroundJob(own_niceness).start().wait(5) == base
 
 
 def test_figures_carry_sample_ids_for_selection(studio):
