@@ -5,7 +5,7 @@ import streamlit as st
 
 from core.config import PROTOCOLS, STUDENT_ARCHITECTURES
 from core.evaluation.students import EvaluationCancelled, protocol_config
-from core.studio.jobs import BACKGROUND_NICE, BackgroundJob
+from core.studio.jobs import BackgroundJob
 from core.studio.session import accuracy_text, evaluate_run, evaluation_rows
 from ui.frame import page_frame
 from ui.widgets import job_progress, keep_values, require_run
@@ -48,7 +48,7 @@ if st.button("Start evaluation", type="primary", disabled=busy):
     def train(progress, target=run, config=config):   # bound now: the job outlives this script run
         return evaluate_run(studio, target, config, progress, should_stop=lambda: job.cancelled)
 
-    job = BackgroundJob(train, name="student", nice=BACKGROUND_NICE)
+    job = BackgroundJob(train, name="student")
     job.run_id, job.protocol, job.seeds = run.run_id, config.protocol, len(config.seeds)
     st.session_state["eval_job"] = job.start()
     busy = True

@@ -9,7 +9,7 @@ import streamlit as st
 from core.config import PROTOCOLS
 from core.evaluation.students import EvaluationCancelled, protocol_config
 from core.studio.figures import sweep_heatmap, sweep_lines
-from core.studio.jobs import BACKGROUND_NICE, BackgroundJob
+from core.studio.jobs import BackgroundJob
 from core.studio.knobs import KNOBS, parse_values
 from core.studio.runs import sidebar_settings
 from core.studio.sweeps import (
@@ -62,8 +62,7 @@ def student_settings(prefix: str):
 
 def start(kind: str, name: str, work) -> None:
     holder = {}
-    new = BackgroundJob(lambda progress: work(progress, lambda: holder["job"].cancelled), name=kind,
-                        nice=BACKGROUND_NICE)
+    new = BackgroundJob(lambda progress: work(progress, lambda: holder["job"].cancelled), name=kind)
     new.kind, new.label = kind, name
     holder["job"] = new
     st.session_state["sweep_job"] = new.start()

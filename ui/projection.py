@@ -8,13 +8,8 @@ import numpy as np
 import streamlit as st
 
 from core.config import cache_dir
-from core.studio.jobs import BACKGROUND_NICE, BackgroundJob
-from core.studio.projection import (
-    Projection,
-    ProjectionConfig,
-    fit_projection,
-    load_or_fit_projection,
-)
+from core.studio.jobs import BackgroundJob
+from core.studio.projection import Projection, ProjectionConfig, fit_projection, load_or_fit_projection
 from core.studio.session import Run, Studio
 
 METHODS = ("PCA", "UMAP")
@@ -37,7 +32,7 @@ def _umap_job(_studio: Studio, key: str) -> BackgroundJob:
     cache_file = cache_dir() / "projections" / f"umap-{key}.safetensors"
     return BackgroundJob(lambda progress: load_or_fit_projection(latents.latents, latents.labels,
                                                                  ProjectionConfig(method="umap"), cache_file, progress),
-                         name="umap-fit", nice=BACKGROUND_NICE)
+                         name="umap-fit")
 
 
 def umap_job(studio: Studio) -> BackgroundJob:

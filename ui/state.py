@@ -47,7 +47,7 @@ def _studio_job(source_json: str) -> BackgroundJob:
     return BackgroundJob(lambda progress: load_studio(spec, data_dir=source.get("data_dir"),
                                                       latent_store=source.get("latent_store"), progress=progress,
                                                       model_folder=source.get("model_folder")),
-                         name="load-studio").start()
+                         name="load-studio", nice=0).start()   # the first page waits on it
 
 
 def get_studio(source: dict | None = None) -> Studio:

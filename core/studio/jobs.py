@@ -19,15 +19,16 @@ from typing import Any, Callable
 # forward pass aborts the process (SIGABRT), so exit waits a little for them (``_join_at_exit``).
 _RUNNING: "weakref.WeakSet[BackgroundJob]" = weakref.WeakSet()
 EXIT_WAIT_S = 30.0
-# The niceness the app's background jobs (scores, UMAP, students, sweeps) add to their threads: the page being
-# drawn and the browser drawing it come first; the jobs share what is left equally.
+# The niceness a background job adds to its thread unless told otherwise (scores, UMAP, students, sweeps): the
+# page being drawn and the browser drawing it come first; the jobs share what is left equally.
 BACKGROUND_NICE = 10
 
 
 class BackgroundJob:
-    def __init__(self, fn: Callable[[Callable[[float, str], None]], Any], name: str = "job", nice: int = 0):
+    def __init__(self, fn: Callable[[Callable[[float, str], None]], Any], name: str = "job",
+                 nice: int = BACKGROUND_NICE):
         """``nice``: added to the thread's scheduling niceness (Linux: per thread), so that background work
-        such as scoring gives the CPU to the page being drawn and the browser first (0: unchanged)."""
+        gives the CPU to the page being drawn and the browser first (0: unchanged, for a job a page waits on)."""
         self._fn, self.name, self.nice = fn, name, nice
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None

@@ -30,7 +30,7 @@ from core.evaluation.ranking import RankingBaseline, load_baseline
 from core.evaluation.students import EvalConfig, EvalResult, evaluate_set
 from core.pipeline.distill import DistilledSet, DistillEngine, distill
 from core.registry import Registry, RegistryError
-from core.studio.jobs import BACKGROUND_NICE, BackgroundJob
+from core.studio.jobs import BackgroundJob
 
 Progress = Callable[[float, str], None]
 
@@ -237,7 +237,7 @@ def start_scores(studio: Studio, run: Run) -> None:
         if studio.registry is not None and run.registry_id is not None:
             studio.registry.update(run.registry_id, metrics=run.metrics)
 
-    job = BackgroundJob(score, name="scores", nice=BACKGROUND_NICE)
+    job = BackgroundJob(score, name="scores")
     run.scores_job = job.start()
 
 

@@ -26,7 +26,7 @@ from core.studio.figures import (
     mode_grid,
     trajectory_figure,
 )
-from core.studio.jobs import BackgroundJob
+from core.studio.jobs import BACKGROUND_NICE, BackgroundJob
 from core.studio.selection import ids_from_plot_selection
 from core.studio.session import (
     RunHistory,
@@ -211,7 +211,8 @@ def test_a_niced_job_lowers_its_own_thread_only():
     base = own_niceness()
     assert BackgroundJob(own_niceness, nice=5).start().wait(5) == min(base + 5, 19)
     assert own_niceness() == base   # the caller's thread is unchanged
-    assert BackgroundJob(own_niceness).start().wait(5) == base
+    assert BackgroundJob(own_niceness, nice=0).start().wait(5) == base
+    assert BackgroundJob(own_niceness).start().wait(5) == min(base + BACKGROUND_NICE, 19)   # background by default
 
 
 def test_figures_carry_sample_ids_for_selection(studio):
