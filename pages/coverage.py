@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from core.studio.figures import coverage_bars, mode_grid
-from core.studio.session import TEACHER_SCORES, covering_counts
+from core.studio.session import COVERAGE_SCORES, covering_counts
 from ui import state
 from ui.frame import page_frame
 from ui.widgets import require_run
@@ -14,8 +14,8 @@ run = require_run()
 names = run.dset.class_names
 st.title("Coverage")
 history = state.history()
-with st.spinner("Scoring the set (mode coverage, PRDC)…"):
-    failed = run.wait_for_scores(only=TEACHER_SCORES)   # W2 may still follow: the table below redraws for it
+with st.spinner("Scoring the set (mode coverage)…"):
+    failed = run.wait_for_scores(only=COVERAGE_SCORES)   # PRDC and W2 may follow: the table below redraws for them
 if failed is not None:
     st.error(f"Scoring run {run.run_id} failed: {failed}. The set itself is fine (its images and latent scores "
              "are shown on the other pages).")

@@ -126,12 +126,17 @@ def assess(reference: RealReference, teacher, dset: DistilledSet, w2: bool = Tru
     set's own classes. ``features`` / ``coverage`` of ``dset`` may be passed when the caller has them."""
     features = teacher.features(dset.images).numpy() if features is None else features
     coverage = mode_coverage(reference.modes, features, dset.labels) if coverage is None else coverage
-    out = {"mode_coverage": round(coverage.overall, 4),
-           "mode_coverage_per_class": {int(c): round(v, 4) for c, v in coverage.per_class.items()}}
+    out = coverage_metrics(coverage)
     if len(dset) > reference.k:
         real = reference.real_of(tuple(int(c) for c in np.unique(dset.labels)))
         out.update({key: round(value, 4) for key, value in prdc(real, features).items()})
     return {**out, **latent_scores(reference.latents_by_class, dset, w2)}
+
+
+def coverage_metrics(coverage: CoverageResult) -> dict:
+    """The metrics entries of a mode coverage: overall and per class (fractions of modes covered)."""
+    return {"mode_coverage": round(coverage.overall, 4),
+            "mode_coverage_per_class": {int(c): round(v, 4) for c, v in coverage.per_class.items()}}
 
 
 def latent_scores(latents_by_class: dict[int, np.ndarray], dset: DistilledSet, w2: bool = True) -> dict:

@@ -20,6 +20,7 @@ from core.evaluation.assess import (
     RealReference,
     assess,
     class_latents,
+    coverage_metrics,
     latent_scores,
     load_or_build_reference,
     reference_cache_file,
@@ -36,7 +37,9 @@ Progress = Callable[[float, str], None]
 
 
 # The teacher's scores, added to a deferred run by its scores job before W2 (``start_scores``).
-TEACHER_SCORES = ("mode_coverage", "mode_coverage_per_class", "precision", "recall", "density", "coverage")
+COVERAGE_SCORES = ("mode_coverage", "mode_coverage_per_class")   # the deferred scores arrive in three stages:
+PRDC_SCORES = ("precision", "recall", "density", "coverage")      # these, then these, then W2 (start_scores)
+TEACHER_SCORES = COVERAGE_SCORES + PRDC_SCORES
 
 
 @dataclass
@@ -224,12 +227,22 @@ def start_scores(studio: Studio, run: Run) -> None:
     def score(progress) -> None:
         if job.cancelled:
             return
+        # three stages, each reported (waking Run.wait_for_scores(only=...) of the pages waiting for it: the
+        # Coverage page waits for mode coverage only); each stores a new dict, so a page iterating the old one
+        # is not disturbed; a cancelled job restarted by ensure_scores picks up at the stage it stopped before
         if studio.teacher is not None and "mode_coverage" in run.pending_metrics:
-            features, coverage, scores = _scores(studio, run.dset, w2=False)
-            run.features, run.coverage = features, coverage
-            run.metrics = {**run.metrics, **scores}   # a new dict: a page iterating the old one is not disturbed
+            run.features = studio.teacher.features(run.dset.images).numpy()
+            run.coverage = mode_coverage(studio.reference.modes, run.features, run.dset.labels)
+            run.metrics = {**run.metrics, **coverage_metrics(run.coverage)}
+            run.pending_metrics = (*PRDC_SCORES, "w2_latent_mean")
+            progress(0.3, "mode coverage in")
+        if job.cancelled:
+            return
+        if studio.teacher is not None and PRDC_SCORES[0] in run.pending_metrics:
+            run.metrics = {**run.metrics, **assess(studio.reference, studio.teacher, run.dset, False, run.features,
+                                                   run.coverage)}
             run.pending_metrics = ("w2_latent_mean",)
-            progress(0.5, "teacher scores in")   # wakes Run.wait_for_scores(only=TEACHER_SCORES)
+            progress(0.5, "teacher scores in")
         if job.cancelled:
             return
         run.metrics = {**run.metrics, "w2_latent_mean": w2_latent_mean(studio.latents_by_class, run.dset)}

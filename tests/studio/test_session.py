@@ -292,6 +292,35 @@ def test_waiting_for_the_teacher_scores_does_not_wait_for_w2(studio, monkeypatch
     assert run.wait_for_scores(60) is None and "w2_latent_mean" in run.metrics
 
 
+def test_waiting_for_mode_coverage_does_not_wait_for_prdc_and_a_cancel_after_it_resumes_at_prdc(studio, monkeypatch):
+    from core.studio import session
+    from core.studio.session import COVERAGE_SCORES, PRDC_SCORES, ensure_scores
+
+    release, real_assess, calls = threading.Event(), session.assess, []
+
+    def slow_assess(*args):
+        calls.append(args)
+        assert release.wait(60)
+        return real_assess(*args)
+
+    monkeypatch.setattr(session, "assess", slow_assess)
+    run = run_once(studio, pgfm(), defer=True)
+    assert run.wait_for_scores(60, only=COVERAGE_SCORES) is None
+    assert "mode_coverage" in run.metrics and run.coverage is not None and "precision" not in run.metrics
+    assert run.pending_metrics == (*PRDC_SCORES, "w2_latent_mean") and not run.scores_job.done
+    features = run.features
+    run.scores_job.cancel()   # seen after PRDC: the job stops before W2
+    release.set()
+    run.scores_job.wait(60)
+    assert "precision" in run.metrics and run.pending_metrics == ("w2_latent_mean",)
+    run.metrics = {k: v for k, v in run.metrics.items() if k not in PRDC_SCORES}   # as if cancelled before PRDC
+    run.pending_metrics = (*PRDC_SCORES, "w2_latent_mean")
+    ensure_scores(studio, run)
+    assert run.wait_for_scores(60) is None and run.pending_metrics == ()
+    assert len(calls) == 2 and run.features is features   # PRDC again, the teacher's features not
+    assert {"precision", "recall", "w2_latent_mean"} <= run.metrics.keys()
+
+
 def test_decoded_prototypes_follow_the_cell_offset(studio):
     centroid = run_once(studio, pgfm())
     moved = run_once(studio, pgfm(cell_offset=1.0))
