@@ -231,9 +231,14 @@ def test_figures_carry_sample_ids_for_selection(studio):
     assert paths[0].marker.symbol[0] == "circle-open" and paths[0].marker.size[0] > paths[0].marker.size[1]   # start
     assert {t.name for t in traj.data if t.showlegend is not False} >= {"start (noise, t = 0)", "end (t = 1)", "prototype"}
     assert traj.layout.xaxis.title.text == "PC 1 (40% of variance)"
-    distance = distance_to_prototype(np.linspace(0, 1, 9), rng.random((9, n)), run.dset.labels, run.dset.class_names,
+    values = rng.random((9, n))
+    distance = distance_to_prototype(np.linspace(0, 1, 9), values, run.dset.labels, run.dset.class_names,
                                      window=(0.0, 0.8))
-    assert len(distance.data) == n + 3
+    classes = np.unique(run.dset.labels)
+    assert len(distance.data) == 2 * len(classes)   # per class: its samples' faint lines, then its bold mean
+    for c, faint in zip(classes, distance.data[::2]):
+        lines = np.asarray(faint.y, dtype=float).reshape(-1, 10)   # each sample's 9 steps, then a gap
+        assert np.isnan(lines[:, 9]).all() and np.array_equal(lines[:, :9], values[:, run.dset.labels == c].T)
     assert distance.layout.shapes[0].x0 == 0.0 and distance.layout.shapes[0].x1 == 0.8   # the guidance window
     assert len(coverage_bars({"a": [0.1, 0.2, 0.3], "b": [0.3, 0.2, 0.1]}, run.dset.class_names).data) == 2
     grid = mode_grid(run.coverage.covered, covering_counts(run), run.dset.class_names)
