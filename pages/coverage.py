@@ -7,7 +7,7 @@ from core.studio.figures import coverage_bars, mode_grid
 from core.studio.session import COVERAGE_SCORES, covering_counts
 from ui import state
 from ui.frame import page_frame
-from ui.widgets import require_run
+from ui.widgets import SCORE_POLL_S, require_run
 
 studio, _ = page_frame()
 run = require_run()
@@ -36,7 +36,7 @@ st.subheader("Run history (this session)")
 w2_pending = run.scores_job is not None and not run.scores_job.done
 
 
-@st.fragment(run_every=0.3 if w2_pending else None)
+@st.fragment(run_every=SCORE_POLL_S if w2_pending else None)
 def run_table() -> None:
     """The history; while the current run's W2 is computed in the background it redraws itself until it is in."""
     table = pd.DataFrame(history.rows(studio.baseline)).set_index("run")

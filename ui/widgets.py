@@ -48,6 +48,12 @@ def require_run() -> Run:
     return run
 
 
+# How often a page polls for scores that a background job is computing. Each poll is a script run that holds
+# the server (and its GIL) while the browser fetches the page's images: at 0.3 s a λ step in chromium took
+# 2.8-4.6 s until every image had loaded, at 1.0 s 1.1-1.2 s (tests/e2e, 2026-12-03); scores take 1-2 s.
+SCORE_POLL_S = 1.0
+
+
 def metric_panel(run: Run, columns: int = 1) -> None:
     """The run's metrics (DESIGN.md section 4) as st.metric tiles. The teacher's scores and W2 arrive from the
     run's background job (``run_once(defer=True)``): until then their tiles say so and the panel redraws
@@ -55,7 +61,7 @@ def metric_panel(run: Run, columns: int = 1) -> None:
     job = run.scores_job
     pending = job is not None and not job.done
 
-    @st.fragment(run_every=0.3 if pending else None)
+    @st.fragment(run_every=SCORE_POLL_S if pending else None)
     def tiles() -> None:
         waiting = set(run.pending_metrics)
         items = []
