@@ -195,7 +195,9 @@ class RefineConfig:
     ``space``: ``latent`` (Adam on the latents, through the frozen decoder) or ``pixel`` (SGD on the images);
     ``real_batch``: real images per class and iteration; ``width``: channels of the random ConvNet-3 embeddings;
     ``objective``: ``mean`` (DM: the squared distance of mean embeddings) or ``mmd`` (that plus a Gaussian-kernel
-    MMD², which also matches the spread of the embeddings, M3D-style)."""
+    MMD², which also matches the spread of the embeddings, M3D-style); ``project_t`` > 0 (latent space, flow methods):
+    afterwards the refined latents are noised back to time ``project_t`` (0 noise, 1 data) and the flow integrates
+    them to t = 1 again, unguided (SDEdit-style), pulling them back toward what the generator draws; 0: not."""
 
     iterations: int = 0
     space: str = "latent"
@@ -203,9 +205,10 @@ class RefineConfig:
     real_batch: int = 128
     width: int = 64
     objective: str = "mean"
+    project_t: float = 0.0
 
     # Fields added after results were keyed by this config (see DistillConfig.LATER_DEFAULTS).
-    LATER_DEFAULTS: ClassVar[dict[str, Any]] = {"objective": "mean"}
+    LATER_DEFAULTS: ClassVar[dict[str, Any]] = {"objective": "mean", "project_t": 0.0}
 
     def __post_init__(self) -> None:
         if self.space not in REFINE_SPACES:
@@ -219,6 +222,11 @@ class RefineConfig:
         _check_finite("refine lr", self.lr)
         if self.lr <= 0:
             raise ValueError(f"refine lr must be > 0, got {self.lr}")
+        _check_finite("refine project_t", self.project_t)
+        if not 0.0 <= self.project_t < 1.0:
+            raise ValueError(f"refine project_t must lie in [0, 1) (0: no projection), got {self.project_t}")
+        if self.project_t and self.space != "latent":
+            raise ValueError("refine project_t needs the latent space: a pixel-space refinement has no latents to project")
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if self.LATER_DEFAULTS.get(k, object()) != v}
@@ -294,6 +302,9 @@ class DistillConfig:
             raise ValueError(f"cell_offset must lie in [0, 1], got {self.cell_offset}")
         if self.refine.iterations and self.method == "random":
             raise ValueError("refinement applies to generated sets: method random keeps its real images as they are")
+        if self.refine.project_t and self.method not in FLOW_METHODS:
+            raise ValueError(f"refine project_t integrates the flow model: it applies to {', '.join(FLOW_METHODS)}, "
+                             f"not {self.method}")
         k = self.prototypes_per_class
         if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.ipc):
             raise ValueError(f"prototypes_per_class must be an integer in [1, ipc = {self.ipc}], got {k!r}")
@@ -375,7 +386,7 @@ def distill_config(options: Mapping[str, Any]) -> DistillConfig:
     seed; guidance, schedule, t_start, t_stop, trust_radius, t0; solver, steps, time_shift, cfg_scale, dtype,
     sample_batch_size; diffusion_steps, strength, mg_guidance, mg_stop; ddoq_t0, medoid, pgfm_weights,
     cell_offset, prototypes_per_class; refine (iterations, 0: none), refine_space, refine_lr, refine_real_batch,
-    refine_width, refine_objective (defaults: DEFAULT_REFINE, the space's REFINE_LR).
+    refine_width, refine_objective, refine_project_t (defaults: DEFAULT_REFINE, the space's REFINE_LR).
     ValueError (from the dataclasses) names what is invalid."""
     base, sampler, diffusion = DistillConfig(), SamplerConfig(), DiffusionSamplerConfig()
     o = {k: v for k, v in options.items() if v is not None}
@@ -389,7 +400,7 @@ def distill_config(options: Mapping[str, Any]) -> DistillConfig:
                               trust_radius=o.get("trust_radius"))
     classes = o.get("classes", "all")
     refine = RefineConfig()
-    for key in ("refine_space", "refine_lr", "refine_real_batch", "refine_width", "refine_objective"):
+    for key in ("refine_space", "refine_lr", "refine_real_batch", "refine_width", "refine_objective", "refine_project_t"):
         if o.get(key) not in (None, getattr(DEFAULT_REFINE, key.removeprefix("refine_"))) and not o.get("refine", 0):
             raise ValueError(f"{key} {o[key]!r} changes a refinement, but none is asked for: give refine N > 0 (--refine N)")
     if o.get("refine", 0):
@@ -397,7 +408,8 @@ def distill_config(options: Mapping[str, Any]) -> DistillConfig:
         refine = RefineConfig(iterations=o["refine"], space=space, lr=o.get("refine_lr", REFINE_LR.get(space, DEFAULT_REFINE.lr)),
                               real_batch=o.get("refine_real_batch", DEFAULT_REFINE.real_batch),
                               width=o.get("refine_width", DEFAULT_REFINE.width),
-                              objective=o.get("refine_objective", DEFAULT_REFINE.objective))
+                              objective=o.get("refine_objective", DEFAULT_REFINE.objective),
+                              project_t=o.get("refine_project_t", DEFAULT_REFINE.project_t))
     return DistillConfig(refine=refine,
         method=o.get("method", base.method), ipc=o.get("ipc", base.ipc), classes=None if classes == "all" else classes,
         seed=seed, ddoq_t0=o.get("ddoq_t0", base.ddoq_t0), medoid=bool(o.get("medoid", False)),

@@ -294,6 +294,9 @@ def add_distill_options(p: argparse.ArgumentParser, single: bool = True) -> None
     g.add_argument("--refine-objective", default=DEFAULT_REFINE.objective, choices=list(REFINE_OBJECTIVES),
                    help="mean: DM's distance of mean embeddings; mmd: that plus a Gaussian-kernel MMD² of the "
                         "embeddings (M3D-style: also matches their spread)")
+    g.add_argument("--refine-project-t", type=float, default=DEFAULT_REFINE.project_t, metavar="T",
+                   help="after a latent refinement, noise the latents back to time T (0 noise, 1 data) and integrate "
+                        "the flow to t = 1 again, unguided (SDEdit-style), toward what the generator draws; 0: not")
     g = p.add_argument_group("diffusion counterpart (diffusion-d4m, diffusion-mg)")
     g.add_argument("--diffusion-steps", type=int, default=25)
     g.add_argument("--strength", type=float, default=0.7, help="diffusion-d4m: fraction of the schedule run")

@@ -340,7 +340,12 @@ class Bench:
         # around pgfm-dm: a longer or faster refinement, and more diverse starting points for it
         faster = replace(DEFAULT_REFINE, lr=3 * DEFAULT_REFINE.lr)
         configs["dm latent x3 iterations"] = ("pgfm", self.distill_config("pgfm", ipc, refine=LONG_REFINE))
+        configs["dm latent x6 iterations"] = ("pgfm", self.distill_config(
+            "pgfm", ipc, refine=replace(LONG_REFINE, iterations=2 * LONG_REFINE.iterations)))
         configs["dm latent x3 lr"] = ("pgfm", self.distill_config("pgfm", ipc, refine=faster))
+        for t in (0.8, 0.9):   # the refined latents noised back to t and integrated again: precision back, spread kept?
+            configs[f"dm latent, projected from t={t:g}"] = ("pgfm", self.distill_config(
+                "pgfm", ipc, refine=replace(DEFAULT_REFINE, project_t=t)))
         configs["dm latent, lambda=0.3"] = ("pgfm", self.distill_config(
             "pgfm", ipc, refine=DEFAULT_REFINE, sampler=replace(base, guidance=replace(g, strength=0.3))))
         configs["dm latent, cell offset=1"] = ("pgfm", self.distill_config(

@@ -72,6 +72,25 @@ def test_distill_refines_the_sampled_set(engine):
     assert exported.images.dtype == torch.uint8 and torch.equal(exported.latents, plain.latents)
 
 
+def test_a_projection_takes_the_refined_latents_back_through_the_flow(engine):
+    from dataclasses import replace
+
+    from core.config import GuidanceConfig
+    from core.transport.sampler import sample
+
+    refine = RefineConfig(iterations=2, space="latent", lr=0.05, real_batch=8, width=8)
+    refined = distill(engine, DistillConfig(method="pgfm", ipc=2, seed=0, refine=refine))
+    config = DistillConfig(method="pgfm", ipc=2, seed=0, refine=replace(refine, project_t=0.5))
+    projected = distill(engine, config)
+    # the refinement is the same, then the unguided flow from t = 0.5: x = 0.5·refined + 0.5·noise(seed) → t = 1
+    sampler = replace(config.sampler, seed=0, t0=0.5, guidance=GuidanceConfig(strength=0.0))
+    expected = sample(engine.flow, torch.from_numpy(refined.labels), refined.latents, sampler).latents
+    assert torch.allclose(projected.latents, expected, atol=1e-5) and not torch.allclose(projected.latents, refined.latents)
+    assert projected.nfe == refined.nfe + sampler.nfe
+    assert torch.allclose(projected.images, engine.vae.decode(projected.latents), atol=1e-5)
+    assert np.isfinite(projected.landing_error).all()   # still measured against the set's prototypes
+
+
 def test_refine_settings_are_checked_and_keep_earlier_hashes():
     assert "refine" not in DistillConfig().to_dict()   # off: the config hash of earlier results is unchanged
     config = DistillConfig(refine=RefineConfig(iterations=5, space="pixel"))
@@ -79,10 +98,16 @@ def test_refine_settings_are_checked_and_keep_earlier_hashes():
     assert "objective" not in config.to_dict()["refine"]   # the default objective: pgfm-dm's cells keep their keys
     mmd = DistillConfig(refine=RefineConfig(iterations=5, objective="mmd"))
     assert mmd.to_dict()["refine"]["objective"] == "mmd" and DistillConfig.from_dict(mmd.to_dict()) == mmd
+    assert "project_t" not in config.to_dict()["refine"]   # no projection: the keys of earlier cells again
+    projected = DistillConfig(refine=RefineConfig(iterations=5, project_t=0.8))
+    assert projected.to_dict()["refine"]["project_t"] == 0.8 and DistillConfig.from_dict(projected.to_dict()) == projected
     for bad in (dict(space="image"), dict(iterations=-1), dict(lr=0.0), dict(real_batch=0), dict(width=True),
-                dict(objective="cosine")):
+                dict(objective="cosine"), dict(project_t=1.0), dict(project_t=float("nan")),
+                dict(space="pixel", project_t=0.5)):
         with pytest.raises(ValueError, match="refine"):
             RefineConfig(**bad)
+    with pytest.raises(ValueError, match="project_t integrates the flow model"):
+        DistillConfig(method="d4m", refine=RefineConfig(iterations=1, project_t=0.5))
     with pytest.raises(ValueError, match="random keeps its real images"):
         DistillConfig(method="random", refine=RefineConfig(iterations=1))
 
@@ -100,6 +125,9 @@ def test_the_distill_options_describe_a_refinement():
     with pytest.raises(ValueError, match="refine_objective 'mmd' changes a refinement, but none is asked for"):
         distill_config({"refine_objective": "mmd"})   # would be silently ignored
     assert distill_config({"refine_objective": "mean", "refine_space": "latent"}).refine == RefineConfig()   # defaults
+    assert distill_config({"refine": 3, "refine_project_t": 0.9}).refine.project_t == 0.9
+    with pytest.raises(ValueError, match="refine_project_t 0.9 changes a refinement"):
+        distill_config({"refine_project_t": 0.9})
 
 
 def test_the_mmd_term_is_zero_only_for_matching_batches_and_pulls_the_spread():
