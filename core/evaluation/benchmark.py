@@ -350,6 +350,9 @@ class Bench:
             "pgfm", ipc, refine=DEFAULT_REFINE, sampler=replace(base, guidance=replace(g, strength=0.3))))
         configs["dm latent, cell offset=1"] = ("pgfm", self.distill_config(
             "pgfm", ipc, refine=DEFAULT_REFINE, cell_offset=1.0))
+        if ipc >= 2:   # two samples a prototype (allocated by cell mass), then refined
+            configs[f"dm latent, prototypes={ipc // 2}"] = ("pgfm", self.distill_config(
+                "pgfm", ipc, refine=DEFAULT_REFINE, prototypes_per_class=ipc // 2))
         for name, refine in (("dm latent, mmd", DEFAULT_REFINE), ("dm latent x3 iterations, mmd", LONG_REFINE)):
             configs[name] = ("pgfm", self.distill_config("pgfm", ipc, refine=replace(refine, objective="mmd")))
         configs["random real"] = ("random", self.distill_config("random", ipc))
