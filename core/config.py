@@ -196,8 +196,9 @@ class RefineConfig:
     ``real_batch``: real images per class and iteration; ``width``: channels of the random ConvNet-3 embeddings;
     ``objective``: ``mean`` (DM: the squared distance of mean embeddings) or ``mmd`` (that plus a Gaussian-kernel
     MMD², which also matches the spread of the embeddings, M3D-style); ``project_t`` > 0 (latent space, flow methods):
-    afterwards the refined latents are noised back to time ``project_t`` (0 noise, 1 data) and the flow integrates
-    them to t = 1 again, unguided (SDEdit-style), pulling them back toward what the generator draws; 0: not."""
+    afterwards the refined latents are noised back to time ``project_t`` (0 noise, 1 data) with the noise each sample
+    started from (the sampler's seed) and the flow integrates them to t = 1 again, unguided (SDEdit-style), pulling
+    them back toward what the generator draws; its time counts as refinement time; 0: not."""
 
     iterations: int = 0
     space: str = "latent"
@@ -225,6 +226,8 @@ class RefineConfig:
         _check_finite("refine project_t", self.project_t)
         if not 0.0 <= self.project_t < 1.0:
             raise ValueError(f"refine project_t must lie in [0, 1) (0: no projection), got {self.project_t}")
+        if self.project_t and not self.iterations:
+            raise ValueError("refine project_t projects a refined set: give iterations > 0 as well")
         if self.project_t and self.space != "latent":
             raise ValueError("refine project_t needs the latent space: a pixel-space refinement has no latents to project")
 

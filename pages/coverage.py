@@ -33,18 +33,18 @@ else:
                     width="stretch", key="mode_grid")
 
 st.subheader("Run history (this session)")
-w2_pending = run.scores_job is not None and not run.scores_job.done
+scores_pending = run.scores_job is not None and not run.scores_job.done
 
 
-@st.fragment(run_every=SCORE_POLL_S if w2_pending else None)
+@st.fragment(run_every=SCORE_POLL_S if scores_pending else None)
 def run_table() -> None:
-    """The history; while the current run's W2 is computed in the background it redraws itself until it is in."""
+    """The history; while the current run's PRDC and W2 are computed in the background it redraws itself until they are in."""
     table = pd.DataFrame(history.rows(studio.baseline)).set_index("run")
     first = [c for c in table.columns if c.startswith("accuracy (") or c in ("LRS", "ARS")]
     table = table[["method", "ipc", *first, *[c for c in table.columns if c not in ("method", "ipc", *first)]]]
     st.dataframe(table, width="stretch", column_config={c: st.column_config.NumberColumn(c, pinned=True) for c in first})
-    if w2_pending and run.scores_job.done:
-        st.rerun()   # W2 is in: the page is drawn once more, now without the timer
+    if scores_pending and run.scores_job.done:
+        st.rerun()   # the scores are in: the page is drawn once more, now without the timer
 
 
 run_table()

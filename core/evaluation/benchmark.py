@@ -337,7 +337,7 @@ class Bench:
         for space, lr in REFINE_LR.items():   # distribution-matching refinement in each space (DEFAULT_REFINE's steps)
             refine = replace(DEFAULT_REFINE, space=space, lr=lr)
             configs[f"dm {space}"] = ("pgfm", self.distill_config("pgfm", ipc, refine=refine))
-        # around pgfm-dm: a longer or faster refinement, and more diverse starting points for it
+        # around pgfm-dm: a longer or faster refinement, other starting points for it, a projection after it
         faster = replace(DEFAULT_REFINE, lr=3 * DEFAULT_REFINE.lr)
         configs["dm latent x3 iterations"] = ("pgfm", self.distill_config("pgfm", ipc, refine=LONG_REFINE))
         configs["dm latent x6 iterations"] = ("pgfm", self.distill_config(
@@ -350,7 +350,7 @@ class Bench:
             "pgfm", ipc, refine=DEFAULT_REFINE, sampler=replace(base, guidance=replace(g, strength=0.3))))
         configs["dm latent, cell offset=1"] = ("pgfm", self.distill_config(
             "pgfm", ipc, refine=DEFAULT_REFINE, cell_offset=1.0))
-        if ipc >= 2:   # two samples a prototype (allocated by cell mass), then refined
+        if ipc >= 2:   # half as many prototypes, about two samples each (allocated by cell mass), then refined
             configs[f"dm latent, prototypes={ipc // 2}"] = ("pgfm", self.distill_config(
                 "pgfm", ipc, refine=DEFAULT_REFINE, prototypes_per_class=ipc // 2))
         for name, refine in (("dm latent, mmd", DEFAULT_REFINE), ("dm latent x3 iterations, mmd", LONG_REFINE)):

@@ -352,7 +352,7 @@ def distill(engine: DistillEngine, config: DistillConfig, executor: LocalExecuto
         t0 = time.perf_counter()
         refined = executor.refine(engine, latents, labels, config.refine, config.seed, progress)
         latents = refined.latents
-        if config.refine.project_t:   # back toward the generator's manifold: x_t = t·latent + (1 − t)·noise, then t → 1
+        if config.refine.project_t:   # x_t = t·latent + (1 − t)·(the sample's own start noise), then t → 1, unguided
             projector = replace(config.sampler, seed=config.seed, t0=config.refine.project_t,
                                 guidance=GuidanceConfig(strength=0.0))
             projected = executor.sample(engine.flow, y, latents, projector, False)

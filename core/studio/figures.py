@@ -113,7 +113,7 @@ def distance_to_prototype(times: np.ndarray, distance: np.ndarray, labels: np.nd
         gaps = np.full((len(rows), 1), np.nan)
         fig.add_trace(go.Scatter(x=np.tile(np.r_[times, np.nan], len(rows)), y=np.hstack([rows, gaps]).ravel(),
                                  mode="lines", line=dict(color=class_colour(c), width=1), opacity=0.25,
-                                 showlegend=False, hoverinfo="skip", connectgaps=False))
+                                 showlegend=False, hoverinfo="skip"))
         fig.add_trace(go.Scatter(x=times, y=distance[:, m].mean(1), mode="lines+markers", name=class_names[c],
                                  line=dict(color=class_colour(c), width=3)))
     return _layout(fig, title, height=420, xaxis_title="t (0 = noise, 1 = data)",

@@ -36,9 +36,9 @@ from core.studio.jobs import BackgroundJob
 Progress = Callable[[float, str], None]
 
 
-# The teacher's scores, added to a deferred run by its scores job before W2 (``start_scores``).
 COVERAGE_SCORES = ("mode_coverage", "mode_coverage_per_class")   # the deferred scores arrive in three stages:
 PRDC_SCORES = ("precision", "recall", "density", "coverage")      # these, then these, then W2 (start_scores)
+# The teacher's scores, added to a deferred run by its scores job before W2.
 TEACHER_SCORES = COVERAGE_SCORES + PRDC_SCORES
 
 
@@ -158,7 +158,8 @@ class Run:
             return None
         if only is not None:
             job.wait_until(lambda: not set(only) & set(self.pending_metrics), timeout)
-            return job.error if job.done else None
+            # a later stage's failure is not this caller's: what it waited for is in
+            return job.error if job.done and set(only) & set(self.pending_metrics) else None
         try:
             job.wait(timeout)
         except Exception as exc:   # noqa: BLE001 - reported to the page, which shows it
@@ -221,16 +222,22 @@ def run_once(studio: Studio, config: DistillConfig, defer: bool = False) -> Run:
     return run
 
 
-def start_scores(studio: Studio, run: Run) -> None:
-    """Score ``run``'s pending metrics in a background job (``run.scores_job``). A cancelled job stops between
-    its stages and leaves the rest pending; ``ensure_scores`` starts it again when the run is shown again."""
+def start_scores(studio: Studio, run: Run, after: BackgroundJob | None = None) -> None:
+    """Score ``run``'s pending metrics in a background job (``run.scores_job``), once the job ``after`` (a cancelled
+    one still winding down) has ended. A cancelled job stops between its stages and leaves the rest pending;
+    ``ensure_scores`` starts a new one when the run is shown again."""
     def score(progress) -> None:
+        if after is not None:   # one job at a time writes the run's scores
+            try:
+                after.wait()
+            except Exception:   # noqa: BLE001 - its stage is pending still: this job computes it again
+                pass
         if job.cancelled:
             return
         # three stages, each reported (waking Run.wait_for_scores(only=...) of the pages waiting for it: the
         # Coverage page waits for mode coverage only); each stores a new dict, so a page iterating the old one
         # is not disturbed; a cancelled job restarted by ensure_scores picks up at the stage it stopped before
-        if studio.teacher is not None and "mode_coverage" in run.pending_metrics:
+        if studio.teacher is not None and COVERAGE_SCORES[0] in run.pending_metrics:
             run.features = studio.teacher.features(run.dset.images).numpy()
             run.coverage = mode_coverage(studio.reference.modes, run.features, run.dset.labels)
             run.metrics = {**run.metrics, **coverage_metrics(run.coverage)}
@@ -243,7 +250,7 @@ def start_scores(studio: Studio, run: Run) -> None:
                                                    run.coverage)}
             run.pending_metrics = ("w2_latent_mean",)
             progress(0.5, "teacher scores in")
-        if job.cancelled:
+        if job.cancelled or "w2_latent_mean" not in run.pending_metrics:
             return
         run.metrics = {**run.metrics, "w2_latent_mean": w2_latent_mean(studio.latents_by_class, run.dset)}
         run.pending_metrics = ()
@@ -255,9 +262,11 @@ def start_scores(studio: Studio, run: Run) -> None:
 
 
 def ensure_scores(studio: Studio, run: Run) -> None:
-    """Restart the scoring of a run whose job was cancelled before its scores were in."""
-    if run.pending_metrics and run.scores_job is not None and run.scores_job.done and run.scores_job.error is None:
-        start_scores(studio, run)
+    """Restart the scoring of a run whose job was cancelled before its scores were in, also when that job has
+    not yet seen the cancel (the new one starts once the old one has stopped)."""
+    job = run.scores_job
+    if run.pending_metrics and job is not None and job.error is None and (job.done or job.cancelled):
+        start_scores(studio, run, after=None if job.done else job)
 
 
 def record_run(studio: Studio, run: Run) -> None:

@@ -103,9 +103,9 @@ def test_refine_settings_are_checked_and_keep_earlier_hashes():
     assert projected.to_dict()["refine"]["project_t"] == 0.8 and DistillConfig.from_dict(projected.to_dict()) == projected
     for bad in (dict(space="image"), dict(iterations=-1), dict(lr=0.0), dict(real_batch=0), dict(width=True),
                 dict(objective="cosine"), dict(project_t=1.0), dict(project_t=float("nan")),
-                dict(space="pixel", project_t=0.5)):
+                dict(space="pixel", project_t=0.5), dict(iterations=0, project_t=0.5)):
         with pytest.raises(ValueError, match="refine"):
-            RefineConfig(**bad)
+            RefineConfig(**{"iterations": 1, **bad})
     with pytest.raises(ValueError, match="project_t integrates the flow model"):
         DistillConfig(method="d4m", refine=RefineConfig(iterations=1, project_t=0.5))
     with pytest.raises(ValueError, match="random keeps its real images"):
