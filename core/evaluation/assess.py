@@ -126,11 +126,17 @@ def assess(reference: RealReference, teacher, dset: DistilledSet, w2: bool = Tru
     set's own classes. ``features`` / ``coverage`` of ``dset`` may be passed when the caller has them."""
     features = teacher.features(dset.images).numpy() if features is None else features
     coverage = mode_coverage(reference.modes, features, dset.labels) if coverage is None else coverage
-    out = coverage_metrics(coverage)
-    if len(dset) > reference.k:
-        real = reference.real_of(tuple(int(c) for c in np.unique(dset.labels)))
-        out.update({key: round(value, 4) for key, value in prdc(real, features).items()})
-    return {**out, **latent_scores(reference.latents_by_class, dset, w2)}
+    return {**coverage_metrics(coverage), **prdc_metrics(reference, dset, features),
+            **latent_scores(reference.latents_by_class, dset, w2)}
+
+
+def prdc_metrics(reference: RealReference, dset: DistilledSet, features: np.ndarray) -> dict:
+    """Precision, recall, density and coverage of the set's teacher ``features`` against the real images of its
+    own classes (none for a set of at most k images: its k-NN radii are undefined)."""
+    if len(dset) <= reference.k:
+        return {}
+    real = reference.real_of(tuple(int(c) for c in np.unique(dset.labels)))
+    return {key: round(value, 4) for key, value in prdc(real, features).items()}
 
 
 def coverage_metrics(coverage: CoverageResult) -> dict:

@@ -23,6 +23,7 @@ from core.evaluation.assess import (
     coverage_metrics,
     latent_scores,
     load_or_build_reference,
+    prdc_metrics,
     reference_cache_file,
     w2_latent_mean,
 )
@@ -192,9 +193,14 @@ def _scores(studio: Studio, dset: DistilledSet, w2: bool) -> tuple[np.ndarray | 
     """(teacher features, mode coverage, metrics) of a set: the teacher's scores where the studio has one."""
     if studio.teacher is None:
         return None, None, latent_scores(studio.latents_by_class, dset, w2)
-    features = studio.teacher.features(dset.images).numpy()
-    coverage = mode_coverage(studio.reference.modes, features, dset.labels)
+    features, coverage = _teacher_coverage(studio, dset)
     return features, coverage, assess(studio.reference, studio.teacher, dset, w2, features, coverage)
+
+
+def _teacher_coverage(studio: Studio, dset: DistilledSet) -> tuple[np.ndarray, CoverageResult]:
+    """The set's teacher features (N, D) and their mode coverage."""
+    features = studio.teacher.features(dset.images).numpy()
+    return features, mode_coverage(studio.reference.modes, features, dset.labels)
 
 
 def run_once(studio: Studio, config: DistillConfig, defer: bool = False) -> Run:
@@ -238,16 +244,14 @@ def start_scores(studio: Studio, run: Run, after: BackgroundJob | None = None) -
         # Coverage page waits for mode coverage only); each stores a new dict, so a page iterating the old one
         # is not disturbed; a cancelled job restarted by ensure_scores picks up at the stage it stopped before
         if studio.teacher is not None and COVERAGE_SCORES[0] in run.pending_metrics:
-            run.features = studio.teacher.features(run.dset.images).numpy()
-            run.coverage = mode_coverage(studio.reference.modes, run.features, run.dset.labels)
+            run.features, run.coverage = _teacher_coverage(studio, run.dset)
             run.metrics = {**run.metrics, **coverage_metrics(run.coverage)}
             run.pending_metrics = (*PRDC_SCORES, "w2_latent_mean")
             progress(0.3, "mode coverage in")
         if job.cancelled:
             return
         if studio.teacher is not None and PRDC_SCORES[0] in run.pending_metrics:
-            run.metrics = {**run.metrics, **assess(studio.reference, studio.teacher, run.dset, False, run.features,
-                                                   run.coverage)}
+            run.metrics = {**run.metrics, **prdc_metrics(studio.reference, run.dset, run.features)}
             run.pending_metrics = ("w2_latent_mean",)
             progress(0.5, "teacher scores in")
         if job.cancelled or "w2_latent_mean" not in run.pending_metrics:

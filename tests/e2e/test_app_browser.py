@@ -28,8 +28,8 @@ PAGES = [("latent_space", "Latent space"), ("trajectories", "Trajectories"), ("c
 
 
 # Polled every 20 ms (light next to what it measures) from just before the key press: when (ms after it) the
-# script started and finished its run, the first gallery image was replaced, all were, and all had loaded. It tells the server's share of a
-# λ step (the run) from the browser's (rendering, fetching /media images).
+# script started and finished its run, the first gallery image was replaced, all were, and all had loaded. It
+# tells the server's share of a λ step (the run) from the browser's (rendering, fetching /media images).
 STEP_PROBE = """([selector, before]) => {
   const t0 = performance.now(), marks = {}, events = [];
   let last = '';

@@ -303,11 +303,11 @@ def test_waiting_for_mode_coverage_does_not_wait_for_prdc_nor_fail_with_it(studi
 
     release = threading.Event()
 
-    def failing_assess(*args):
+    def failing_prdc(*args):
         assert release.wait(60)
         raise RuntimeError("PRDC broke")
 
-    monkeypatch.setattr(session, "assess", failing_assess)
+    monkeypatch.setattr(session, "prdc_metrics", failing_prdc)
     run = run_once(studio, pgfm(), defer=True)
     assert run.wait_for_scores(60, only=COVERAGE_SCORES) is None
     assert "mode_coverage" in run.metrics and run.coverage is not None and "precision" not in run.metrics
