@@ -39,7 +39,7 @@ from core.evaluation.ranking import RankingBaseline
 from core.evaluation.students import EvalResult, evaluate_set, protocol_config
 from core.io import write_json
 from core.pipeline.distill import DistillEngine, LocalExecutor, distill
-from core.reads import read_json
+from core.reads import read_json, tensors_fingerprint
 
 # Benchmark-only variants of a distill method. random-vae: the random real images after a VAE round trip
 # (encode -> decode): what the VAE alone costs real images, beside the latent-space methods.
@@ -395,6 +395,15 @@ class Bench:
                       self.config.sweep_seeds)
 
 
+def models_record(engine: DistillEngine, teacher) -> dict[str, str | None]:
+    """Fingerprints (SHA-256 of the weights) of the models a benchmark's cells depend on; None: absent."""
+    def weights(module) -> str | None:
+        return None if module is None else tensors_fingerprint(module.state_dict())
+
+    return {"vae": engine.vae.fingerprint, "flow": weights(engine.flow), "diffusion": weights(engine.diffusion),
+            "teacher": weights(teacher.net)}
+
+
 def run_benchmark(bench: Bench, teacher_accuracy: float | None = None, teacher_train_split: str = "train",
                   dataset: str = FASHION_MNIST) -> dict:
     """Run the configured stages (resuming finished cells), then write RESULTS.md and the plots.
@@ -403,6 +412,13 @@ def run_benchmark(bench: Bench, teacher_accuracy: float | None = None, teacher_t
     bench.out.mkdir(parents=True, exist_ok=True)
     bench.load()
     meta = bench.results.setdefault("meta", {})
+    models = models_record(bench.engine, bench.teacher)
+    recorded = meta.get("models")
+    if recorded is not None and recorded != models:
+        changed = ", ".join(sorted(k for k in models.keys() | recorded.keys() if models.get(k) != recorded.get(k)))
+        raise ValueError(f"{bench.out / 'results.json'} holds cells of other models ({changed} differ): give another "
+                         "--out for these models; nothing was changed")
+    meta["models"] = models   # results that predate this record are taken to be these models'
     # ``config`` describes the main table (its seeds and epochs): a run of other stages alone keeps it
     if bench.config.main or "config" not in meta:
         meta["config"] = asdict(bench.config)
@@ -634,15 +650,15 @@ def write_report(results: dict, out: Path) -> Path:
             _, ipc, sampler = k.split("/", 2)
             lines.append(f"| {ipc[3:]} | {sampler} | {c['metrics']['nfe_per_image']} | "
                          f"{c['metrics']['seconds_per_image']:.4f} | {_acc(c, 'hard')} |")
-    lines += ["", "## Compute", "", "Seconds per ConvNet-3 student (train and test one seed; mean over the main "
-              "cells' students):", "", "| protocol | " + " | ".join(f"IPC {i}" for i in ipcs) + " |",
+    lines += ["", "## Compute", "", "Seconds per ConvNet-3 student (train and test one seed; median over the main "
+              "cells' students, since a student that shared the cores with other work takes longer):", "", "| protocol | " + " | ".join(f"IPC {i}" for i in ipcs) + " |",
               "|" + "---|" * (1 + len(ipcs))]
     for p in protocols:
         per_ipc = []
         for i in ipcs:
             seconds = [s for k, c in cells.items() if k.startswith("main/") and c["ipc"] == i and p in c
                        for s in c[p]["seconds"]]
-            per_ipc.append(f"{statistics.fmean(seconds):.0f}" if seconds else "–")
+            per_ipc.append(f"{statistics.median(seconds):.0f}" if seconds else "–")
         lines.append(f"| `{p}` | " + " | ".join(per_ipc) + " |")
     total = sum(c.get("wall_seconds", 0.0) for c in cells.values())
     lines += ["", f"Compute time of all {len(cells)} cells (distil, score, train and test every student, summed over "

@@ -318,3 +318,18 @@ def test_pgfm_dm_refines_longer_up_to_ipc_10_and_random_is_never_refined(bench_p
     assert long.refine.iterations == 3 * DEFAULT_REFINE.iterations and long.refine.space == DEFAULT_REFINE.space
     assert bench.distill_config("pgfm", 10).refine.iterations == 0
     assert bench.distill_config("random", 10).refine.iterations == 0
+
+
+def test_a_results_folder_of_other_models_is_refused_and_left_unchanged(bench_parts):
+    engine, teacher, test, out, config = bench_parts
+    config = replace(config, methods=("random",), ipcs=(1,))
+    run_benchmark(Bench(engine, teacher, test, out, config, log=lambda m: None))
+    before = (out / "results.json").read_bytes()
+    assert set(json.loads(before)["meta"]["models"]) == {"vae", "flow", "diffusion", "teacher"}
+    other_flow = replace(engine, flow=type(engine.flow)(engine.flow.config))   # the same network, new weights
+    with pytest.raises(ValueError, match=r"other models \(flow differ\)"):
+        run_benchmark(Bench(other_flow, teacher, test, out, config, log=lambda m: None))
+    assert (out / "results.json").read_bytes() == before
+    messages = []   # the same models resume
+    run_benchmark(Bench(engine, teacher, test, out, config, log=messages.append))
+    assert any("[skip]" in m for m in messages)
