@@ -326,6 +326,7 @@ class Bench:
         for steps in (4, 16):
             variants[f"steps={steps}"] = replace(base, steps=steps)
         variants["lambda=0 (fm)"] = replace(base, guidance=GuidanceConfig(strength=0.0))
+        variants["cfg=1.5"] = replace(base, cfg_scale=1.5)   # weaker class guidance: more varied samples?
         ipc = self.config.sweep_ipc
         configs = {name: ("pgfm", self.distill_config("pgfm", ipc, sampler=s)) for name, s in variants.items()}
         for offset in (0.5, 1.0):
@@ -348,6 +349,9 @@ class Bench:
                 "pgfm", ipc, refine=replace(DEFAULT_REFINE, project_t=t)))
         configs["dm latent, lambda=0.3"] = ("pgfm", self.distill_config(
             "pgfm", ipc, refine=DEFAULT_REFINE, sampler=replace(base, guidance=replace(g, strength=0.3))))
+        for cfg in (1.0, 1.5):
+            configs[f"dm latent, cfg={cfg:g}"] = ("pgfm", self.distill_config(
+                "pgfm", ipc, refine=DEFAULT_REFINE, sampler=replace(base, cfg_scale=cfg)))
         configs["dm latent, cell offset=1"] = ("pgfm", self.distill_config(
             "pgfm", ipc, refine=DEFAULT_REFINE, cell_offset=1.0))
         if ipc >= 2:   # half as many prototypes, about two samples each (allocated by cell mass), then refined
