@@ -187,6 +187,7 @@ class DiffusionSamplerConfig:
 
 REFINE_SPACES = ("latent", "pixel")
 REFINE_OBJECTIVES = ("mean", "mmd")
+REFINE_EMBEDDINGS = ("random", "teacher")
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,9 @@ class RefineConfig:
     ``space``: ``latent`` (Adam on the latents, through the frozen decoder) or ``pixel`` (SGD on the images);
     ``real_batch``: real images per class and iteration; ``width``: channels of the random ConvNet-3 embeddings;
     ``objective``: ``mean`` (DM: the squared distance of mean embeddings) or ``mmd`` (that plus a Gaussian-kernel
-    MMD², which also matches the spread of the embeddings, M3D-style); ``project_t`` > 0 (latent space, flow methods):
+    MMD², which also matches the spread of the embeddings, M3D-style); ``embedding``: ``random`` (DM's freshly
+    initialised ConvNet-3 every iteration) or ``teacher`` (the frozen teacher's penultimate features, the space
+    whose labels ``soft-online`` students learn; ``width`` is then unused); ``project_t`` > 0 (latent space, flow methods):
     afterwards the refined latents are noised back to time ``project_t`` (0 noise, 1 data) with the noise each sample
     started from (the sampler's seed) and the flow integrates them to t = 1 again, unguided (SDEdit-style), pulling
     them back toward what the generator draws; its time counts as refinement time; 0: not."""
@@ -207,15 +210,18 @@ class RefineConfig:
     width: int = 64
     objective: str = "mean"
     project_t: float = 0.0
+    embedding: str = "random"
 
     # Fields added after results were keyed by this config (see DistillConfig.LATER_DEFAULTS).
-    LATER_DEFAULTS: ClassVar[dict[str, Any]] = {"objective": "mean", "project_t": 0.0}
+    LATER_DEFAULTS: ClassVar[dict[str, Any]] = {"objective": "mean", "project_t": 0.0, "embedding": "random"}
 
     def __post_init__(self) -> None:
         if self.space not in REFINE_SPACES:
             raise ValueError(f"refine space must be one of {', '.join(REFINE_SPACES)}, got {self.space!r}")
         if self.objective not in REFINE_OBJECTIVES:
             raise ValueError(f"refine objective must be one of {', '.join(REFINE_OBJECTIVES)}, got {self.objective!r}")
+        if self.embedding not in REFINE_EMBEDDINGS:
+            raise ValueError(f"refine embedding must be one of {', '.join(REFINE_EMBEDDINGS)}, got {self.embedding!r}")
         for name in ("iterations", "real_batch", "width"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if name == "iterations" else 1):
@@ -389,7 +395,7 @@ def distill_config(options: Mapping[str, Any]) -> DistillConfig:
     seed; guidance, schedule, t_start, t_stop, trust_radius, t0; solver, steps, time_shift, cfg_scale, dtype,
     sample_batch_size; diffusion_steps, strength, mg_guidance, mg_stop; ddoq_t0, medoid, pgfm_weights,
     cell_offset, prototypes_per_class; refine (iterations, 0: none), refine_space, refine_lr, refine_real_batch,
-    refine_width, refine_objective, refine_project_t (defaults: DEFAULT_REFINE, the space's REFINE_LR).
+    refine_width, refine_objective, refine_project_t, refine_embedding (defaults: DEFAULT_REFINE, the space's REFINE_LR).
     ValueError (from the dataclasses) names what is invalid."""
     base, sampler, diffusion = DistillConfig(), SamplerConfig(), DiffusionSamplerConfig()
     o = {k: v for k, v in options.items() if v is not None}
@@ -403,7 +409,8 @@ def distill_config(options: Mapping[str, Any]) -> DistillConfig:
                               trust_radius=o.get("trust_radius"))
     classes = o.get("classes", "all")
     refine = RefineConfig()
-    for key in ("refine_space", "refine_lr", "refine_real_batch", "refine_width", "refine_objective", "refine_project_t"):
+    for key in ("refine_space", "refine_lr", "refine_real_batch", "refine_width", "refine_objective", "refine_project_t",
+                "refine_embedding"):
         if o.get(key) not in (None, getattr(DEFAULT_REFINE, key.removeprefix("refine_"))) and not o.get("refine", 0):
             raise ValueError(f"{key} {o[key]!r} changes a refinement, but none is asked for: give refine N > 0 (--refine N)")
     if o.get("refine", 0):
@@ -412,7 +419,8 @@ def distill_config(options: Mapping[str, Any]) -> DistillConfig:
                               real_batch=o.get("refine_real_batch", DEFAULT_REFINE.real_batch),
                               width=o.get("refine_width", DEFAULT_REFINE.width),
                               objective=o.get("refine_objective", DEFAULT_REFINE.objective),
-                              project_t=o.get("refine_project_t", DEFAULT_REFINE.project_t))
+                              project_t=o.get("refine_project_t", DEFAULT_REFINE.project_t),
+                              embedding=o.get("refine_embedding", DEFAULT_REFINE.embedding))
     return DistillConfig(refine=refine,
         method=o.get("method", base.method), ipc=o.get("ipc", base.ipc), classes=None if classes == "all" else classes,
         seed=seed, ddoq_t0=o.get("ddoq_t0", base.ddoq_t0), medoid=bool(o.get("medoid", False)),

@@ -21,7 +21,7 @@ from core.cli.options import (
     set_option,
     world_size,
 )
-from core.config import DEFAULT_TF32, TRAIN_MINUS_VAL
+from core.config import DEFAULT_TF32, TEACHER_DIR, TRAIN_MINUS_VAL
 from core.errors import DistillError, OutputError
 
 
@@ -37,6 +37,8 @@ def add_parsers(add) -> None:
                         "elsewhere); recorded in the manifest")
     add_batch_options(p)
     add_registry(p)
+    p.add_argument("--teacher", default=str(TEACHER_DIR),
+                   help="teacher folder: the embedding of --refine-embedding teacher (default: embedded)")
     p.add_argument("--out", required=True, help="output folder (must be empty or new unless --overwrite), "
                    "or a path ending in .zip for the same export as one zip file")
     p.add_argument("--overwrite", action="store_true",

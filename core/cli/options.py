@@ -19,6 +19,7 @@ from core.config import (
     LONG_REFINE,
     LONG_REFINE_UP_TO_IPC,
     METHODS,
+    REFINE_EMBEDDINGS,
     REFINE_LR,
     REFINE_OBJECTIVES,
     REFINE_SPACES,
@@ -135,8 +136,9 @@ def engine_from_args(args: argparse.Namespace, spec: ModelSpec | None = None, ct
         max_bytes = int(args.store_max_gib * 2**30)
         # distill (the command with --stream) streams a store above the limit, or any with --stream; others refuse it
         stream = (True if args.stream else None) if hasattr(args, "stream") else False
-        return load_engine(spec, data_dir=args.data_dir, latent_store=store, max_store_bytes=max_bytes,
-                           stream=stream, stream_init_size=getattr(args, "stream_init_size", None))
+        return with_refine_teacher(load_engine(spec, data_dir=args.data_dir, latent_store=store, max_store_bytes=max_bytes,
+                                               stream=stream, stream_init_size=getattr(args, "stream_init_size", None)),
+                                   args)
     if args.dataset == "imagefolder" and (ctx is None or ctx.is_main):
         check_folder(args)
     if ctx is not None and ctx.is_distributed:
@@ -144,8 +146,21 @@ def engine_from_args(args: argparse.Namespace, spec: ModelSpec | None = None, ct
 
         return load_engine_distributed(ctx, spec, args.dataset, args.data_dir, args.cache_dir, args.resolution,
                                        args.channels, encode_batch=getattr(args, "encode_batch", "auto"))
-    return load_engine(spec, args.dataset, args.data_dir, args.cache_dir, args.resolution, args.channels,
-                       encode_batch=getattr(args, "encode_batch", "auto"))
+    engine = load_engine(spec, args.dataset, args.data_dir, args.cache_dir, args.resolution, args.channels,
+                         encode_batch=getattr(args, "encode_batch", "auto"))
+    return with_refine_teacher(engine, args)
+
+
+def with_refine_teacher(engine, args: argparse.Namespace):
+    """``engine`` with the teacher (``--teacher``) a refinement with ``--refine-embedding teacher`` needs."""
+    if not (getattr(args, "refine", 0) and getattr(args, "refine_embedding", "random") == "teacher"):
+        return engine
+    from dataclasses import replace
+
+    from core.models.loading import load_teacher
+    from core.models.spec import ModelSpec
+
+    return replace(engine, teacher=load_teacher(ModelSpec(teacher=args.teacher, device=args.device)))
 
 
 def encode_split(args: argparse.Namespace, split: str):
@@ -294,6 +309,9 @@ def add_distill_options(p: argparse.ArgumentParser, single: bool = True) -> None
     g.add_argument("--refine-objective", default=DEFAULT_REFINE.objective, choices=list(REFINE_OBJECTIVES),
                    help="mean: DM's distance of mean embeddings; mmd: that plus a Gaussian-kernel MMD² of the "
                         "embeddings (M3D-style: also matches their spread)")
+    g.add_argument("--refine-embedding", default=DEFAULT_REFINE.embedding, choices=list(REFINE_EMBEDDINGS),
+                   help="random: DM's freshly initialised ConvNet-3 every iteration; teacher: the frozen teacher's "
+                        "penultimate features (--teacher), whose labels soft-online students learn")
     g.add_argument("--refine-project-t", type=float, default=DEFAULT_REFINE.project_t, metavar="T",
                    help="after a latent refinement, noise the latents back to time T (0 noise, 1 data) and integrate "
                         "the flow to t = 1 again, unguided (SDEdit-style), toward what the generator draws; 0: not")

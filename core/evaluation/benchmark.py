@@ -359,6 +359,9 @@ class Bench:
                 "pgfm", ipc, refine=DEFAULT_REFINE, prototypes_per_class=ipc // 2))
         for name, refine in (("dm latent, mmd", DEFAULT_REFINE), ("dm latent x3 iterations, mmd", LONG_REFINE)):
             configs[name] = ("pgfm", self.distill_config("pgfm", ipc, refine=replace(refine, objective="mmd")))
+        for objective in ("mean", "mmd"):   # the teacher's features as the embedding, where soft-online labels
+            configs["dm latent, teacher embedding" + (", mmd" if objective == "mmd" else "")] = ("pgfm", self.distill_config(
+                "pgfm", ipc, refine=replace(DEFAULT_REFINE, embedding="teacher", objective=objective)))
         configs["random real"] = ("random", self.distill_config("random", ipc))
         chosen = self.config.sweep_variants
         unknown = sorted(set(chosen) - set(configs))

@@ -36,6 +36,7 @@ from core.config import (
 from core.data.datasets import LabelledImages
 from core.data.latent_cache import LatentSet
 from core.models.loading import model_present
+from core.models.teacher import Teacher
 from core.models.vae import LatentAutoencoder, check_batch_option
 from core.pipeline.refine import RefineResult, refine_set
 from core.quantize.ddoq import (
@@ -114,6 +115,7 @@ class DistillEngine:
     flow: torch.nn.Module | None = None
     diffusion: torch.nn.Module | None = None
     quantize_cache: Path | None = None   # folder of core.quantize.disk_cache entries (None: memory only)
+    teacher: Teacher | None = None      # the embedding of a refinement with ``embedding`` teacher
     # Quantizations are deterministic in (method, classes, ipc, medoid, seed): an interactive session that
     # only changes sampler settings reuses them. Entries are never mutated; the lock makes concurrent
     # sessions sharing one engine safe.
@@ -136,6 +138,12 @@ class DistillEngine:
             if tuple(model.config.latent_shape) != self.latents.latent_shape:
                 raise ValueError(f"the model works on latents {tuple(model.config.latent_shape)}, the data's are "
                                  f"{self.latents.latent_shape}")
+        if config.refine.iterations and config.refine.embedding == "teacher":
+            if self.teacher is None:
+                raise ValueError("refine embedding 'teacher' needs a teacher (--teacher)")
+            if not self.teacher.fits(self.dataset.image_shape, self.latents.num_classes):
+                raise ValueError(f"the teacher does not fit this data ({self.latents.num_classes} classes of "
+                                 f"{'x'.join(map(str, self.dataset.image_shape))} images)")
         return classes
 
 
@@ -243,7 +251,8 @@ class LocalExecutor:
             rows = pool[c]
             return engine.dataset.batch(np.sort(rng.choice(rows, min(n, len(rows)), replace=False)))
 
-        return refine_set(latents, labels, engine.vae.decode_with_grad, real_images, config, seed, progress)
+        teacher = engine.teacher.net if engine.teacher is not None else None
+        return refine_set(latents, labels, engine.vae.decode_with_grad, real_images, config, seed, progress, teacher)
 
     def own_images(self, images: torch.Tensor) -> torch.Tensor | None:
         """Images in [-1, 1] made in this process (a pixel-space refinement), as ``pixels``."""
@@ -398,7 +407,8 @@ def hold_out_validation(engine: DistillEngine, held_out: np.ndarray | None = Non
     rows = np.setdiff1d(np.arange(len(engine.dataset)), held_out)
     data = engine.dataset.subset(rows, f"{engine.dataset.name}-minus-val")
     latents = engine.latents.subset(rows, data.fingerprint)
-    return DistillEngine(data, latents, engine.vae, engine.flow, engine.diffusion, engine.quantize_cache)
+    return DistillEngine(data, latents, engine.vae, engine.flow, engine.diffusion, engine.quantize_cache,
+                         engine.teacher)
 
 
 def load_engine(spec=None, dataset: str = "fashion-mnist", data_dir: str | None = None,

@@ -6,6 +6,10 @@ to that of the set's images of c, each batch augmented with that policy:
 
     loss = Σ_c || mean φ(A(real_c)) − mean φ(A(set_c)) ||²              (objective ``mean``, DM)
 
+Embedding ``teacher`` replaces the random networks by the frozen teacher's penultimate features (the same
+network every iteration; the DSA policy is still drawn anew): the set then matches the real images where the
+teacher that relabels ``soft-online`` batches looks (SRe2L-style use of the teacher, here as feature matching).
+
 Objective ``mmd`` adds to each class's term a Gaussian-kernel MMD² between the two batches of embeddings
 (M3D, Zhang et al., AAAI 2024: matching the whole embedding distribution, not only its mean, keeps the set
 spread out). Its bandwidths are {1/4, 1, 4} x the median squared real-to-set distance m (detached), and the
@@ -72,11 +76,15 @@ def class_match_loss(embed: ConvNet, real: torch.Tensor, synthetic: torch.Tensor
 
 def refine_set(latents: torch.Tensor, labels: np.ndarray, decode: Callable[[torch.Tensor], torch.Tensor],
                real_images: Callable[[int, int, np.random.Generator], torch.Tensor], config: RefineConfig,
-               seed: int = 0, progress: Callable[[float, str], None] | None = None) -> RefineResult:
+               seed: int = 0, progress: Callable[[float, str], None] | None = None,
+               teacher: ConvNet | None = None) -> RefineResult:
     """Refine the set (``latents`` (N, ...) with class ``labels`` (N,)) by distribution matching.
 
     ``decode(latents)``: differentiable images in [-1, 1]; ``real_images(c, n, rng)``: n real images of class c;
-    ``config``: the settings (its ``iterations`` steps are all run)."""
+    ``config``: the settings (its ``iterations`` steps are all run); ``teacher``: the frozen network of
+    ``config.embedding`` teacher (its ``features``)."""
+    if config.embedding == "teacher" and teacher is None:
+        raise ValueError("refine embedding 'teacher' needs a teacher network")
     classes = np.unique(labels)
     members = [torch.from_numpy(np.flatnonzero(labels == c)) for c in classes]
     rng = np.random.default_rng(seed)
@@ -95,10 +103,13 @@ def refine_set(latents: torch.Tensor, labels: np.ndarray, decode: Callable[[torc
     image_shape, device = tuple(probe.shape[1:]), probe.device
     losses = []
     for step in range(config.iterations):
-        with torch.random.fork_rng(devices=[]):   # the network's initialisation, from the seed's stream
-            torch.manual_seed(int(rng.integers(2**62)))
-            embed = ConvNet(ConvNetConfig(image_shape[0], len(classes), image_shape[1], config.width))
-        embed = embed.to(device).train().requires_grad_(False)
+        if config.embedding == "teacher":
+            embed = teacher
+        else:
+            with torch.random.fork_rng(devices=[]):   # the network's initialisation, from the seed's stream
+                torch.manual_seed(int(rng.integers(2**62)))
+                embed = ConvNet(ConvNetConfig(image_shape[0], len(classes), image_shape[1], config.width))
+            embed = embed.to(device).train().requires_grad_(False)
         policy = POLICIES[int(torch.randint(len(POLICIES), (1,), generator=generator))]
         optimizer.zero_grad(set_to_none=True)
         loss = 0.0

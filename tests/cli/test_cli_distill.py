@@ -90,3 +90,15 @@ def test_distill_to_a_zip_path_writes_the_zipped_export(tmp_path, capsys):
     assert "manifest.json" in names and len([n for n in names if n.endswith(".png")]) == 2
     assert main(["distill", "--method", "d4m", "--ipc", "1", "--classes", "0", "--out", str(out)]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_a_refinement_in_the_teachers_features_loads_the_teacher(distill, tmp_path):
+    out = tmp_path / "o"
+    result = distill("--method", "pgfm", "--ipc", "1", "--classes", "1,7", "--refine", "2",
+                     "--refine-embedding", "teacher", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    refine = json.loads((out / "manifest.json").read_text())["config"]["refine"]
+    assert refine["embedding"] == "teacher" and refine["iterations"] == 2
+    result = distill("--refine", "2", "--refine-embedding", "teacher", "--teacher", str(tmp_path / "none"),
+                     "--out", str(tmp_path / "p"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr and not (tmp_path / "p").exists()
