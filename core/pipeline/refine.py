@@ -26,6 +26,7 @@ augmentation) follows ``seed``. Written by hand: DM's reference code is a resear
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable
 
@@ -101,6 +102,8 @@ def refine_set(latents: torch.Tensor, labels: np.ndarray, decode: Callable[[torc
     with torch.no_grad():
         probe = images_of(param[:1])
     image_shape, device = tuple(probe.shape[1:]), probe.device
+    if teacher is not None and next(teacher.parameters()).device != device:   # a copy where the images are
+        teacher = copy.deepcopy(teacher).to(device)
     losses = []
     for step in range(config.iterations):
         if config.embedding == "teacher":
