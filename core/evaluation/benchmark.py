@@ -20,6 +20,7 @@ from core.config import (
     PROTOCOLS,
     REFINE_LR,
     STUDENT_ARCHITECTURES,
+    TEACHER_REFINE,
     TRAIN_MINUS_VAL,
     DistillConfig,
     GuidanceConfig,
@@ -43,9 +44,11 @@ from core.reads import read_json, tensors_fingerprint
 
 # Benchmark-only variants of a distill method. random-vae: the random real images after a VAE round trip
 # (encode -> decode): what the VAE alone costs real images, beside the latent-space methods.
-# pgfm-dm: PGFM's samples refined by distribution matching (core.pipeline.refine, default_refine(ipc)).
-BASE_METHOD = {"ddoq-unweighted": "ddoq", "random-vae": "random", "pgfm-dm": "pgfm"}
-METHOD_CHANGES = {"pgfm-dm": lambda ipc: {"refine": default_refine(ipc)}}
+# pgfm-dm: PGFM's samples refined by distribution matching (core.pipeline.refine, default_refine(ipc));
+# pgfm-tdm: the same matching in the teacher's features (TEACHER_REFINE).
+BASE_METHOD = {"ddoq-unweighted": "ddoq", "random-vae": "random", "pgfm-dm": "pgfm", "pgfm-tdm": "pgfm"}
+METHOD_CHANGES = {"pgfm-dm": lambda ipc: {"refine": default_refine(ipc)},
+                  "pgfm-tdm": lambda ipc: {"refine": TEACHER_REFINE}}
 
 FASHION_MNIST = "fashion-mnist"   # meta.dataset of the embedded default's benchmark (and of results without one)
 
@@ -140,6 +143,8 @@ class Bench:
                              "; hold the validation split out first (core.pipeline.distill.hold_out_validation)"))
         if self.config.sweep and self.validation is None:
             raise ValueError("the sweep chooses settings on the validation split: give the Bench its validation images")
+        if self.engine.teacher is None:   # the embedding of pgfm-tdm's refinement
+            self.engine = replace(self.engine, teacher=self.teacher)
 
     def load(self) -> None:
         path = self.out / "results.json"
@@ -361,7 +366,7 @@ class Bench:
             configs[name] = ("pgfm", self.distill_config("pgfm", ipc, refine=replace(refine, objective="mmd")))
         for objective in ("mean", "mmd"):   # the teacher's features as the embedding, where soft-online labels
             configs["dm latent, teacher embedding" + (", mmd" if objective == "mmd" else "")] = ("pgfm", self.distill_config(
-                "pgfm", ipc, refine=replace(DEFAULT_REFINE, embedding="teacher", objective=objective)))
+                "pgfm", ipc, refine=replace(TEACHER_REFINE, objective=objective)))
         configs["random real"] = ("random", self.distill_config("random", ipc))
         chosen = self.config.sweep_variants
         unknown = sorted(set(chosen) - set(configs))
@@ -539,7 +544,8 @@ def write_report(results: dict, out: Path) -> Path:
              "(the sweep below) read validation accuracy, never test. DDOQ weights are per-sample loss weights "
              "(`ddoq-unweighted`: the same images without them). `random-vae`: the `random` real images after a "
              "VAE round trip (encode → decode): what the VAE alone costs real images. `pgfm-dm`: the `pgfm` images refined "
-             "by distribution matching against the real images (random ConvNet embeddings, DSA; `core/pipeline/refine.py`).", "",
+             "by distribution matching against the real images (random ConvNet embeddings, DSA; `core/pipeline/refine.py`); "
+             "`pgfm-tdm`: the same matching in the teacher's penultimate features.", "",
              "Protocols (DESIGN.md section 4b):", ""]
     lines += [f"- `{p}`: {PROTOCOL_TEXT[p]}" for p in protocols]
     if whole:
@@ -567,7 +573,7 @@ def write_report(results: dict, out: Path) -> Path:
         lines += ["", f"The {'shipped ' if fmnist else ''}teacher (ConvNet-3 trained on {seen}, with its own recipe: "
                       f"its `training.json`) reaches {100 * meta['teacher_test_accuracy']:.2f}% test accuracy; "
                       "it labels the batches of `soft-online`."]
-    pgfm_methods = [m for m in ("pgfm", "pgfm-dm") if m in methods]
+    pgfm_methods = [m for m in ("pgfm", "pgfm-dm", "pgfm-tdm") if m in methods]
     if pgfm_methods and "random" in methods:
         lines += ["", "## PGFM against random real images", "",
                   "Test accuracy of each PGFM method minus that of random real images, same protocol and IPC "

@@ -318,6 +318,21 @@ def test_pgfm_dm_refines_longer_up_to_ipc_10_and_random_is_never_refined(bench_p
     assert long.refine.iterations == 3 * DEFAULT_REFINE.iterations and long.refine.space == DEFAULT_REFINE.space
     assert bench.distill_config("pgfm", 10).refine.iterations == 0
     assert bench.distill_config("random", 10).refine.iterations == 0
+    for ipc in (1, 50):   # pgfm-tdm: the default refinement in the teacher's features, at every IPC
+        assert bench.distill_config("pgfm-tdm", ipc).refine == replace(DEFAULT_REFINE, embedding="teacher")
+
+
+def test_pgfm_tdm_refines_in_the_benchs_teacher_features(bench_parts, monkeypatch):
+    engine, teacher, test, out, config = bench_parts
+    seen = []
+    real_features = type(teacher.net).features
+    monkeypatch.setattr(type(teacher.net), "features", lambda net, x: (seen.append(net), real_features(net, x))[1])
+    monkeypatch.setattr(benchmark, "TEACHER_REFINE", replace(benchmark.TEACHER_REFINE, iterations=2, real_batch=8))
+    results = run_benchmark(Bench(engine, teacher, test, out, replace(config, methods=("pgfm-tdm",), ipcs=(1,)),
+                                  log=lambda m: None))
+    cell = results["cells"]["main/pgfm-tdm/ipc1"]
+    assert cell["spec"]["distill"]["refine"]["embedding"] == "teacher" and "hard" in cell
+    assert any(net is teacher.net for net in seen)   # the benchmark's own teacher is the embedding
 
 
 def test_a_results_folder_of_other_models_is_refused_and_left_unchanged(bench_parts):
