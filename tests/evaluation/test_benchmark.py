@@ -319,7 +319,7 @@ def test_pgfm_dm_refines_longer_up_to_ipc_10_and_random_is_never_refined(bench_p
     assert bench.distill_config("pgfm", 10).refine.iterations == 0
     assert bench.distill_config("random", 10).refine.iterations == 0
     for ipc in (1, 50):   # pgfm-tdm: the default refinement in the teacher's features, at every IPC
-        assert bench.distill_config("pgfm-tdm", ipc).refine == replace(DEFAULT_REFINE, embedding="teacher")
+        assert bench.distill_config("pgfm-tdm", ipc).refine == replace(DEFAULT_REFINE, embedding="teacher", objective="mmd")
 
 
 def test_pgfm_tdm_refines_in_the_benchs_teacher_features(bench_parts, monkeypatch):
