@@ -66,7 +66,7 @@ PER_SEED = "one per student seed"
 
 # The benchmark's stages beside the main table (DESIGN.md section 4b).
 ARCH_IPCS = (10, 50)                     # cross-architecture students, at these IPC (those the run has)
-ARCH_METHODS = ("random", "d4m", "ddoq", "pgfm", "pgfm-dm")
+ARCH_METHODS = ("random", "d4m", "ddoq", "pgfm", "pgfm-dm", "pgfm-tdm")
 ARCH_PROTOCOL = "hard-dsa"
 
 
