@@ -367,6 +367,8 @@ class Bench:
         for objective in ("mean", "mmd"):   # the teacher's features as the embedding, where soft-online labels
             configs["dm latent, teacher embedding" + (", mmd" if objective == "mmd" else "")] = ("pgfm", self.distill_config(
                 "pgfm", ipc, refine=replace(DEFAULT_REFINE, embedding="teacher", objective=objective)))
+        configs["dm latent x2 iterations, teacher embedding, mmd"] = ("pgfm", self.distill_config(
+            "pgfm", ipc, refine=replace(TEACHER_REFINE, iterations=2 * TEACHER_REFINE.iterations)))
         configs["random real"] = ("random", self.distill_config("random", ipc))
         chosen = self.config.sweep_variants
         unknown = sorted(set(chosen) - set(configs))
