@@ -232,6 +232,8 @@ class RefineConfig:
         _check_finite("refine project_t", self.project_t)
         if not 0.0 <= self.project_t < 1.0:
             raise ValueError(f"refine project_t must lie in [0, 1) (0: no projection), got {self.project_t}")
+        if self.embedding != "random" and not self.iterations:
+            raise ValueError("refine embedding chooses the network a refinement matches in: give iterations > 0 as well")
         if self.project_t and not self.iterations:
             raise ValueError("refine project_t projects a refined set: give iterations > 0 as well")
         if self.project_t and self.space != "latent":

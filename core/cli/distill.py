@@ -119,6 +119,10 @@ def _models_record(args: argparse.Namespace, engine) -> dict:
               "diffusion": portable(args.diffusion) if engine.diffusion is not None else None,
               "dataset": engine.dataset.name if store else args.dataset,
               "pool": engine.dataset.name, "dataset_fingerprint": engine.dataset.fingerprint}
+    if engine.teacher is not None:   # the embedding of a refinement in the teacher's features
+        from core.reads import tensors_fingerprint
+
+        models.update(teacher=portable(args.teacher), teacher_fingerprint=tensors_fingerprint(engine.teacher.net.state_dict()))
     if models["flow_model"] is not None:
         models["flow_model"]["source"] = portable(models["flow_model"]["source"])
     if store:

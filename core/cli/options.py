@@ -144,8 +144,9 @@ def engine_from_args(args: argparse.Namespace, spec: ModelSpec | None = None, ct
     if ctx is not None and ctx.is_distributed:
         from core.pipeline.distributed import load_engine_distributed
 
-        return load_engine_distributed(ctx, spec, args.dataset, args.data_dir, args.cache_dir, args.resolution,
-                                       args.channels, encode_batch=getattr(args, "encode_batch", "auto"))
+        return with_refine_teacher(load_engine_distributed(ctx, spec, args.dataset, args.data_dir, args.cache_dir,
+                                                           args.resolution, args.channels,
+                                                           encode_batch=getattr(args, "encode_batch", "auto")), args)
     engine = load_engine(spec, args.dataset, args.data_dir, args.cache_dir, args.resolution, args.channels,
                          encode_batch=getattr(args, "encode_batch", "auto"))
     return with_refine_teacher(engine, args)
@@ -160,7 +161,8 @@ def with_refine_teacher(engine, args: argparse.Namespace):
     from core.models.loading import load_teacher
     from core.models.spec import ModelSpec
 
-    return replace(engine, teacher=load_teacher(ModelSpec(teacher=args.teacher, device=args.device)))
+    # on the VAE's device, where the decoded images are (--device auto resolved; a rank's own GPU)
+    return replace(engine, teacher=load_teacher(ModelSpec(teacher=args.teacher, device=str(engine.vae.device))))
 
 
 def encode_split(args: argparse.Namespace, split: str):

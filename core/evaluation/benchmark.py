@@ -143,7 +143,7 @@ class Bench:
                              "; hold the validation split out first (core.pipeline.distill.hold_out_validation)"))
         if self.config.sweep and self.validation is None:
             raise ValueError("the sweep chooses settings on the validation split: give the Bench its validation images")
-        if self.engine.teacher is None:   # the embedding of pgfm-tdm's refinement
+        if self.engine.teacher is not self.teacher:   # pgfm-tdm's embedding is the teacher meta.models records
             self.engine = replace(self.engine, teacher=self.teacher)
 
     def load(self) -> None:
@@ -410,12 +410,23 @@ class Bench:
 
 
 def models_record(engine: DistillEngine, teacher) -> dict[str, str | None]:
-    """Fingerprints (SHA-256 of the weights) of the models a benchmark's cells depend on; None: absent."""
-    def weights(module) -> str | None:
-        return None if module is None else tensors_fingerprint(module.state_dict())
+    """Fingerprints (SHA-256 of the weights) of the models a benchmark's cells depend on; None: absent. A
+    foreign flow's time convention or class map, which change its samples as much as its weights, count too."""
+    def weights(module, extra: str = "") -> str | None:
+        return None if module is None else tensors_fingerprint(module.state_dict(), extra)
 
-    return {"vae": engine.vae.fingerprint, "flow": weights(engine.flow), "diffusion": weights(engine.diffusion),
+    config = getattr(engine.flow, "config", None)
+    adapter = {k: getattr(config, k) for k in ("convention", "class_map") if getattr(config, k, None) is not None}
+    flow = weights(engine.flow, json.dumps(adapter, sort_keys=True, default=str) if adapter else "")
+    return {"vae": engine.vae.fingerprint, "flow": flow, "diffusion": weights(engine.diffusion),
             "teacher": weights(teacher.net)}
+
+
+def models_conflict(recorded: dict, models: dict) -> list[str]:
+    """The models whose fingerprints differ between a results folder's record and this run's; a model absent
+    from either (None: not loaded, so none of its cells are made) is no conflict."""
+    return sorted(k for k in models.keys() | recorded.keys()
+                  if None not in (models.get(k), recorded.get(k)) and models[k] != recorded[k])
 
 
 def run_benchmark(bench: Bench, teacher_accuracy: float | None = None, teacher_train_split: str = "train",
@@ -426,13 +437,13 @@ def run_benchmark(bench: Bench, teacher_accuracy: float | None = None, teacher_t
     bench.out.mkdir(parents=True, exist_ok=True)
     bench.load()
     meta = bench.results.setdefault("meta", {})
-    models = models_record(bench.engine, bench.teacher)
-    recorded = meta.get("models")
-    if recorded is not None and recorded != models:
-        changed = ", ".join(sorted(k for k in models.keys() | recorded.keys() if models.get(k) != recorded.get(k)))
-        raise ValueError(f"{bench.out / 'results.json'} holds cells of other models ({changed} differ): give another "
-                         "--out for these models; nothing was changed")
-    meta["models"] = models   # results that predate this record are taken to be these models'
+    models, recorded = models_record(bench.engine, bench.teacher), meta.get("models") or {}
+    changed = models_conflict(recorded, models)
+    if changed:
+        raise ValueError(f"{bench.out / 'results.json'} holds cells of other models ({', '.join(changed)} differ): "
+                         "give another --out for these models; nothing was changed")
+    # results that predate this record are taken to be these models'; a model absent now keeps its record
+    meta["models"] = {**recorded, **{k: v for k, v in models.items() if v is not None}}
     # ``config`` describes the main table (its seeds and epochs): a run of other stages alone keeps it
     if bench.config.main or "config" not in meta:
         meta["config"] = asdict(bench.config)

@@ -102,8 +102,8 @@ def refine_set(latents: torch.Tensor, labels: np.ndarray, decode: Callable[[torc
     with torch.no_grad():
         probe = images_of(param[:1])
     image_shape, device = tuple(probe.shape[1:]), probe.device
-    if teacher is not None and next(teacher.parameters()).device != device:   # a copy where the images are
-        teacher = copy.deepcopy(teacher).to(device)
+    if config.embedding == "teacher":   # a frozen copy where the images are: the caller's network is left alone
+        teacher = copy.deepcopy(teacher).to(device).eval().requires_grad_(False)
     losses = []
     for step in range(config.iterations):
         if config.embedding == "teacher":

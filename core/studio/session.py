@@ -96,6 +96,7 @@ def load_studio(spec=None, data_dir: str | None = None, latent_store: str | None
         report(1.0, "ready (no teacher for this data: latent scores only)")
         return Studio(engine, None, None, None, registry=registry, warnings=tuple(warnings))
     report(0.6, f"teacher features and modes of {reference_per_class} real images per class (cached after the first time)…")
+    engine = replace(engine, teacher=teacher)   # the embedding of a refinement in the teacher's features
     reference = load_or_build_reference(engine, teacher, reference_cache_file(engine), reference_per_class)
     test = validation = held_out_rows = None
     if folder is not None:

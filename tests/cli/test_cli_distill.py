@@ -102,3 +102,4 @@ def test_a_refinement_in_the_teachers_features_loads_the_teacher(distill, tmp_pa
     result = distill("--refine", "2", "--refine-embedding", "teacher", "--teacher", str(tmp_path / "none"),
                      "--out", str(tmp_path / "p"))
     assert result.returncode == 2 and "Traceback" not in result.stderr and not (tmp_path / "p").exists()
+    assert "none: model folder not found" in result.stderr

@@ -324,15 +324,17 @@ def test_pgfm_dm_refines_longer_up_to_ipc_10_and_random_is_never_refined(bench_p
 
 def test_pgfm_tdm_refines_in_the_benchs_teacher_features(bench_parts, monkeypatch):
     engine, teacher, test, out, config = bench_parts
+    import core.pipeline.distill as distill_module
+
     seen = []
-    real_features = type(teacher.net).features
-    monkeypatch.setattr(type(teacher.net), "features", lambda net, x: (seen.append(net), real_features(net, x))[1])
+    real_refine = distill_module.refine_set
+    monkeypatch.setattr(distill_module, "refine_set", lambda *a, **kw: (seen.append(a[-1]), real_refine(*a, **kw))[1])
     monkeypatch.setattr(benchmark, "TEACHER_REFINE", replace(benchmark.TEACHER_REFINE, iterations=2, real_batch=8))
     results = run_benchmark(Bench(engine, teacher, test, out, replace(config, methods=("pgfm-tdm",), ipcs=(1,)),
                                   log=lambda m: None))
     cell = results["cells"]["main/pgfm-tdm/ipc1"]
     assert cell["spec"]["distill"]["refine"]["embedding"] == "teacher" and "hard" in cell
-    assert any(net is teacher.net for net in seen)   # the benchmark's own teacher is the embedding
+    assert seen and all(net is teacher.net for net in seen)   # the benchmark's own teacher is the embedding
 
 
 def test_a_results_folder_of_other_models_is_refused_and_left_unchanged(bench_parts):
@@ -345,6 +347,7 @@ def test_a_results_folder_of_other_models_is_refused_and_left_unchanged(bench_pa
     with pytest.raises(ValueError, match=r"other models \(flow differ\)"):
         run_benchmark(Bench(other_flow, teacher, test, out, config, log=lambda m: None))
     assert (out / "results.json").read_bytes() == before
-    messages = []   # the same models resume
-    run_benchmark(Bench(engine, teacher, test, out, config, log=messages.append))
+    messages = []   # the same models resume, also without a model the folder's cells do not need
+    run_benchmark(Bench(replace(engine, diffusion=None), teacher, test, out, config, log=messages.append))
     assert any("[skip]" in m for m in messages)
+    assert json.loads((out / "results.json").read_text())["meta"]["models"]["diffusion"] is not None   # kept

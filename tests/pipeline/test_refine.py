@@ -104,7 +104,8 @@ def test_refine_settings_are_checked_and_keep_earlier_hashes():
     assert projected.to_dict()["refine"]["project_t"] == 0.8 and DistillConfig.from_dict(projected.to_dict()) == projected
     for bad in (dict(space="image"), dict(iterations=-1), dict(lr=0.0), dict(real_batch=0), dict(width=True),
                 dict(objective="cosine"), dict(project_t=1.0), dict(project_t=float("nan")),
-                dict(space="pixel", project_t=0.5), dict(iterations=0, project_t=0.5), dict(embedding="vgg")):
+                dict(space="pixel", project_t=0.5), dict(iterations=0, project_t=0.5), dict(embedding="vgg"),
+                dict(iterations=0, embedding="teacher")):
         with pytest.raises(ValueError, match="refine"):
             RefineConfig(**{"iterations": 1, **bad})
     with pytest.raises(ValueError, match="project_t integrates the flow model"):
@@ -183,7 +184,9 @@ def test_mmd_refinement_keeps_the_set_more_spread_than_mean_matching():
 
 
 class CountingConvNet(torch.nn.Module):
-    """A frozen ConvNet-3 that counts the calls of its ``features``: the teacher of a refinement."""
+    """A frozen ConvNet-3 that counts the calls of its ``features`` (in the class: a refinement works on a copy)."""
+
+    calls = 0
 
     def __init__(self, channels: int, classes: int, size: int):
         super().__init__()
@@ -191,10 +194,9 @@ class CountingConvNet(torch.nn.Module):
 
         torch.manual_seed(3)
         self.net = ConvNet(ConvNetConfig(channels, classes, size, width=8)).eval().requires_grad_(False)
-        self.calls = 0
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
+        type(self).calls += 1
         return self.net.features(x)
 
 
@@ -202,9 +204,9 @@ def test_a_teacher_embedding_matches_in_the_teachers_features_every_iteration():
     labels = np.repeat([0, 1], 4)
     start = 0.1 * torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     config = RefineConfig(iterations=30, space="pixel", lr=1.0, real_batch=16, embedding="teacher")
-    teacher = CountingConvNet(1, 2, 16)
+    teacher, CountingConvNet.calls = CountingConvNet(1, 2, 16), 0
     result = refine_set(start, labels, lambda x: x, striped, config, seed=0, teacher=teacher)
-    assert teacher.calls == 30 * 2 * 2                     # real and set batch of both classes, every iteration
+    assert CountingConvNet.calls == 30 * 2 * 2                     # real and set batch of both classes, every iteration
     assert result.losses[-5:].mean() < result.losses[:5].mean()   # the teacher-feature gap shrinks
     random_nets = refine_set(start, labels, lambda x: x, striped, RefineConfig(iterations=30, space="pixel", lr=1.0,
                                                                             real_batch=16, width=8), seed=0)
@@ -228,6 +230,9 @@ def test_distill_refines_with_the_engines_teacher_and_refuses_without_one(engine
     refined = distill(replace(engine, teacher=teacher), config)
     plain = distill(engine, DistillConfig(method="pgfm", ipc=2, seed=0))
     assert not torch.equal(refined.latents, plain.latents) and np.isfinite(refined.latents.numpy()).all()
+    other = Teacher(ConvNet(ConvNetConfig(1, 3, 32, width=8)))   # other weights: another embedding, other latents
+    assert not torch.allclose(distill(replace(engine, teacher=other), config).latents, refined.latents)
+    assert all(p.grad is None for p in teacher.net.parameters())   # the caller's teacher is left alone
     assert config.to_dict()["refine"]["embedding"] == "teacher"
     wrong = Teacher(ConvNet(ConvNetConfig(1, 5, 32, width=8)))   # five classes: not this data's teacher
     with pytest.raises(ValueError, match="does not fit this data"):
