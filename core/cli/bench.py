@@ -97,7 +97,6 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         engine = hold_out_validation(engine, validation_rows(args.dataset, engine.dataset.labels, args.data_dir,
                                                              args.test_dir))
     teacher = load_teacher(ModelSpec(teacher=args.teacher))
-    engine = dataclasses.replace(engine, teacher=teacher)   # the embedding of a refinement with embedding teacher
     split = (args.dataset, args.data_dir, args.resolution, args.channels, args.test_dir)
     test = load_dataset(split[0], "test", *split[1:])
     validation = load_dataset(split[0], "val", *split[1:]) if config.sweep else None

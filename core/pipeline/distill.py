@@ -138,7 +138,7 @@ class DistillEngine:
             if tuple(model.config.latent_shape) != self.latents.latent_shape:
                 raise ValueError(f"the model works on latents {tuple(model.config.latent_shape)}, the data's are "
                                  f"{self.latents.latent_shape}")
-        if config.refine.iterations and config.refine.embedding == "teacher":
+        if config.refine.embedding == "teacher":   # (RefineConfig refuses it without iterations)
             if self.teacher is None:
                 raise ValueError("refine embedding 'teacher' needs a teacher (--teacher)")
             if not self.teacher.fits(self.dataset.image_shape, self.latents.num_classes):
