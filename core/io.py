@@ -284,6 +284,20 @@ def check_writable_target(target: str | Path, what: str = "output", replaces: bo
     return target
 
 
+@contextmanager
+def locked(folder: str | Path) -> Iterator[None]:
+    """An exclusive advisory lock (``flock``) on ``folder`` for the block, so that processes which read, merge
+    and rewrite a file in it do so one at a time. It locks the folder itself: no lock file is left behind."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)   # closing the descriptor releases the lock
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
     return atomic_write(path, lambda p: p.write_text(text))

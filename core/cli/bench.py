@@ -53,7 +53,8 @@ def add_parsers(add) -> None:
     p.add_argument("--report-only", action="store_true",
                    help="only rewrite RESULTS.md and the plots from the results.json in --out (e.g. of a partial run)")
     p.add_argument("--teacher", default=str(TEACHER_DIR))
-    p.add_argument("--out", default="benchmarks", help="output folder (default benchmarks/)")
+    p.add_argument("--out", default="benchmarks", help="output folder (default benchmarks/); several benchmarks may run on one folder at once (e.g. "
+                   "one per core, other methods each): every write merges with the others' under a lock")
     add_registry(p)
 
 

@@ -1,7 +1,8 @@
 """The benchmark: distil with every method, score each set, train students on it, tabulate and plot.
 
 Results go to ``OUT/results.json`` after every finished cell (atomically), so an interrupted run keeps
-what it finished and a re-run skips those cells (a cell whose parameters changed is recomputed).
+what it finished and a re-run skips those cells (a cell whose parameters changed is recomputed). Several
+benchmarks may share one folder: each write merges, under a lock, with what the others wrote since.
 ``OUT/RESULTS.md`` and the PNG plots are rebuilt from results.json at the end of every run.
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ from core.evaluation.assess import (
 )
 from core.evaluation.ranking import RankingBaseline
 from core.evaluation.students import EvalResult, evaluate_set, protocol_config
-from core.io import write_json
+from core.io import locked, write_json
 from core.pipeline.distill import DistillEngine, LocalExecutor, distill
 from core.reads import read_json, tensors_fingerprint
 
@@ -134,6 +135,7 @@ class Bench:
     # sets distilled in this process, by method and config: a set's cross-architecture cells reuse it (the
     # refinement of pgfm-dm takes minutes; distillation is deterministic for the seed, so nothing changes)
     _distilled: dict = field(default_factory=dict, repr=False)
+    _touched: set = field(default_factory=set, repr=False)   # cells this process wrote or dropped
 
     def __post_init__(self) -> None:
         held_out = holds_out_validation(self.engine.dataset.name)
@@ -152,7 +154,28 @@ class Bench:
         self.results.setdefault("cells", {})
 
     def save(self) -> None:
-        write_json(self.out / "results.json", self.results)
+        """Write results.json, merged under the folder's lock with what other benchmarks wrote to it since this
+        one read it: the cells this process touched come from it (with the protocols and students only the file
+        has, see ``merge_cell``), every other cell from the file. ``results`` becomes the merge."""
+        path = self.out / "results.json"
+        with locked(self.out):
+            on_disk = read_json(path) if path.is_file() else {"cells": {}}
+            cells = dict(on_disk.get("cells", {}))
+            for name in self._touched:
+                if name in self.results["cells"]:
+                    cells[name] = merge_cell(cells.get(name), self.results["cells"][name])
+                else:
+                    cells.pop(name, None)
+            meta = {**on_disk.get("meta", {}), **self.results.get("meta", {})}
+            if "models" in meta:
+                meta["models"] = {**on_disk.get("meta", {}).get("models", {}), **meta["models"]}
+            self.results = {**self.results, "cells": cells, "meta": meta}
+            write_json(path, self.results)
+
+    def _store(self, name: str, row: dict) -> None:
+        self.results["cells"][name] = row
+        self._touched.add(name)
+        self.save()
 
     def _row(self, name: str, spec: dict, protocols: tuple[str, ...]) -> tuple[dict | None, list[str], str]:
         """The row of cell ``name`` if its parameters are unchanged, the protocols it still lacks, its key."""
@@ -183,8 +206,7 @@ class Bench:
                 partial["seeds"].append(seed)
                 partial["accuracies"].append(one.accuracies[0])
                 partial["seconds"].append(one.seconds[0])
-                self.results["cells"][name] = row
-                self.save()
+                self._store(name, row)
             order = [partial["seeds"].index(seed) for seed in eval_config.seeds]
             result = EvalResult([partial["accuracies"][i] for i in order], [partial["seconds"][i] for i in order],
                                 eval_config, len(next(iter(sets.values()))[0]),
@@ -205,8 +227,7 @@ class Bench:
                      f"({statistics.fmean(result.seconds):.0f} s/student)")
             row["wall_seconds"] = round(row.get("wall_seconds", 0.0) + time.perf_counter() - started, 1)
             started = time.perf_counter()
-            self.results["cells"][name] = row
-            self.save()
+            self._store(name, row)
 
     def cell(self, name: str, method: str, distill_config: DistillConfig, protocols: tuple[str, ...], seeds: int,
              architecture: str = "convnet", on_validation: bool = False) -> dict:
@@ -388,6 +409,7 @@ class Bench:
         current = {self.sweep_cell_name(name) for name in self.sweep_variants()}
         for name in [k for k in self.results["cells"] if k.startswith(prefix) and k not in current]:
             del self.results["cells"][name]
+            self._touched.add(name)
 
     def run_sweep(self) -> None:
         self.prune_stale_sweep()
@@ -407,6 +429,22 @@ class Bench:
             self.log(f"[efficiency diffusion-mg steps={steps}]")
             self.cell(f"efficiency/ipc{ipc}/diffusion-mg/steps{steps}", "diffusion-mg", dc, ("hard",),
                       self.config.sweep_seeds)
+
+
+def merge_cell(theirs: dict | None, mine: dict) -> dict:
+    """A cell as this process has it (``mine``) merged with another benchmark's version of it: of the same
+    parameters (hash), the protocols and unfinished students only ``theirs`` has are kept (of a protocol both
+    are still training, the one with more finished students); of other parameters, ``mine`` replaces it."""
+    if theirs is None or theirs.get("hash") != mine.get("hash"):
+        return mine
+    merged = {**theirs, **mine}
+    partial = {**theirs.get("partial", {}), **mine.get("partial", {})}
+    for protocol, students in theirs.get("partial", {}).items():
+        if len(students["seeds"]) > len(partial[protocol]["seeds"]):
+            partial[protocol] = students
+    merged.pop("partial", None)
+    partial = {p: students for p, students in partial.items() if p not in merged}   # finished: no partial
+    return {**merged, "partial": partial} if partial else merged
 
 
 def models_record(engine: DistillEngine, teacher) -> dict[str, str | None]:

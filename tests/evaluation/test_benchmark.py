@@ -351,3 +351,29 @@ def test_a_results_folder_of_other_models_is_refused_and_left_unchanged(bench_pa
     run_benchmark(Bench(replace(engine, diffusion=None), teacher, test, out, config, log=messages.append))
     assert any("[skip]" in m for m in messages)
     assert json.loads((out / "results.json").read_text())["meta"]["models"]["diffusion"] is not None   # kept
+
+
+def test_two_benchmarks_sharing_a_folder_keep_each_others_cells_and_protocols(bench_parts):
+    engine, teacher, test, out, config = bench_parts
+    out.mkdir(parents=True)
+    one = replace(config, methods=("random", "d4m"), ipcs=(1,))
+    first = Bench(engine, teacher, test, out, one, log=lambda m: None)
+    second = Bench(engine, teacher, test, out, replace(one, methods=("d4m",), protocols=("soft",)), log=lambda m: None)
+    first.load()
+    second.load()   # both read the empty folder before either wrote
+    first.run_main()
+    second.run_main()   # its writes merge with the first's instead of replacing them
+    cells = json.loads((out / "results.json").read_text())["cells"]
+    assert set(cells) == {"main/random/ipc1", "main/d4m/ipc1"}
+    assert {"hard", "soft"} <= set(cells["main/d4m/ipc1"]) and "hard" in cells["main/random/ipc1"]
+    assert cells["main/d4m/ipc1"]["hard"]["accuracies"] == first.results["cells"]["main/d4m/ipc1"]["hard"]["accuracies"]
+
+
+def test_a_merged_cell_keeps_the_other_writers_students_unless_its_parameters_changed():
+    theirs = {"hash": "a", "hard": {"accuracies": [0.5]}, "partial": {"soft": {"seeds": [0, 1]}, "hard-dsa": {"seeds": [0]}}}
+    mine = {"hash": "a", "hard-dsa": {"accuracies": [0.6]}, "partial": {"soft": {"seeds": [0]}}}
+    merged = benchmark.merge_cell(theirs, mine)
+    assert merged["hard"] == theirs["hard"] and merged["hard-dsa"] == mine["hard-dsa"]
+    assert merged["partial"] == {"soft": {"seeds": [0, 1]}}   # hard-dsa is finished: its partial is dropped
+    assert benchmark.merge_cell({**theirs, "hash": "b"}, mine) == mine
+    assert benchmark.merge_cell(None, mine) == mine

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from core.cli.main import main
 from core.config import DistillConfig
 from core.errors import OutputError, OutputExistsError
+from core.io import locked
 from core.pipeline.distill import DistilledSet
 from core.pipeline.export import export_imagefolder, export_zip, export_zip_bytes, is_export
 
@@ -425,3 +426,19 @@ def test_train_vae_refuses_a_folder_it_did_not_write(tmp_path, capsys, monkeypat
     assert main(["train-vae", "--out", str(hub_vae)]) == 2
     assert "not a VAE folder that train-vae wrote" in capsys.readouterr().err
     assert sorted(os.listdir(hub_vae)) == ["config.json"]
+
+
+def test_a_locked_folder_admits_one_holder_at_a_time(tmp_path):
+    order = []
+
+    def second_writer():
+        with locked(tmp_path):
+            order.append("second")
+
+    with locked(tmp_path):
+        waiting = threading.Thread(target=second_writer)
+        waiting.start()
+        waiting.join(timeout=0.5)   # it cannot enter while the first holds the lock
+        order.append("first")
+    waiting.join()
+    assert order == ["first", "second"] and list(tmp_path.iterdir()) == []   # and no lock file is left
