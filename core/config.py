@@ -188,6 +188,7 @@ class DiffusionSamplerConfig:
 REFINE_SPACES = ("latent", "pixel")
 REFINE_OBJECTIVES = ("mean", "mmd")
 REFINE_EMBEDDINGS = ("random", "teacher")
+BOUNDARY_TEMPERATURE = 4.0   # the boundary term's softmax temperature: soft-online's (EvalConfig.temperature)
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,10 @@ class RefineConfig:
     whose labels ``soft-online`` students learn; ``width`` is then unused); ``project_t`` > 0 (latent space, flow methods):
     afterwards the refined latents are noised back to time ``project_t`` (0 noise, 1 data) with the noise each sample
     started from (the sampler's seed) and the flow integrates them to t = 1 again, unguided (SDEdit-style), pulling
-    them back toward what the generator draws; its time counts as refinement time; 0: not."""
+    them back toward what the generator draws; its time counts as refinement time; 0: not. ``boundary`` > 0 (embedding
+    teacher): adds that weight times the negative entropy of the teacher's temperature-``BOUNDARY_TEMPERATURE``
+    outputs on the set's augmented images, so the set moves toward where the teacher is unsure, near the class
+    boundaries, whose soft labels tell a student most (boundary-supporting samples, Heo et al., AAAI 2019); 0: not."""
 
     iterations: int = 0
     space: str = "latent"
@@ -211,9 +215,11 @@ class RefineConfig:
     objective: str = "mean"
     project_t: float = 0.0
     embedding: str = "random"
+    boundary: float = 0.0
 
     # Fields added after results were keyed by this config (see DistillConfig.LATER_DEFAULTS).
-    LATER_DEFAULTS: ClassVar[dict[str, Any]] = {"objective": "mean", "project_t": 0.0, "embedding": "random"}
+    LATER_DEFAULTS: ClassVar[dict[str, Any]] = {"objective": "mean", "project_t": 0.0, "embedding": "random",
+                                                "boundary": 0.0}
 
     def __post_init__(self) -> None:
         if self.space not in REFINE_SPACES:
@@ -232,6 +238,11 @@ class RefineConfig:
         _check_finite("refine project_t", self.project_t)
         if not 0.0 <= self.project_t < 1.0:
             raise ValueError(f"refine project_t must lie in [0, 1) (0: no projection), got {self.project_t}")
+        _check_finite("refine boundary", self.boundary)
+        if self.boundary < 0:
+            raise ValueError(f"refine boundary must be >= 0 (0: no boundary term), got {self.boundary}")
+        if self.boundary and self.embedding != "teacher":
+            raise ValueError("refine boundary weighs the teacher's uncertainty: give embedding 'teacher' as well")
         if self.embedding != "random" and not self.iterations:
             raise ValueError("refine embedding chooses the network a refinement matches in: give iterations > 0 as well")
         if self.project_t and not self.iterations:
@@ -403,7 +414,7 @@ def distill_config(options: Mapping[str, Any]) -> DistillConfig:
     seed; guidance, schedule, t_start, t_stop, trust_radius, t0; solver, steps, time_shift, cfg_scale, dtype,
     sample_batch_size; diffusion_steps, strength, mg_guidance, mg_stop; ddoq_t0, medoid, pgfm_weights,
     cell_offset, prototypes_per_class; refine (iterations, 0: none), refine_space, refine_lr, refine_real_batch,
-    refine_width, refine_objective, refine_project_t, refine_embedding (defaults: DEFAULT_REFINE, the space's REFINE_LR).
+    refine_width, refine_objective, refine_project_t, refine_embedding, refine_boundary (defaults: DEFAULT_REFINE, the space's REFINE_LR).
     ValueError (from the dataclasses) names what is invalid."""
     base, sampler, diffusion = DistillConfig(), SamplerConfig(), DiffusionSamplerConfig()
     o = {k: v for k, v in options.items() if v is not None}
@@ -418,7 +429,7 @@ def distill_config(options: Mapping[str, Any]) -> DistillConfig:
     classes = o.get("classes", "all")
     refine = RefineConfig()
     for key in ("refine_space", "refine_lr", "refine_real_batch", "refine_width", "refine_objective", "refine_project_t",
-                "refine_embedding"):
+                "refine_embedding", "refine_boundary"):
         if o.get(key) not in (None, getattr(DEFAULT_REFINE, key.removeprefix("refine_"))) and not o.get("refine", 0):
             raise ValueError(f"{key} {o[key]!r} changes a refinement, but none is asked for: give refine N > 0 (--refine N)")
     if o.get("refine", 0):
@@ -428,7 +439,8 @@ def distill_config(options: Mapping[str, Any]) -> DistillConfig:
                               width=o.get("refine_width", DEFAULT_REFINE.width),
                               objective=o.get("refine_objective", DEFAULT_REFINE.objective),
                               project_t=o.get("refine_project_t", DEFAULT_REFINE.project_t),
-                              embedding=o.get("refine_embedding", DEFAULT_REFINE.embedding))
+                              embedding=o.get("refine_embedding", DEFAULT_REFINE.embedding),
+                              boundary=o.get("refine_boundary", DEFAULT_REFINE.boundary))
     return DistillConfig(refine=refine,
         method=o.get("method", base.method), ipc=o.get("ipc", base.ipc), classes=None if classes == "all" else classes,
         seed=seed, ddoq_t0=o.get("ddoq_t0", base.ddoq_t0), medoid=bool(o.get("medoid", False)),

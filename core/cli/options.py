@@ -314,6 +314,9 @@ def add_distill_options(p: argparse.ArgumentParser, single: bool = True) -> None
     g.add_argument("--refine-embedding", default=DEFAULT_REFINE.embedding, choices=list(REFINE_EMBEDDINGS),
                    help="random: DM's freshly initialised ConvNet-3 every iteration; teacher: the frozen teacher's "
                         "penultimate features (--teacher), whose labels soft-online students learn")
+    g.add_argument("--refine-boundary", type=float, default=DEFAULT_REFINE.boundary, metavar="WEIGHT",
+                   help="with --refine-embedding teacher: add WEIGHT x the negative entropy of the teacher's outputs "
+                        "(temperature 4) on the set's images, moving it toward the class boundaries; 0: not")
     g.add_argument("--refine-project-t", type=float, default=DEFAULT_REFINE.project_t, metavar="T",
                    help="after a latent refinement, noise the latents back to time T (0 noise, 1 data) and integrate "
                         "the flow to t = 1 again, unguided (SDEdit-style), toward what the generator draws; 0: not")

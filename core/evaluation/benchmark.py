@@ -390,6 +390,9 @@ class Bench:
                 "pgfm", ipc, refine=replace(DEFAULT_REFINE, embedding="teacher", objective=objective)))
         configs["dm latent x2 iterations, teacher embedding, mmd"] = ("pgfm", self.distill_config(
             "pgfm", ipc, refine=replace(TEACHER_REFINE, iterations=2 * TEACHER_REFINE.iterations)))
+        for beta in (1.0, 4.0):   # pgfm-tdm pulled toward where the teacher is unsure (RefineConfig.boundary)
+            configs[f"dm latent, teacher embedding, mmd, boundary={beta:g}"] = ("pgfm", self.distill_config(
+                "pgfm", ipc, refine=replace(TEACHER_REFINE, boundary=beta)))
         configs["random real"] = ("random", self.distill_config("random", ipc))
         chosen = self.config.sweep_variants
         unknown = sorted(set(chosen) - set(configs))

@@ -15,6 +15,11 @@ Objective ``mmd`` adds to each class's term a Gaussian-kernel MMD² between the 
 spread out). Its bandwidths are {1/4, 1, 4} x the median squared real-to-set distance m (detached), and the
 MMD² is multiplied by m, so that it has the units (squared embedding distance) of the mean term.
 
+``boundary`` β > 0 adds to each class's term β times the mean negative entropy Σ_k p_k log p_k of the teacher's
+softmax at temperature ``BOUNDARY_TEMPERATURE`` on the augmented set images: the set moves toward where the teacher
+is unsure, near the class boundaries, where its soft labels carry most (Heo et al., AAAI 2019, on KD with
+boundary-supporting samples), while the matching term keeps it on the class's real distribution.
+
 ``space`` says what is optimised:
 - ``latent`` (GLaD / LD3M style): the latents, with Adam at ``lr``, through the frozen VAE decoder, so every image
   stays one the decoder can draw;
@@ -33,7 +38,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from core.config import RefineConfig
+from core.config import BOUNDARY_TEMPERATURE, RefineConfig
 from core.data.augment import POLICIES, dsa_augment
 from core.models.convnet import ConvNet, ConvNetConfig
 
@@ -63,15 +68,19 @@ def gaussian_mmd2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def class_match_loss(embed: ConvNet, real: torch.Tensor, synthetic: torch.Tensor, policy: str,
-                     generator: torch.Generator, objective: str = "mean") -> torch.Tensor:
+                     generator: torch.Generator, objective: str = "mean", boundary: float = 0.0) -> torch.Tensor:
     """One class's matching loss between its augmented real and synthetic images: the squared distance of the
-    mean embeddings, plus (``objective`` mmd) the scaled Gaussian MMD² of the embeddings."""
+    mean embeddings, plus (``objective`` mmd) the scaled Gaussian MMD² of the embeddings, plus (``boundary`` > 0)
+    that weight times the mean negative entropy of ``embed``'s tempered softmax on the synthetic images."""
     with torch.no_grad():
         target = embed.features(dsa_augment(real, generator, policy))
     features = embed.features(dsa_augment(synthetic, generator, policy))
     loss = (features.mean(0) - target.mean(0)).pow(2).sum()
     if objective == "mmd":
         loss = loss + gaussian_mmd2(features, target)
+    if boundary:
+        log_p = torch.log_softmax(embed.classifier(features) / BOUNDARY_TEMPERATURE, dim=1)
+        loss = loss + boundary * (log_p.exp() * log_p).sum(1).mean()
     return loss
 
 
@@ -118,7 +127,8 @@ def refine_set(latents: torch.Tensor, labels: np.ndarray, decode: Callable[[torc
         loss = 0.0
         for c, rows in zip(classes, members):   # one class at a time: memory for one class's images and graph
             real = real_images(int(c), config.real_batch, rng).to(device)
-            class_loss = class_match_loss(embed, real, images_of(param[rows]), policy, generator, config.objective)
+            class_loss = class_match_loss(embed, real, images_of(param[rows]), policy, generator, config.objective,
+                                          config.boundary)
             class_loss.backward()
             loss += float(class_loss.detach())
         optimizer.step()

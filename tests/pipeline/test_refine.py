@@ -100,12 +100,14 @@ def test_refine_settings_are_checked_and_keep_earlier_hashes():
     assert mmd.to_dict()["refine"]["objective"] == "mmd" and DistillConfig.from_dict(mmd.to_dict()) == mmd
     assert "project_t" not in config.to_dict()["refine"]   # no projection: the keys of earlier cells again
     assert "embedding" not in config.to_dict()["refine"]   # random networks, DM's: the keys of earlier cells again
+    assert "boundary" not in config.to_dict()["refine"]    # no boundary term: the keys of earlier cells again
     projected = DistillConfig(refine=RefineConfig(iterations=5, project_t=0.8))
     assert projected.to_dict()["refine"]["project_t"] == 0.8 and DistillConfig.from_dict(projected.to_dict()) == projected
     for bad in (dict(space="image"), dict(iterations=-1), dict(lr=0.0), dict(real_batch=0), dict(width=True),
                 dict(objective="cosine"), dict(project_t=1.0), dict(project_t=float("nan")),
                 dict(space="pixel", project_t=0.5), dict(iterations=0, project_t=0.5), dict(embedding="vgg"),
-                dict(iterations=0, embedding="teacher")):
+                dict(iterations=0, embedding="teacher"), dict(boundary=1.0), dict(boundary=-1.0, embedding="teacher"),
+                dict(boundary=float("nan"), embedding="teacher")):
         with pytest.raises(ValueError, match="refine"):
             RefineConfig(**{"iterations": 1, **bad})
     with pytest.raises(ValueError, match="project_t integrates the flow model"):
@@ -130,6 +132,9 @@ def test_the_distill_options_describe_a_refinement():
     assert distill_config({"refine": 3, "refine_project_t": 0.9}).refine.project_t == 0.9
     with pytest.raises(ValueError, match="refine_project_t 0.9 changes a refinement"):
         distill_config({"refine_project_t": 0.9})
+    assert distill_config({"refine": 3, "refine_embedding": "teacher", "refine_boundary": 2.0}).refine.boundary == 2.0
+    with pytest.raises(ValueError, match="boundary weighs the teacher's uncertainty"):
+        distill_config({"refine": 3, "refine_boundary": 2.0})
 
 
 def test_the_mmd_term_is_zero_only_for_matching_batches_and_pulls_the_spread():
@@ -237,3 +242,32 @@ def test_distill_refines_with_the_engines_teacher_and_refuses_without_one(engine
     wrong = Teacher(ConvNet(ConvNetConfig(1, 5, 32, width=8)))   # five classes: not this data's teacher
     with pytest.raises(ValueError, match="does not fit this data"):
         distill(replace(engine, teacher=wrong), config)
+
+
+def test_the_boundary_term_adds_the_teachers_negative_entropy_and_moves_the_set_where_it_is_unsure():
+    from core.config import BOUNDARY_TEMPERATURE
+    from core.data.augment import dsa_augment
+    from core.models.convnet import ConvNet, ConvNetConfig
+    from core.pipeline.refine import class_match_loss
+
+    torch.manual_seed(3)
+    teacher = ConvNet(ConvNetConfig(1, 2, 16, width=8)).eval().requires_grad_(False)
+    teacher.classifier.weight.mul_(30)   # a confident teacher, as a trained one is: far from the uniform output
+    real, synthetic = striped(0, 12, np.random.default_rng(0)), striped(0, 4, np.random.default_rng(1))
+    plain, bounded = (class_match_loss(teacher, real, synthetic, "flip", torch.Generator().manual_seed(1),
+                                       "mean", beta) for beta in (0.0, 2.0))
+    g = torch.Generator().manual_seed(1)   # the same draws as class_match_loss: real first, then synthetic
+    dsa_augment(real, g, "flip")
+    log_p = torch.log_softmax(teacher(dsa_augment(synthetic, g, "flip")) / BOUNDARY_TEMPERATURE, 1)
+    assert float(bounded) == pytest.approx(float(plain + 2.0 * (log_p.exp() * log_p).sum(1).mean()), rel=1e-4)
+
+    def entropy(images):
+        log_q = torch.log_softmax(teacher(images) / BOUNDARY_TEMPERATURE, 1)
+        return float(-(log_q.exp() * log_q).sum(1).mean())
+
+    labels = np.repeat([0, 1], 4)
+    start = torch.cat([striped(0, 4, np.random.default_rng(2)), striped(1, 4, np.random.default_rng(3))])
+    sets = {beta: refine_set(start, labels, lambda x: x, striped, RefineConfig(
+        iterations=20, space="pixel", lr=1.0, real_batch=16, embedding="teacher", boundary=beta), seed=0,
+        teacher=teacher).images for beta in (0.0, 5.0)}
+    assert entropy(sets[5.0]) > entropy(sets[0.0]) + 0.3   # about 0.08 nats without the term, 0.68 with it (of log 2)
