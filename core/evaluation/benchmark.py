@@ -388,6 +388,8 @@ class Bench:
         for objective in ("mean", "mmd"):   # the teacher's features as the embedding, where soft-online labels
             configs["dm latent, teacher embedding" + (", mmd" if objective == "mmd" else "")] = ("pgfm", self.distill_config(
                 "pgfm", ipc, refine=replace(DEFAULT_REFINE, embedding="teacher", objective=objective)))
+        configs["dm pixel, teacher embedding, mmd"] = ("pgfm", self.distill_config(   # the best space at IPC 50
+            "pgfm", ipc, refine=replace(TEACHER_REFINE, space="pixel", lr=REFINE_LR["pixel"])))
         configs["dm latent x2 iterations, teacher embedding, mmd"] = ("pgfm", self.distill_config(
             "pgfm", ipc, refine=replace(TEACHER_REFINE, iterations=2 * TEACHER_REFINE.iterations)))
         for beta in (1.0, 4.0):   # pgfm-tdm pulled toward where the teacher is unsure (RefineConfig.boundary)
