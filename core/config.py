@@ -43,7 +43,7 @@ SCHEDULES = ("constant", "linear", "cosine")
 
 
 def _check_finite(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
@@ -188,7 +188,7 @@ class DiffusionSamplerConfig:
 REFINE_SPACES = ("latent", "pixel")
 REFINE_OBJECTIVES = ("mean", "mmd")
 REFINE_EMBEDDINGS = ("random", "teacher")
-BOUNDARY_TEMPERATURE = 4.0   # the boundary term's softmax temperature: soft-online's (EvalConfig.temperature)
+SOFT_TEMPERATURE = 4.0   # of soft labels: soft-online's KL (EvalConfig.temperature), the teacher's, the boundary term's
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,7 @@ class RefineConfig:
     afterwards the refined latents are noised back to time ``project_t`` (0 noise, 1 data) with the noise each sample
     started from (the sampler's seed) and the flow integrates them to t = 1 again, unguided (SDEdit-style), pulling
     them back toward what the generator draws; its time counts as refinement time; 0: not. ``boundary`` > 0 (embedding
-    teacher): adds that weight times the negative entropy of the teacher's temperature-``BOUNDARY_TEMPERATURE``
+    teacher): adds that weight times the negative entropy of the teacher's temperature-``SOFT_TEMPERATURE``
     outputs on the set's augmented images, so the set moves toward where the teacher is unsure, near the class
     boundaries, whose soft labels tell a student most (boundary-supporting samples, Heo et al., AAAI 2019); 0: not."""
 

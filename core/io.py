@@ -287,9 +287,13 @@ def check_writable_target(target: str | Path, what: str = "output", replaces: bo
 @contextmanager
 def locked(folder: str | Path) -> Iterator[None]:
     """An exclusive advisory lock (``flock``) on ``folder`` for the block, so that processes which read, merge
-    and rewrite a file in it do so one at a time. It locks the folder itself: no lock file is left behind."""
-    import fcntl
-
+    and rewrite a file in it do so one at a time. It locks the folder itself: no lock file is left behind. Where
+    there is no ``flock`` (Windows) it does not lock: one process per folder is then safe, its writes being atomic."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
     fd = os.open(folder, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -135,7 +135,7 @@ class Bench:
     # sets distilled in this process, by method and config: a set's cross-architecture cells reuse it (the
     # refinement of pgfm-dm takes minutes; distillation is deterministic for the seed, so nothing changes)
     _distilled: dict = field(default_factory=dict, repr=False)
-    _touched: set = field(default_factory=set, repr=False)   # cells this process wrote or dropped
+    _touched: set = field(default_factory=set, repr=False)   # cells this process wrote or dropped since it saved
 
     def __post_init__(self) -> None:
         held_out = holds_out_validation(self.engine.dataset.name)
@@ -153,24 +153,49 @@ class Bench:
         self.results = read_json(path) if path.is_file() else {"cells": {}}
         self.results.setdefault("cells", {})
 
+    def refresh(self) -> None:
+        """Take up the cells other benchmarks wrote to the folder since this one last read or saved it (its
+        writes are atomic, so no lock is needed to read); every change of this one is saved already."""
+        path = self.out / "results.json"
+        if path.is_file():
+            self.results["cells"] = read_json(path).get("cells", {})
+
     def save(self) -> None:
         """Write results.json, merged under the folder's lock with what other benchmarks wrote to it since this
-        one read it: the cells this process touched come from it (with the protocols and students only the file
-        has, see ``merge_cell``), every other cell from the file. ``results`` becomes the merge."""
+        one last read or saved it: the cells this process changed since then come from it (with the protocols and
+        students only the file has, see ``merge_cell``), every other cell from the file. ``meta`` is this run's,
+        but a run without the main table keeps the file's ``config``, and the models must be the file's (see
+        ``models_conflict``). ``results`` becomes the merge."""
         path = self.out / "results.json"
         with locked(self.out):
             on_disk = read_json(path) if path.is_file() else {"cells": {}}
+            theirs = on_disk.get("meta", {})
+            mine = self.results.get("meta", {})
+            changed = models_conflict(theirs.get("models") or {}, mine.get("models") or {})
+            if changed:
+                raise ValueError(models_conflict_message(path, changed))
             cells = dict(on_disk.get("cells", {}))
             for name in self._touched:
                 if name in self.results["cells"]:
                     cells[name] = merge_cell(cells.get(name), self.results["cells"][name])
                 else:
                     cells.pop(name, None)
-            meta = {**on_disk.get("meta", {}), **self.results.get("meta", {})}
+            meta = {**theirs, **mine}
             if "models" in meta:
-                meta["models"] = {**on_disk.get("meta", {}).get("models", {}), **meta["models"]}
+                meta["models"] = {**theirs.get("models", {}), **meta["models"]}
+            if not self.config.main and "config" in theirs:
+                meta["config"] = theirs["config"]
             self.results = {**self.results, "cells": cells, "meta": meta}
             write_json(path, self.results)
+            self._touched.clear()
+
+    def drop(self, names: list[str]) -> None:
+        """Remove these cells from results.json (all benchmarks' copies of them)."""
+        for name in names:
+            self.results["cells"].pop(name, None)
+            self._touched.add(name)
+        if names:
+            self.save()
 
     def _store(self, name: str, row: dict) -> None:
         self.results["cells"][name] = row
@@ -238,6 +263,7 @@ class Bench:
                 "architecture": architecture, "pool": self.config.pool, "split": "val" if on_validation else "test"}
         if method in ("random", "random-vae"):   # random real: which images is the main source of spread
             spec["draws"] = PER_SEED
+        self.refresh()   # another benchmark on this folder may have done this cell, or some of its protocols
         row, missing, key = self._row(name, spec, protocols)
         if not missing:
             self.log(f"[skip] {name} (already in results.json)")
@@ -412,9 +438,7 @@ class Bench:
             return
         prefix = self.sweep_cell_name("")
         current = {self.sweep_cell_name(name) for name in self.sweep_variants()}
-        for name in [k for k in self.results["cells"] if k.startswith(prefix) and k not in current]:
-            del self.results["cells"][name]
-            self._touched.add(name)
+        self.drop([k for k in self.results["cells"] if k.startswith(prefix) and k not in current])
 
     def run_sweep(self) -> None:
         self.prune_stale_sweep()
@@ -439,14 +463,15 @@ class Bench:
 def merge_cell(theirs: dict | None, mine: dict) -> dict:
     """A cell as this process has it (``mine``) merged with another benchmark's version of it: of the same
     parameters (hash), the protocols and unfinished students only ``theirs`` has are kept (of a protocol both
-    are still training, the one with more finished students); of other parameters, ``mine`` replaces it."""
+    are still training, the students of both, one per seed); of other parameters, ``mine`` replaces it."""
     if theirs is None or theirs.get("hash") != mine.get("hash"):
         return mine
     merged = {**theirs, **mine}
     partial = {**theirs.get("partial", {}), **mine.get("partial", {})}
     for protocol, students in theirs.get("partial", {}).items():
-        if len(students["seeds"]) > len(partial[protocol]["seeds"]):
-            partial[protocol] = students
+        own = partial[protocol]
+        extra = [i for i, seed in enumerate(students["seeds"]) if seed not in own["seeds"]]
+        partial[protocol] = {k: own[k] + [students[k][i] for i in extra] for k in own}
     merged.pop("partial", None)
     partial = {p: students for p, students in partial.items() if p not in merged}   # finished: no partial
     return {**merged, "partial": partial} if partial else merged
@@ -472,6 +497,11 @@ def models_conflict(recorded: dict, models: dict) -> list[str]:
                   if None not in (models.get(k), recorded.get(k)) and models[k] != recorded[k])
 
 
+def models_conflict_message(path: Path, changed: list[str]) -> str:
+    return (f"{path} holds cells of other models ({', '.join(changed)} differ): give another --out for these "
+            "models; nothing was changed")
+
+
 def run_benchmark(bench: Bench, teacher_accuracy: float | None = None, teacher_train_split: str = "train",
                   dataset: str = FASHION_MNIST) -> dict:
     """Run the configured stages (resuming finished cells), then write RESULTS.md and the plots.
@@ -483,8 +513,7 @@ def run_benchmark(bench: Bench, teacher_accuracy: float | None = None, teacher_t
     models, recorded = models_record(bench.engine, bench.teacher), meta.get("models") or {}
     changed = models_conflict(recorded, models)
     if changed:
-        raise ValueError(f"{bench.out / 'results.json'} holds cells of other models ({', '.join(changed)} differ): "
-                         "give another --out for these models; nothing was changed")
+        raise ValueError(models_conflict_message(bench.out / "results.json", changed))
     # results that predate this record are taken to be these models'; a model absent now keeps its record
     meta["models"] = {**recorded, **{k: v for k, v in models.items() if v is not None}}
     # ``config`` describes the main table (its seeds and epochs): a run of other stages alone keeps it

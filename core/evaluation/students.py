@@ -31,10 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.config import PROTOCOLS
+from core.config import PROTOCOLS, SOFT_TEMPERATURE
+from core.data.augment import dsa_augment
 from core.data.datasets import LabelledImages
 from core.device import bf16_supported, configure_device, resolve_device
-from core.data.augment import dsa_augment
 from core.models.convnet import ARCHITECTURES, ConvNetConfig, build_classifier
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class EvalConfig:
     architecture: str = "convnet"
     width: int = 128
     labels: str = "hard"             # hard | soft
-    temperature: float = 4.0
+    temperature: float = SOFT_TEMPERATURE
     epochs: int = 300
     lr: float = 0.01
     momentum: float = 0.9

@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from core.config import SOFT_TEMPERATURE
 from core.data.datasets import LabelledImages
 from core.models.convnet import ConvNet, ConvNetConfig
 from core.reads import MODEL_CONFIG, config_from_json, load_state_checked, read_model_folder
@@ -57,7 +58,7 @@ class Teacher:
         """Penultimate-layer features, shape (B, feature_dim)."""
         return self._batched(self.net.features, images, batch_size)
 
-    def soft_labels(self, images: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
+    def soft_labels(self, images: torch.Tensor, temperature: float = SOFT_TEMPERATURE) -> torch.Tensor:
         return F.softmax(self.logits(images) / temperature, dim=1)
 
     def accuracy(self, data: LabelledImages, batch_size: int = 500) -> float:

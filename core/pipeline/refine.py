@@ -16,7 +16,7 @@ spread out). Its bandwidths are {1/4, 1, 4} x the median squared real-to-set dis
 MMD² is multiplied by m, so that it has the units (squared embedding distance) of the mean term.
 
 ``boundary`` β > 0 adds to each class's term β times the mean negative entropy Σ_k p_k log p_k of the teacher's
-softmax at temperature ``BOUNDARY_TEMPERATURE`` on the augmented set images: the set moves toward where the teacher
+softmax at temperature ``SOFT_TEMPERATURE`` on the augmented set images: the set moves toward where the teacher
 is unsure, near the class boundaries, where its soft labels carry most (Heo et al., AAAI 2019, on KD with
 boundary-supporting samples), while the matching term keeps it on the class's real distribution.
 
@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from core.config import BOUNDARY_TEMPERATURE, RefineConfig
+from core.config import SOFT_TEMPERATURE, RefineConfig
 from core.data.augment import POLICIES, dsa_augment
 from core.models.convnet import ConvNet, ConvNetConfig
 
@@ -79,7 +79,7 @@ def class_match_loss(embed: ConvNet, real: torch.Tensor, synthetic: torch.Tensor
     if objective == "mmd":
         loss = loss + gaussian_mmd2(features, target)
     if boundary:
-        log_p = torch.log_softmax(embed.classifier(features) / BOUNDARY_TEMPERATURE, dim=1)
+        log_p = torch.log_softmax(embed.classifier(features) / SOFT_TEMPERATURE, dim=1)
         loss = loss + boundary * (log_p.exp() * log_p).sum(1).mean()
     return loss
 

@@ -97,11 +97,14 @@ def test_a_resumed_cell_measures_its_set_again(bench_parts):
 
 def test_sweep_cells_of_an_earlier_default_are_dropped(bench_parts):
     engine, teacher, test, out, config = bench_parts
+    out.mkdir(parents=True)
+    cells = {"sweep/ipc10/lambda=0.9": {}, "sweep/ipc10/default": {}, "sweep/ipc50/lambda=0.9": {}, "main/d4m/ipc1": {}}
+    (out / "results.json").write_text(json.dumps({"cells": cells}))
     bench = Bench(engine, teacher, test, out, config, log=lambda m: None)
-    bench.results = {"cells": {"sweep/ipc10/lambda=0.9": {}, "sweep/ipc10/default": {}, "sweep/ipc50/lambda=0.9": {},
-                               "main/d4m/ipc1": {}}}
+    bench.load()
     bench.prune_stale_sweep()
-    assert set(bench.results["cells"]) == {"sweep/ipc10/default", "sweep/ipc50/lambda=0.9", "main/d4m/ipc1"}
+    kept = {"sweep/ipc10/default", "sweep/ipc50/lambda=0.9", "main/d4m/ipc1"}
+    assert set(bench.results["cells"]) == kept == set(json.loads((out / "results.json").read_text())["cells"])
 
 
 def test_long_student_training_reports_progress_in_the_log(bench_parts):
@@ -369,11 +372,49 @@ def test_two_benchmarks_sharing_a_folder_keep_each_others_cells_and_protocols(be
     assert cells["main/d4m/ipc1"]["hard"]["accuracies"] == first.results["cells"]["main/d4m/ipc1"]["hard"]["accuracies"]
 
 
+def test_a_benchmark_writes_again_only_what_it_changed_since_it_last_saved(bench_parts):
+    engine, teacher, test, out, config = bench_parts
+    out.mkdir(parents=True)
+    first, second = (Bench(engine, teacher, test, out, config, log=lambda m: None) for _ in range(2))
+    first.load()
+    second.load()
+    first._store("c", {"hash": "old"})
+    first._store("gone", {"hash": "x"})
+    first.drop(["gone"])
+    second._store("c", {"hash": "new"})   # the other benchmark recomputes c and brings gone back
+    second._store("gone", {"hash": "back"})
+    first._store("other", {"hash": "o"})   # the first one's old c and its drop of gone are not applied again
+    cells = json.loads((out / "results.json").read_text())["cells"]
+    assert cells == {"c": {"hash": "new"}, "gone": {"hash": "back"}, "other": {"hash": "o"}}
+    first.refresh()
+    assert first.results["cells"] == cells
+
+
+def test_a_shared_folder_keeps_the_main_tables_config_and_refuses_other_models(bench_parts):
+    engine, teacher, test, out, config = bench_parts
+    out.mkdir(parents=True)
+    main = Bench(engine, teacher, test, out, config, log=lambda m: None)
+    sweep_only = Bench(engine, teacher, test, out, replace(config, main=False), log=lambda m: None)
+    for bench, name in ((main, "main's"), (sweep_only, "the sweep's")):   # both started on the empty folder
+        bench.load()
+        bench.results["meta"] = {"config": name, "models": {"flow": "f0"}}
+    main.save()
+    sweep_only.save()
+    assert json.loads((out / "results.json").read_text())["meta"]["config"] == "main's"
+    sweep_only.results["meta"]["models"] = {"flow": "f1"}
+    with pytest.raises(ValueError, match="other models"):
+        sweep_only.save()
+    assert json.loads((out / "results.json").read_text())["meta"]["models"] == {"flow": "f0"}
+
+
 def test_a_merged_cell_keeps_the_other_writers_students_unless_its_parameters_changed():
-    theirs = {"hash": "a", "hard": {"accuracies": [0.5]}, "partial": {"soft": {"seeds": [0, 1]}, "hard-dsa": {"seeds": [0]}}}
-    mine = {"hash": "a", "hard-dsa": {"accuracies": [0.6]}, "partial": {"soft": {"seeds": [0]}}}
+    def students(*seeds):
+        return {"seeds": list(seeds), "accuracies": [0.1 * s for s in seeds], "seconds": [10.0 + s for s in seeds]}
+
+    theirs = {"hash": "a", "hard": {"accuracies": [0.5]}, "partial": {"soft": students(0, 1), "hard-dsa": students(0)}}
+    mine = {"hash": "a", "hard-dsa": {"accuracies": [0.6]}, "partial": {"soft": students(2, 0)}}
     merged = benchmark.merge_cell(theirs, mine)
     assert merged["hard"] == theirs["hard"] and merged["hard-dsa"] == mine["hard-dsa"]
-    assert merged["partial"] == {"soft": {"seeds": [0, 1]}}   # hard-dsa is finished: its partial is dropped
+    assert merged["partial"] == {"soft": students(2, 0, 1)}   # both writers' students; hard-dsa is finished
     assert benchmark.merge_cell({**theirs, "hash": "b"}, mine) == mine
     assert benchmark.merge_cell(None, mine) == mine

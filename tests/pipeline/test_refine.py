@@ -245,7 +245,7 @@ def test_distill_refines_with_the_engines_teacher_and_refuses_without_one(engine
 
 
 def test_the_boundary_term_adds_the_teachers_negative_entropy_and_moves_the_set_where_it_is_unsure():
-    from core.config import BOUNDARY_TEMPERATURE
+    from core.config import SOFT_TEMPERATURE
     from core.data.augment import dsa_augment
     from core.models.convnet import ConvNet, ConvNetConfig
     from core.pipeline.refine import class_match_loss
@@ -258,11 +258,11 @@ def test_the_boundary_term_adds_the_teachers_negative_entropy_and_moves_the_set_
                                        "mean", beta) for beta in (0.0, 2.0))
     g = torch.Generator().manual_seed(1)   # the same draws as class_match_loss: real first, then synthetic
     dsa_augment(real, g, "flip")
-    log_p = torch.log_softmax(teacher(dsa_augment(synthetic, g, "flip")) / BOUNDARY_TEMPERATURE, 1)
+    log_p = torch.log_softmax(teacher(dsa_augment(synthetic, g, "flip")) / SOFT_TEMPERATURE, 1)
     assert float(bounded) == pytest.approx(float(plain + 2.0 * (log_p.exp() * log_p).sum(1).mean()), rel=1e-4)
 
     def entropy(images):
-        log_q = torch.log_softmax(teacher(images) / BOUNDARY_TEMPERATURE, 1)
+        log_q = torch.log_softmax(teacher(images) / SOFT_TEMPERATURE, 1)
         return float(-(log_q.exp() * log_q).sum(1).mean())
 
     labels = np.repeat([0, 1], 4)
