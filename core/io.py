@@ -288,10 +288,14 @@ def check_writable_target(target: str | Path, what: str = "output", replaces: bo
 def locked(folder: str | Path) -> Iterator[None]:
     """An exclusive advisory lock (``flock``) on ``folder`` for the block, so that processes which read, merge
     and rewrite a file in it do so one at a time. It locks the folder itself: no lock file is left behind. Where
-    there is no ``flock`` (Windows) it does not lock: one process per folder is then safe, its writes being atomic."""
+    there is no ``flock`` (Windows) it warns and does not lock: one process per folder is then safe, its writes
+    being atomic, but processes sharing the folder may lose each other's writes."""
     try:
         import fcntl
     except ImportError:
+        import warnings
+
+        warnings.warn(f"no flock on this system: {folder} is not locked; run one process per folder", stacklevel=3)
         yield
         return
     fd = os.open(folder, os.O_RDONLY)

@@ -148,17 +148,21 @@ class Bench:
         if self.engine.teacher is not self.teacher:   # pgfm-tdm's embedding is the teacher meta.models records
             self.engine = replace(self.engine, teacher=self.teacher)
 
+    @property
+    def results_path(self) -> Path:
+        return self.out / "results.json"
+
+    def _read(self) -> dict:
+        return read_json(self.results_path) if self.results_path.is_file() else {"cells": {}}
+
     def load(self) -> None:
-        path = self.out / "results.json"
-        self.results = read_json(path) if path.is_file() else {"cells": {}}
+        self.results = self._read()
         self.results.setdefault("cells", {})
 
     def refresh(self) -> None:
         """Take up the cells other benchmarks wrote to the folder since this one last read or saved it (its
         writes are atomic, so no lock is needed to read); every change of this one is saved already."""
-        path = self.out / "results.json"
-        if path.is_file():
-            self.results["cells"] = read_json(path).get("cells", {})
+        self.results["cells"] = self._read().get("cells", {})
 
     def save(self) -> None:
         """Write results.json, merged under the folder's lock with what other benchmarks wrote to it since this
@@ -166,14 +170,13 @@ class Bench:
         students only the file has, see ``merge_cell``), every other cell from the file. ``meta`` is this run's,
         but a run without the main table keeps the file's ``config``, and the models must be the file's (see
         ``models_conflict``). ``results`` becomes the merge."""
-        path = self.out / "results.json"
         with locked(self.out):
-            on_disk = read_json(path) if path.is_file() else {"cells": {}}
+            on_disk = self._read()
             theirs = on_disk.get("meta", {})
             mine = self.results.get("meta", {})
             changed = models_conflict(theirs.get("models") or {}, mine.get("models") or {})
             if changed:
-                raise ValueError(models_conflict_message(path, changed))
+                raise ValueError(models_conflict_message(self.results_path, changed))
             cells = dict(on_disk.get("cells", {}))
             for name in self._touched:
                 if name in self.results["cells"]:
@@ -186,7 +189,7 @@ class Bench:
             if not self.config.main and "config" in theirs:
                 meta["config"] = theirs["config"]
             self.results = {**self.results, "cells": cells, "meta": meta}
-            write_json(path, self.results)
+            write_json(self.results_path, self.results)
             self._touched.clear()
 
     def drop(self, names: list[str]) -> None:
@@ -513,7 +516,7 @@ def run_benchmark(bench: Bench, teacher_accuracy: float | None = None, teacher_t
     models, recorded = models_record(bench.engine, bench.teacher), meta.get("models") or {}
     changed = models_conflict(recorded, models)
     if changed:
-        raise ValueError(models_conflict_message(bench.out / "results.json", changed))
+        raise ValueError(models_conflict_message(bench.results_path, changed))
     # results that predate this record are taken to be these models'; a model absent now keeps its record
     meta["models"] = {**recorded, **{k: v for k, v in models.items() if v is not None}}
     # ``config`` describes the main table (its seeds and epochs): a run of other stages alone keeps it

@@ -442,3 +442,13 @@ def test_a_locked_folder_admits_one_holder_at_a_time(tmp_path):
         order.append("first")
     waiting.join()
     assert order == ["first", "second"] and list(tmp_path.iterdir()) == []   # and no lock file is left
+
+
+def test_a_system_without_flock_is_told_that_the_folder_is_not_locked(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fcntl", None)   # import fcntl now fails, as on Windows
+    with pytest.warns(UserWarning, match="not locked; run one process per folder"):
+        with locked(tmp_path):
+            (tmp_path / "inside").write_text("x")
+    assert (tmp_path / "inside").read_text() == "x"

@@ -107,7 +107,7 @@ def test_refine_settings_are_checked_and_keep_earlier_hashes():
                 dict(objective="cosine"), dict(project_t=1.0), dict(project_t=float("nan")),
                 dict(space="pixel", project_t=0.5), dict(iterations=0, project_t=0.5), dict(embedding="vgg"),
                 dict(iterations=0, embedding="teacher"), dict(boundary=1.0), dict(boundary=-1.0, embedding="teacher"),
-                dict(boundary=float("nan"), embedding="teacher")):
+                dict(boundary=float("nan"), embedding="teacher"), dict(boundary=True, embedding="teacher")):
         with pytest.raises(ValueError, match="refine"):
             RefineConfig(**{"iterations": 1, **bad})
     with pytest.raises(ValueError, match="project_t integrates the flow model"):
