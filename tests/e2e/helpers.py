@@ -316,3 +316,14 @@ def screenshot(page, path: str | os.PathLike, full_page: bool = True) -> Path:
 def element_digest(locator) -> str:
     """SHA-256 of a locator's screenshot: a change detector for rendered images and charts."""
     return hashlib.sha256(locator.screenshot()).hexdigest()
+
+
+def dataframe_rows(locator) -> list[dict[str, str]]:
+    """The rows of an ``st.dataframe`` as {column header: cell text}, read from the accessible ``<table
+    role="grid">`` that glide-data-grid keeps inside its canvas (the canvas itself is pixels). Only the
+    columns and rows the grid has drawn are there: pinned and leftmost columns, rows in view."""
+    return locator.locator('table[role="grid"]').first.evaluate("""table => {
+      const heads = Array.from(table.querySelectorAll('thead th')).map(th => th.textContent.trim());
+      return Array.from(table.querySelectorAll('tbody tr')).map(tr => Object.fromEntries(
+        Array.from(tr.querySelectorAll('td')).map((td, i) => [heads[i], td.textContent.trim()])));
+    }""")

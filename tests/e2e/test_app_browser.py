@@ -6,12 +6,16 @@ import os
 import time
 import zipfile
 
+from core.evaluation.ranking import load_baseline
+
 from helpers import (
     EXCEPTION,
+    REPO_ROOT,
     MAIN,
     SLIDER_THUMB,
     app_state,
     button,
+    dataframe_rows,
     download,
     exceptions,
     goto_page,
@@ -226,4 +230,50 @@ def test_a_sweep_runs_from_the_browser_and_is_found_again_after_a_reload(streaml
     goto_page(page, streamlit_server, "runs", title="Runs")
     text = page.inner_text(MAIN)
     assert int(text.split(" runs in ")[0].split()[-1]) >= 3   # the first page's run and the two points
+    no_errors(page)
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the ``st.selectbox`` labelled ``label`` as a person does: open it, click the option."""
+    box = widget(page, "stSelectbox", label)
+    box.click()
+    page.locator('[role="option"]').filter(has=page.get_by_text(option, exact=True)).first.click()
+    wait_for_app_idle(page)
+
+
+def test_students_under_each_protocol_give_the_run_its_lrs_and_ars(streamlit_server, browser_page):
+    """IPC 1, then a ConvNet-3 student of the benchmark's 300 epochs under each protocol, picked in the Evaluate
+    page's selectbox; the Coverage page's run table then scores the run against the benchmark's random real."""
+    page = browser_page
+    goto_page(page, streamlit_server, "", timeout=300)
+    ipc = widget(page, "stNumberInput", "IPC (images per class)").locator("input")
+    ipc.fill("1")
+    ipc.press("Enter")
+    wait_for_app_idle(page, 300)
+    goto_page(page, streamlit_server, "evaluate", title="Evaluate")
+    no_errors(page)
+    accuracies = {}
+    for protocol in ("hard", "hard-dsa", "soft-online"):
+        choose(page, "Protocol", protocol)
+        started = time.monotonic()
+        button(page, "Start evaluation").click()
+        done = page.get_by_text(f"protocol {protocol}: test accuracy")
+        done.wait_for(timeout=300_000)
+        accuracies[protocol] = float(done.inner_text().split("test accuracy")[1].split("%")[0]) / 100
+        print(f"\n[e2e] {protocol} student (IPC 1, 300 epochs): {100 * accuracies[protocol]:.2f} % "
+              f"in {time.monotonic() - started:.1f} s")
+        wait_for_app_idle(page)
+    no_errors(page)
+    goto_page(page, streamlit_server, "coverage", title="Coverage")
+    wait_for_app_idle(page, 300)
+    rows = dataframe_rows(page.locator('[data-testid="stDataFrame"]').first)
+    row = next(r for r in rows if r["ipc"] == "1")
+    for protocol, accuracy in accuracies.items():
+        assert float(row[f"accuracy ({protocol})"]) == round(100 * accuracy, 2)
+    baseline = load_baseline(REPO_ROOT / "benchmarks" / "results.json")
+    expected = baseline.scores(1, accuracies)
+    print(f"[e2e] run table: LRS {row['LRS']}, ARS {row['ARS']} (from the accuracies: "
+          f"{expected['lrs']:.2f}, {expected['ars']:.2f})")
+    assert abs(float(row["LRS"]) - expected["lrs"]) <= 0.05 + 1e-9
+    assert abs(float(row["ARS"]) - expected["ars"]) <= 0.05 + 1e-9
     no_errors(page)
