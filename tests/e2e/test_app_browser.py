@@ -1,6 +1,6 @@
 """The app in a real browser (Debian's chromium via Playwright): every page loads, the guidance slider
-re-samples, pills select images, the Export page's download is a complete zip, and Cancel stops a student
-evaluation. Screenshots of the main pages go to $DISTILL_STUDIO_SCREENSHOTS (the README's: docs/screenshots)."""
+re-samples, pills select images, the Export page's download is a complete zip, Cancel stops a student
+evaluation, and students under the three protocols give the run table its LRS and ARS. Screenshots of the main pages go to $DISTILL_STUDIO_SCREENSHOTS (the README's: docs/screenshots)."""
 import json
 import os
 import time
