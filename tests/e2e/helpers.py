@@ -192,6 +192,14 @@ def widget(page, testid: str, label: str):
         has=page.locator('[data-testid="stWidgetLabel"]').filter(has=page.get_by_text(label, exact=True)))
 
 
+def choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the ``st.selectbox`` labelled ``label`` as a person does: open it, click the option."""
+    box = widget(page, "stSelectbox", label)
+    box.click()
+    page.locator('[role="option"]').filter(has=page.get_by_text(option, exact=True)).first.click()
+    wait_for_app_idle(page)
+
+
 def open_expander(page, label: str) -> None:
     """Expand the ``st.expander`` whose summary reads ``label`` (no-op when it is open)."""
     expander = page.locator('[data-testid="stExpander"]').filter(

@@ -1,20 +1,22 @@
 """The app in a real browser (Debian's chromium via Playwright): every page loads, the guidance slider
 re-samples, pills select images, the Export page's download is a complete zip, Cancel stops a student
-evaluation, and students under the three protocols give the run table its LRS and ARS. Screenshots of the main pages go to $DISTILL_STUDIO_SCREENSHOTS (the README's: docs/screenshots)."""
+evaluation, and students under the three protocols give the run table its LRS and ARS. Screenshots of the
+main pages go to $DISTILL_STUDIO_SCREENSHOTS (the README's: docs/screenshots)."""
 import json
 import os
 import time
 import zipfile
 
+from core.config import BENCHMARK_RESULTS
 from core.evaluation.ranking import load_baseline
 
 from helpers import (
     EXCEPTION,
-    REPO_ROOT,
     MAIN,
     SLIDER_THUMB,
     app_state,
     button,
+    choose,
     dataframe_rows,
     download,
     exceptions,
@@ -233,14 +235,6 @@ def test_a_sweep_runs_from_the_browser_and_is_found_again_after_a_reload(streaml
     no_errors(page)
 
 
-def choose(page, label: str, option: str) -> None:
-    """Pick ``option`` in the ``st.selectbox`` labelled ``label`` as a person does: open it, click the option."""
-    box = widget(page, "stSelectbox", label)
-    box.click()
-    page.locator('[role="option"]').filter(has=page.get_by_text(option, exact=True)).first.click()
-    wait_for_app_idle(page)
-
-
 def test_students_under_each_protocol_give_the_run_its_lrs_and_ars(streamlit_server, browser_page):
     """IPC 1, then a ConvNet-3 student of the benchmark's 300 epochs under each protocol, picked in the Evaluate
     page's selectbox; the Coverage page's run table then scores the run against the benchmark's random real."""
@@ -270,7 +264,7 @@ def test_students_under_each_protocol_give_the_run_its_lrs_and_ars(streamlit_ser
     row = next(r for r in rows if r["ipc"] == "1")
     for protocol, accuracy in accuracies.items():
         assert float(row[f"accuracy ({protocol})"]) == round(100 * accuracy, 2)
-    baseline = load_baseline(REPO_ROOT / "benchmarks" / "results.json")
+    baseline = load_baseline(BENCHMARK_RESULTS)
     expected = baseline.scores(1, accuracies)
     print(f"[e2e] run table: LRS {row['LRS']}, ARS {row['ARS']} (from the accuracies: "
           f"{expected['lrs']:.2f}, {expected['ars']:.2f})")
