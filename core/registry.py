@@ -29,6 +29,8 @@ from core.errors import DistillError
 APPLICATION_ID = 0x44535452   # "DSTR": marks a Distill Studio registry
 REGISTRY_ENV = "DISTILL_REGISTRY"
 KINDS = ("distill", "app", "evaluate", "bench", "sweep", "tune")
+CLI_OWNER = "cli"               # the owner of what the command line (distill, evaluate, bench, sweep, tune) records
+UNKNOWN_OWNER = "app:unknown"   # app runs recorded before runs had owners
 
 # MIGRATIONS[v] takes a file from schema version v to v + 1 (a new file runs them all).
 MIGRATIONS: tuple[str, ...] = (
@@ -67,6 +69,13 @@ MIGRATIONS: tuple[str, ...] = (
         seconds TEXT NOT NULL DEFAULT '[]'
     );
     CREATE INDEX evaluations_run ON evaluations (run_id);
+    """,
+    # 2 -> 3: who made each run (a browser session of the app, or "cli"); the app's runs before owners existed
+    # belong to no session that still exists
+    f"""
+    ALTER TABLE runs ADD COLUMN owner TEXT NOT NULL DEFAULT '{CLI_OWNER}';
+    UPDATE runs SET owner = '{UNKNOWN_OWNER}' WHERE kind = 'app';
+    CREATE INDEX runs_owner ON runs (owner);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -113,15 +122,20 @@ class Registry:
     def __init__(self, path: str | Path | None = None, timeout_s: float = 30.0):
         self.path = Path(path) if path is not None else default_path()
         self._check_file()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:   # a read-only file system, a folder it may not write
+            raise RegistryError(f"{self.path}: the run registry cannot be opened ({exc}). Point ${REGISTRY_ENV} "
+                                "at a writable file, or give --registry none") from exc
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         try:
             self._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
             self._db.execute("PRAGMA foreign_keys = ON")
             self._open()
-        except sqlite3.DatabaseError as exc:
+            self._check_integrity()
+        except sqlite3.Error as exc:   # damaged pages, a read-only file system, a locked file
             self._db.close()
             raise RegistryError(f"{self.path}: not a usable run registry ({exc}); it was left as it is. Move it "
                                 f"away or point ${REGISTRY_ENV} at another file") from exc
@@ -134,6 +148,12 @@ class Registry:
                 if f.read(16) != b"SQLite format 3\x00":
                     raise RegistryError(f"{self.path} is not a SQLite file, so not a run registry; it was left as it "
                                         f"is. Move it away or point ${REGISTRY_ENV} at another file")
+
+    def _check_integrity(self) -> None:
+        """Refuse a file whose pages are damaged now, rather than failing on the first write after an export."""
+        problems = [row[0] for row in self._db.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError(f"damaged: {problems[0]}")
 
     def _open(self) -> None:
         db = self._db
@@ -168,15 +188,15 @@ class Registry:
 
     def add_run(self, kind: str, config: dict, metrics: dict | None = None, timings: dict | None = None,
                 config_hash: str = "", export_path: str | None = None, source: str = "", name: str = "",
-                commit: str | None = None) -> int:
-        """Record a run; returns its id."""
+                commit: str | None = None, owner: str = CLI_OWNER) -> int:
+        """Record a run; returns its id. ``owner``: the app's browser session that made it, else "cli"."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
         cursor = self._execute(
             "INSERT INTO runs (created, kind, config, metrics, config_hash, timings, git_commit, export_path, source, "
-            "name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "name, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (time.time(), kind, _json(config), _json(metrics or {}), config_hash, _json(timings or {}),
-             commit if commit is not None else current_commit(), export_path, source, name))
+             commit if commit is not None else current_commit(), export_path, source, name, owner))
         return int(cursor.lastrowid)
 
     def add_evaluation(self, run_id: int, protocol: str, architecture: str, epochs: int, split: str,
@@ -208,13 +228,18 @@ class Registry:
 
     # -- reading -----------------------------------------------------------------------------------
 
-    def runs(self, kind: str | None = None, config_hash: str | None = None) -> list[dict]:
-        """Runs, oldest first, each with its ``evaluations`` (a list, oldest first)."""
+    def runs(self, kind: str | None = None, config_hash: str | None = None,
+             owners: Iterable[str] | None = None) -> list[dict]:
+        """Runs, oldest first, each with its ``evaluations`` (a list, oldest first); ``owners``: only theirs."""
         where, args = [], []
         for column, value in (("kind", kind), ("config_hash", config_hash)):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
+        if owners is not None:
+            owners = list(owners)
+            where.append(f"owner IN ({', '.join('?' * len(owners))})")
+            args.extend(owners)
         with self._lock:
             rows = self._db.execute("SELECT * FROM runs" + (f" WHERE {' AND '.join(where)}" if where else "")
                                     + " ORDER BY id", args).fetchall()
@@ -226,8 +251,8 @@ class Registry:
         return [{**dict(r), **{k: json.loads(r[k]) for k in ("config", "metrics", "timings", "tags")},
                  "pinned": bool(r["pinned"]), "evaluations": evaluations.get(r["id"], [])} for r in rows]
 
-    def get(self, run_id: int) -> dict:
-        found = [r for r in self.runs() if r["id"] == run_id]
+    def get(self, run_id: int, owners: Iterable[str] | None = None) -> dict:
+        found = [r for r in self.runs(owners=owners) if r["id"] == run_id]
         if not found:
             raise KeyError(f"run {run_id} is not in the registry {self.path}")
         return found[0]
@@ -240,3 +265,53 @@ class Registry:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def view(self, owner: str) -> "RegistryView":
+        return RegistryView(self, owner)
+
+
+class ReadOnlyRunError(DistillError, ValueError):
+    """A session asked to change or delete a run it does not own."""
+
+
+class RegistryView:
+    """The registry as one owner (a browser session of the app) sees it: its own runs, which it may change and
+    delete, and the command line's, read-only. Other sessions' runs are invisible. What it records is its own.
+    It shows no file path: a served app must not tell its users where the server keeps its files."""
+
+    def __init__(self, registry: Registry, owner: str):
+        if owner == CLI_OWNER:
+            raise ValueError(f"{CLI_OWNER!r} is the command line's owner, not a session's")
+        self._registry, self.owner = registry, owner
+        self._visible = (owner, CLI_OWNER)
+
+    def owns(self, run: dict) -> bool:
+        return run.get("owner") == self.owner
+
+    def add_run(self, *args, **kwargs) -> int:
+        return self._registry.add_run(*args, **{**kwargs, "owner": self.owner})
+
+    def runs(self, kind: str | None = None, config_hash: str | None = None) -> list[dict]:
+        return self._registry.runs(kind, config_hash, owners=self._visible)
+
+    def get(self, run_id: int) -> dict:
+        try:
+            return self._registry.get(run_id, owners=self._visible)
+        except KeyError:
+            raise KeyError(f"run {run_id} is not among this session's runs") from None
+
+    def _own(self, run_id: int) -> None:
+        if not self.owns(self.get(run_id)):
+            raise ReadOnlyRunError(f"run {run_id} was recorded by the command line: it is read-only here")
+
+    def add_evaluation(self, run_id: int, *args, **kwargs) -> int:
+        self._own(run_id)
+        return self._registry.add_evaluation(run_id, *args, **kwargs)
+
+    def update(self, run_id: int, **changes) -> None:
+        self._own(run_id)
+        self._registry.update(run_id, **changes)
+
+    def delete(self, run_id: int) -> None:
+        self._own(run_id)
+        self._registry.delete(run_id)

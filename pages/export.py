@@ -7,7 +7,8 @@ import numpy as np
 import streamlit as st
 
 from core.data.visualize import image_grid
-from core.pipeline.export import export_imagefolder, export_zip_bytes, resolve_inside
+from core.pipeline.export import export_digest, export_imagefolder, export_zip_bytes, resolve_inside
+from core.studio.data_root import redact
 from ui import state
 from ui.frame import page_frame
 from ui.widgets import require_run
@@ -24,8 +25,18 @@ def manifest_extra(run, ids: tuple[int, ...] | None) -> dict:
 
 
 @st.cache_data(show_spinner="Packing the zip…", max_entries=8)
-def zip_bytes(_run, run_id: int, ids: tuple[int, ...] | None) -> bytes:
-    return export_zip_bytes(_run.dset, ids, extra=manifest_extra(_run, ids))
+def _zip_of_content(digest: str, _dset, ids: tuple[int, ...] | None, _extra: dict) -> bytes:
+    """Shared by every session, so keyed by what the zip holds (``digest``), never by a session's run number."""
+    return export_zip_bytes(_dset, ids, extra=_extra)
+
+
+def zip_download(run, ids: tuple[int, ...] | None) -> tuple[bytes, str]:
+    """The zip and its file name; the name carries the start of the content's digest, so two different sets
+    never download under one name (and the same set always does)."""
+    extra = manifest_extra(run, ids)
+    digest = export_digest(run.dset, ids, extra)
+    name = f"distilled-{run.config.method}-ipc{run.config.ipc}-{digest[:8]}.zip"
+    return _zip_of_content(digest, run.dset, ids, extra), name
 
 
 studio, _ = page_frame()
@@ -44,14 +55,17 @@ st.write(f"**{count}** images of run {run.run_id} ({run.config.method}, IPC {run
 preview = np.asarray(ids if ids is not None else range(len(run.dset)))[:40]
 st.image(image_grid(run.dset.images[preview], 20), width="stretch", clamp=True,
          caption="preview (first 40)" if count > 40 else "preview")
-name = f"distilled-{run.config.method}-ipc{run.config.ipc}-run{run.run_id}"
-st.download_button("Download zip", zip_bytes(run, run.run_id, ids), file_name=f"{name}.zip",
-                   mime="application/zip", type="primary", key="download_zip")
+data, file_name = zip_download(run, ids)
+st.download_button("Download zip", data, file_name=file_name, mime="application/zip", type="primary",
+                   key="download_zip")
 st.subheader("Or write to a folder on the server")
-folder = st.text_input(f"Folder inside {EXPORT_ROOT}", name, key="export_folder")
+folder = st.text_input("Folder inside the export root", file_name.removesuffix(".zip"), key="export_folder",
+                       help="a relative name; the server's export root is $DISTILL_STUDIO_EXPORT_ROOT (default exports/)")
 if st.button("Export to folder"):
     try:
-        out = export_imagefolder(run.dset, resolve_inside(EXPORT_ROOT, folder), ids, extra=manifest_extra(run, ids))
-        st.success(f"Wrote {count} images, manifest.json and latents.safetensors to {out}")
+        out = export_imagefolder(run.dset, resolve_inside(EXPORT_ROOT, folder, "the export root"), ids,
+                                 extra=manifest_extra(run, ids))
+        st.success(f"Wrote {count} images, manifest.json and latents.safetensors to {out.relative_to(EXPORT_ROOT.resolve())} "
+                   "in the export root")
     except (ValueError, OSError) as exc:  # refused paths, and what the file system refuses (e.g. a 300-character name)
-        st.error(str(exc))
+        st.error(redact(str(exc)))

@@ -1,6 +1,7 @@
-"""Runs: every run the registry holds (this app's sessions, the CLI's distill / evaluate, the benchmark's
-cells), sortable and filterable, with pin / tag / delete, a CSV download, an N-way overlay of per-class
-coverage and accuracy, and "same settings as run N" for the sidebar."""
+"""Runs: this browser's runs and the command line's (distill / evaluate, the benchmark's cells) from the run
+registry, sortable and filterable, with pin / tag / delete of this browser's own runs (the command line's are
+read-only; other browsers' are not shown), a CSV download, an N-way overlay of per-class coverage and
+accuracy, and "same settings as run N" for the sidebar."""
 import pandas as pd
 import streamlit as st
 
@@ -19,9 +20,10 @@ if st.session_state.pop("go_sampling", False):   # set by "same settings": show 
     st.switch_page("pages/sampling.py")
 
 runs = registry.runs()
-rows = table_rows(runs)
-st.caption(f"{len(rows)} runs in {registry.path} (the app, `python -m core distill / evaluate / bench`); click a "
-           "column header to sort. Highlighted: settings that differ between the runs shown.")
+rows = table_rows(runs, registry.owner)
+st.caption(f"{len(rows)} runs: this browser's and the command line's (`python -m core distill / evaluate / bench`, "
+           "read-only here); other browsers' runs are not shown. Click a column header to sort. Highlighted: "
+           "settings that differ between the runs shown.")
 if not rows:
     st.info("No runs yet.")
     st.stop()
@@ -34,7 +36,8 @@ shown = [r for r in rows if (not kinds or r["kind"] in kinds) and (not methods o
          and (not tag or tag in r["tags"])]
 table = pd.DataFrame(shown).set_index("id")
 accuracy = [c for c in table.columns if c.startswith("accuracy (")]
-table = table[["kind", "pinned", *accuracy, *[c for c in table.columns if c not in ("kind", "pinned", *accuracy)]]]
+first = ["kind", "by", "pinned", *accuracy]
+table = table[[*first, *[c for c in table.columns if c not in first]]]
 differ = differing_columns(shown)
 styled = table.style.apply(lambda col: ["background-color: #fff3b0" if col.name in differ else "" for _ in col])
 st.dataframe(styled, width="stretch", height=min(600, 38 + 35 * len(table)),
@@ -45,12 +48,16 @@ st.subheader("A run")
 ids = [r["id"] for r in shown]
 picked = st.selectbox("Run", ids, key="runs_pick", format_func=lambda i: f"run {i}")
 row = next(r for r in runs if r["id"] == picked)
+mine = registry.owns(row)
+if not mine:
+    st.caption(f"Run {picked} was recorded by the command line: read-only here (only this browser's own runs can "
+               "be pinned, tagged or deleted).")
 left, middle, right = st.columns(3)
-if left.button("Unpin" if row["pinned"] else "Pin", key="runs_pin"):
+if left.button("Unpin" if row["pinned"] else "Pin", key="runs_pin", disabled=not mine):
     registry.update(picked, pinned=not row["pinned"])
     st.rerun()
-tags = middle.text_input("Tags (comma-separated)", ", ".join(row["tags"]), key=f"runs_tags_{picked}")
-if middle.button("Save tags", key="runs_save_tags"):
+tags = middle.text_input("Tags (comma-separated)", ", ".join(row["tags"]), key=f"runs_tags_{picked}", disabled=not mine)
+if middle.button("Save tags", key="runs_save_tags", disabled=not mine):
     registry.update(picked, tags=[t.strip() for t in tags.split(",") if t.strip()])
     st.rerun()
 settings = sidebar_settings(row, list(studio.engine.latents.class_names))
@@ -62,7 +69,7 @@ def apply_settings() -> None:   # a callback: runs before the sidebar's widgets 
 
 right.button("Same settings as this run", key="runs_same", disabled=settings is None, on_click=apply_settings,
              help="put this run's settings in the sidebar and show its set (same seed: the same images)")
-confirm = right.checkbox("I want to delete this run", key=f"runs_confirm_{picked}")
+confirm = right.checkbox("I want to delete this run", key=f"runs_confirm_{picked}", disabled=not mine)
 if right.button("Delete run", key="runs_delete", disabled=not confirm,
                 help="removes the registry's record and evaluations; an export it points to is left alone"):
     registry.delete(picked)

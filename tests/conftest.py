@@ -1,12 +1,50 @@
+"""Fixtures for the whole suite, and its isolation: the suite writes nothing into the checkout.
+
+At start-up every cache, registry and export the code under test (and the app server of tests/e2e, which
+inherits the environment) could write goes to one temporary folder (kept only when the suite failed, for its
+logs and screenshots); at the end the suite fails if the checkout's ``.cache/``, ``out/`` or ``exports/``
+changed. ``DISTILL_STUDIO_TEST_CACHE`` reuses a cache folder of your choice across runs (encoding the
+embedded dataset once takes about a minute here).
+"""
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from checkout import CHECKOUT_OUTPUTS, checkout_listing
 
 from core.data.datasets import LabelledImages
 from core.data.latent_cache import encode_dataset
 from core.models.latent_mlp import LatentMLP, LatentMLPConfig
 from core.models.vae import LatentAutoencoder, TinyVAEConfig, build_tiny_vae
 from core.pipeline.distill import DistillEngine
+
+
+def pytest_configure(config):
+    scratch = Path(tempfile.mkdtemp(prefix="distill-studio-tests-"))
+    config._distill_scratch, config._distill_checkout = scratch, checkout_listing()
+    os.environ.update({"DISTILL_CACHE": os.environ.get("DISTILL_STUDIO_TEST_CACHE") or str(scratch / "cache"),
+                       "DISTILL_REGISTRY": str(scratch / "registry.sqlite"),
+                       "DISTILL_STUDIO_EXPORT_ROOT": str(scratch / "exports"),
+                       "DISTILL_STUDIO_TEST_TMP": str(scratch)})
+
+
+def pytest_sessionfinish(session, exitstatus):
+    config = session.config
+    before, after = config._distill_checkout, checkout_listing()
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if changed:
+        print(f"\nFAILED: the suite changed the checkout's {', '.join(CHECKOUT_OUTPUTS)} (it must write only into "
+              f"temporary folders; was the app running beside it?): {', '.join(changed[:10])}")
+        session.exitstatus = 1
+    if session.exitstatus == 0:
+        shutil.rmtree(config._distill_scratch, ignore_errors=True)
+    else:
+        print(f"\nthe suite's temporary folder (logs, screenshots) is kept: {config._distill_scratch}")
+
 
 pytest_plugins = ["scale_fixtures",    # the `scale` fixture: tiny SD-VAE, ImageFolder, SiT, latent store
                   "shapes_fixtures"]   # `shapes_models`: a drawn ImageFolder and its `prepare` model folder

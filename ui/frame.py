@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.studio.data_root import redact
 from core.studio.session import Run, Studio
 from ui import sidebar, state
 from ui.projection import autostart_umap
@@ -15,9 +16,10 @@ def page_frame() -> tuple[Studio, Run | None]:
     try:
         studio = state.get_studio(source)
     except Exception as exc:  # bad references or a foreign store: say so, fall back to the embedded default
-        st.sidebar.error(f"Could not load that dataset and models: {exc}")
+        st.sidebar.error(f"Could not load that dataset and models: {redact(str(exc))}")
         st.session_state["source"] = None
         studio = state.get_studio(None)
+    studio = state.session_studio(studio)
     for warning in studio.warnings:
         st.sidebar.warning(warning)
     config, error = sidebar.render(studio)
@@ -33,6 +35,10 @@ def page_frame() -> tuple[Studio, Run | None]:
     if run_error:
         st.sidebar.error(f"Not run: {run_error}.")
     error = error or run_error
+    refused = st.session_state.get("address_refused")   # until another run replaces the address's (ui.state)
+    if refused:
+        error = f"{error}; " if error else ""
+        error += f"values in the page's address outside what the sidebar allows ({refused})"
     if error:
         shown = f"showing run {run.run_id}" if run is not None else "nothing to show yet"
         st.warning(f"Your settings were not applied: {error}. The page is {shown}, the last good result.",

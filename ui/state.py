@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import time
+from dataclasses import replace
 
 import streamlit as st
 
@@ -68,6 +71,32 @@ def get_studio(source: dict | None = None) -> Studio:
     return job.wait()
 
 
+OWNER_COOKIE = "distill_studio_owner"   # a random token: which browser made a run (core.registry.RegistryView)
+
+
+def session_owner() -> str:
+    """This browser's owner name in the run registry ("app:<token>"): the token of its cookie, else a new one
+    written to a cookie (so a reload or a second tab of the same browser is the same owner, another browser
+    never is). The token is 128 random bits; the cookie is the browser's only claim to its runs."""
+    owner = st.session_state.get("owner")
+    if owner is None:
+        token = st.context.cookies.get(OWNER_COOKIE)
+        if not isinstance(token, str) or not re.fullmatch(r"[0-9a-f]{32}", token):   # (AppTest has no cookies)
+            token = secrets.token_hex(16)
+            st.html(f"<script>document.cookie = '{OWNER_COOKIE}={token}; path=/; max-age=31536000; "
+                    "SameSite=Strict';</script>", unsafe_allow_javascript=True)
+        owner = st.session_state["owner"] = f"app:{token}"
+    return owner
+
+
+def session_studio(shared: Studio) -> Studio:
+    """The process-wide studio as this session sees it: the same models and data, and the run registry through
+    this browser's view (its own runs and the command line's; core.registry.RegistryView)."""
+    if shared.registry is None:
+        return shared
+    return replace(shared, registry=shared.registry.view(session_owner()))
+
+
 def history() -> RunHistory:
     return st.session_state.setdefault("history", RunHistory())
 
@@ -81,10 +110,10 @@ def update_run(studio: Studio, config: DistillConfig | None, apply: bool = True)
     that has them (nothing is recomputed), else a new run. With ``apply`` False nothing changes (settings
     are staged until the Apply button). On a bad combination the last good run stays; the error returns."""
     current: Run | None = st.session_state.get("run")
-    same_data = str(st.session_state.get("run_key", "")).startswith(f"{id(studio)}-")
+    same_data = str(st.session_state.get("run_key", "")).startswith(f"{id(studio.engine)}-")
     if config is None or (not apply and same_data):   # other data and models: their run, whatever is staged
         return current, None
-    key = f"{id(studio)}-{config_key(config)}"   # the same settings on other data are another run
+    key = f"{id(studio.engine)}-{config_key(config)}"   # the same settings on other data are another run
     if current is not None and st.session_state.get("run_key") == key:
         return current, None
     previous = next((r for r in reversed(history().runs) if r.studio_key == key), None)
@@ -101,6 +130,8 @@ def update_run(studio: Studio, config: DistillConfig | None, apply: bool = True)
         record_run(studio, run)
     if current is not None and current is not run and current.scores_job is not None:
         current.scores_job.cancel()   # a run no longer shown stops scoring (a dragged slider piles up none)
+    if current is not None and current is not run:
+        st.session_state.pop("address_refused", None)   # its banner concerned the run the address made
     st.session_state["run"], st.session_state["run_key"] = run, key
     st.session_state["selected"] = []
     return run, None
@@ -108,7 +139,7 @@ def update_run(studio: Studio, config: DistillConfig | None, apply: bool = True)
 
 def pending_changes(studio: Studio, config: DistillConfig | None) -> bool:
     """True when ``config`` differs from the current run's settings (what Apply would run)."""
-    return config is not None and st.session_state.get("run_key") != f"{id(studio)}-{config_key(config)}"
+    return config is not None and st.session_state.get("run_key") != f"{id(studio.engine)}-{config_key(config)}"
 
 
 def current_run() -> Run | None:

@@ -228,6 +228,25 @@ def _write_zip(dset, indices: np.ndarray, extra: dict | None, target) -> None:
             archive.writestr(entry, data)
 
 
+def export_digest(dset, selection: Sequence[int] | None = None, extra: dict | None = None) -> str:
+    """A digest of everything an export of ``selection`` holds (pixels, latents, labels, weights, prototypes, the
+    set's config, class names, ``extra``): a cache of exports shared by several users must be keyed by it, never
+    by a per-user counter (two users' "run 1" are different sets)."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(np.ascontiguousarray(_indices(dset, selection), dtype=np.int64).tobytes())
+    for array in (dset.images, dset.latents, dset.prototypes, dset.labels, dset.weights, dset.prototype_ids,
+                  dset.landing_error):
+        if array is not None:
+            array = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+            digest.update(f"{array.dtype}{array.shape}".encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+    described = {"config": dset.config.to_dict(), "classes": list(dset.class_names), "extra": extra}
+    digest.update(json.dumps(described, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
 def export_zip_bytes(dset, selection: Sequence[int] | None = None, extra: dict | None = None) -> bytes:
     """The export of ``selection`` (default: all) as zip bytes (entries ``NN-class/*.png``, manifest, latents)."""
     buffer = io.BytesIO()
@@ -252,15 +271,20 @@ def export_zip(dset, path: str | Path, selection: Sequence[int] | None = None, e
     return path
 
 
-def resolve_inside(root: str | Path, name: str) -> Path:
+def resolve_inside(root: str | Path, name: str, root_name: str | None = None) -> Path:
     """``root/name`` for a user-given relative ``name``; refuses anything that would land outside ``root``
-    (absolute paths, '..', symlinks pointing out)."""
+    (absolute paths, '..', symlinks pointing out). ``root_name``: how messages call the root (a served app's
+    users must not see server paths; default the root's path)."""
+    label = root_name or str(root)
     if not name or not name.strip():
         raise ValueError("give a folder name for the export")
     if Path(name).is_absolute():
-        raise ValueError(f"the export folder must be relative to {root}, got the absolute path {name!r}")
+        raise ValueError(f"the export folder must be relative to {label}, got the absolute path {name!r}")
     base = Path(root).resolve()
-    target = (base / name).resolve()
+    try:
+        target = (base / name).resolve()
+    except RuntimeError:   # a symbolic link loop
+        raise ValueError(f"the export folder {name!r} runs into a symbolic link loop") from None
     if target == base or base not in target.parents:
-        raise ValueError(f"the export folder {name!r} would lie outside {base}; use a plain relative name")
+        raise ValueError(f"the export folder {name!r} would lie outside {label}; use a plain relative name")
     return target

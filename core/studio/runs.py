@@ -7,6 +7,7 @@ names the parameter columns whose values differ between the rows shown (what the
 from __future__ import annotations
 
 import datetime as _dt
+from pathlib import PurePath
 
 from core.config import DistillConfig
 
@@ -24,8 +25,9 @@ def _config(row: dict) -> DistillConfig | None:
         return None
 
 
-def table_rows(runs: list[dict]) -> list[dict]:
-    """One flat dict per registry run, pinned runs first, then newest first."""
+def table_rows(runs: list[dict], owner: str | None = None) -> list[dict]:
+    """One flat dict per registry run, pinned runs first, then newest first. ``by``: "you" for ``owner``'s runs,
+    else "command line"; ``export``: the export's folder name only (a served app shows no server path)."""
     from core.studio.session import run_parameters
 
     rows = []
@@ -33,11 +35,11 @@ def table_rows(runs: list[dict]) -> list[dict]:
         config = _config(r)
         params = run_parameters(config) if config is not None else {}
         latest = {e["protocol"]: e for e in r["evaluations"] if e["split"] == "test"}
-        row = {"id": r["id"], "kind": r["kind"], "when": _dt.datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M"),
+        row = {"id": r["id"], "kind": r["kind"], "by": "you" if r.get("owner") == owner else "command line", "when": _dt.datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M"),
                "name": r["name"], **{p: params.get(p) for p in PARAMETERS},
                **{f"accuracy ({p}) %": round(100 * e["accuracy_mean"], 2) for p, e in latest.items()},
                **{m: r["metrics"].get(m) for m in METRICS}, "pinned": r["pinned"], "tags": ", ".join(r["tags"]),
-               "export": r["export_path"] or ""}
+               "export": PurePath(r["export_path"]).name if r["export_path"] else ""}
         rows.append(row)
     return sorted(rows, key=lambda row: (not row["pinned"], -row["id"]))
 

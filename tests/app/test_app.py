@@ -180,8 +180,9 @@ def test_two_sessions_keep_their_own_runs_and_selections():
     assert len(current(first).dset) == 20 and len(current(second).dset) == 30
 
 
-def test_a_latent_store_with_a_sit_checkpoint_runs_through_the_app_and_exports(scale):
+def test_a_latent_store_with_a_sit_checkpoint_runs_through_the_app_and_exports(scale, monkeypatch):
     """The issue's end-to-end in the app: SD-shaped store -> pgfm with a raw SiT -> pages -> export."""
+    monkeypatch.setenv("DISTILL_STUDIO_DATA_ROOT", str(scale.root))
     at = open_app()
     at.radio(key="data_source").set_value("Latent store + models").run()
     at.text_input(key="store_dir").set_value(str(scale.store))
@@ -204,7 +205,10 @@ def test_a_latent_store_with_a_sit_checkpoint_runs_through_the_app_and_exports(s
     assert any("Wrote 6 images" in s.value for s in at.success)
 
 
-def test_bad_model_references_show_an_error_and_keep_the_embedded_default(tmp_path):
+def test_bad_model_references_show_an_error_and_keep_the_embedded_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILL_STUDIO_DATA_ROOT", str(tmp_path))
+    for name in ("missing-store", "missing-vae"):   # inside the data root, but not a latent store or a VAE
+        (tmp_path / name).mkdir()
     at = open_app(ipc=2)
     at.radio(key="data_source").set_value("Latent store + models").run()
     at.text_input(key="store_dir").set_value(str(tmp_path / "missing-store"))
@@ -212,6 +216,7 @@ def test_bad_model_references_show_an_error_and_keep_the_embedded_default(tmp_pa
     at.button(key="load_source").click().run()
     assert not at.exception
     assert any("Could not load" in e.value for e in at.sidebar.error)
+    assert not any(str(tmp_path) in e.value for e in at.sidebar.error)   # the server's paths are not shown
     assert current(at).dset.images.shape[1:] == (1, 32, 32)
 
 
@@ -301,9 +306,10 @@ def test_sweeps_page_runs_a_grid_in_the_background_and_applies_the_best_of_a_sea
     assert current(at).config.sampler.guidance.strength == pytest.approx(best, abs=1e-6)
 
 
-def test_a_prepare_model_folder_runs_every_page_with_its_own_teacher_and_test_split(shapes_models):
+def test_a_prepare_model_folder_runs_every_page_with_its_own_teacher_and_test_split(shapes_models, monkeypatch):
     """Your own dataset in the app: the folder `prepare` made for a drawn ImageFolder, loaded from the sidebar,
     gets mode coverage and PRDC from its own teacher, and the Evaluate page tests on its own test split."""
+    monkeypatch.setenv("DISTILL_STUDIO_DATA_ROOT", str(shapes_models.models.parent))
     at = open_app(ipc=2)
     at.radio(key="data_source").set_value("Model folder (prepare)").run()
     at.text_input(key="model_folder").set_value(str(shapes_models.models)).run()
@@ -324,3 +330,48 @@ def test_a_prepare_model_folder_runs_every_page_with_its_own_teacher_and_test_sp
     assert any("test accuracy" in s.value for s in at.success), [s.value for s in at.success]
     assert any("tested on imagefolder-data-16-test (36 real images)" in c.value for c in at.caption)
     assert 0 <= current(at).evaluations[0]["accuracy_mean"] <= 1
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("model_folder", "/etc", "outside the data root"),
+    ("model_folder", "../../", "outside the data root"),
+    ("model_folder", "nothing-here", "was not found in the data root"),
+    ("vae_ref", "stabilityai/sd-vae-ft-mse", "looks like a model hub id"),
+])
+def test_sidebar_paths_are_confined_to_the_data_root_and_hub_ids_need_an_opt_in(tmp_path, monkeypatch, field, value,
+                                                                              message):
+    monkeypatch.setenv("DISTILL_STUDIO_DATA_ROOT", str(tmp_path))
+    (tmp_path / "store").mkdir()
+    at = open_app(ipc=2)
+    first = current(at)
+    if field == "model_folder":
+        at.radio(key="data_source").set_value("Model folder (prepare)").run()
+        at.text_input(key="model_folder").set_value(value).run()
+        at.button(key="load_folder").click().run()
+    else:
+        at.radio(key="data_source").set_value("Latent store + models").run()
+        at.text_input(key="store_dir").set_value("store")
+        at.text_input(key="vae_ref").set_value(value)
+        at.button(key="load_source").click().run()
+    assert not at.exception, at.exception
+    errors = [e.value for e in at.sidebar.error]
+    assert len(errors) == 1 and message in errors[0] and "\n" not in errors[0], errors
+    assert str(tmp_path) not in errors[0] and "/work" not in errors[0]   # no server path
+    assert current(at) is first and at.session_state["source"] is None   # nothing was loaded
+
+
+@pytest.mark.parametrize("address, named", [
+    ({"steps": "100000"}, "steps=100000"), ({"t0": "5"}, "t0=5"), ({"guidance": "inf"}, "guidance=inf"),
+    ({"cfg_scale": "-1"}, "cfg_scale=-1"), ({"classes": "-1"}, "classes=-1"), ({"seed": "99999999999"}, "seed=99999999999"),
+    ({"method": "magic"}, "method=magic"),
+])
+def test_out_of_range_values_in_the_address_are_refused_with_the_banner(address, named):
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.query_params.update({"ipc": "2", **address})
+    at.run()
+    assert not at.exception, at.exception
+    assert any(named in w.value and "Your settings were not applied" in w.value for w in at.warning), \
+        [w.value for w in at.warning]
+    run = current(at)   # the rest of the address applies, the refused value keeps its default
+    assert run.config.ipc == 2 and run.config.classes in (None, tuple(range(10)))
+    assert run.config.seed == 0 and run.config.sampler.steps == 8

@@ -8,7 +8,9 @@ with ``DISTILL_STUDIO_REQUIRE_E2E=1``, where they fail so that CI cannot skip th
 Environment knobs: ``DISTILL_STUDIO_CHROMIUM`` (browser binary, default /usr/bin/chromium),
 ``DISTILL_STUDIO_E2E_START_TIMEOUT`` (seconds to wait for the server, default 120),
 ``DISTILL_STUDIO_SCREENSHOTS`` (see helpers.screenshot), ``DISTILL_STUDIO_E2E_ARTIFACTS`` (where a failed
-test's last screenshot and the server log go, default out/e2e).
+test's last screenshot and the server log go, default the suite's temporary folder: tests/conftest.py).
+The server inherits the suite's temporary cache, registry and export root (tests/conftest.py), never the
+checkout's.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import REPO_ROOT, install_idle_probe
+from helpers import REPO_ROOT, install_idle_probe, server_scratch
 
 CHROMIUM = os.environ.get("DISTILL_STUDIO_CHROMIUM", "/usr/bin/chromium")
 START_TIMEOUT = float(os.environ.get("DISTILL_STUDIO_E2E_START_TIMEOUT", "120"))
@@ -48,7 +50,7 @@ def _missing(reason: str):
 
 
 def artifacts_dir() -> Path:
-    folder = Path(os.environ.get("DISTILL_STUDIO_E2E_ARTIFACTS") or "out/e2e")
+    folder = Path(os.environ.get("DISTILL_STUDIO_E2E_ARTIFACTS") or Path(os.environ["DISTILL_STUDIO_TEST_TMP"]) / "e2e")
     return folder if folder.is_absolute() else REPO_ROOT / folder
 
 
@@ -103,7 +105,11 @@ def streamlit_server():
     log_dir = artifacts_dir()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"streamlit-{port}.log"
-    env = {**os.environ, "DISTILL_STUDIO_UMAP_AUTOSTART": "0", "PYTHONUNBUFFERED": "1"}
+    scratch = server_scratch()
+    env = {**os.environ, "DISTILL_STUDIO_UMAP_AUTOSTART": "0", "PYTHONUNBUFFERED": "1",
+           "DISTILL_REGISTRY": str(scratch / "registry.sqlite"), "DISTILL_STUDIO_EXPORT_ROOT": str(scratch / "exports"),
+           "DISTILL_STUDIO_DATA_ROOT": str(scratch / "data")}
+    (scratch / "data").mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
                "--server.port", str(port), "--server.address", "127.0.0.1",
                "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
@@ -168,6 +174,18 @@ def browser(e2e_requirements):
     finally:
         browser.close()
         playwright.stop()
+
+
+@pytest.fixture
+def second_page(browser):
+    """A page in a second browser context: another browser, with its own cookies (so another owner of runs)."""
+    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+    context.set_default_timeout(30_000)
+    install_idle_probe(context)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
 
 
 @pytest.fixture

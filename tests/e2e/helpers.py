@@ -287,10 +287,16 @@ def set_slider(page, label: str, value, timeout: float = 120.0, max_presses: int
     wait_for_app_idle(page, timeout)
 
 
+def server_scratch() -> Path:
+    """The browser tests' server keeps its registry, export root and data root here (in the suite's temporary
+    folder, tests/conftest.py; its cache is the suite's)."""
+    return Path(os.environ["DISTILL_STUDIO_TEST_TMP"]) / "e2e-server"
+
+
 def screenshot_dir() -> Path:
     """Folder for screenshots: env ``DISTILL_STUDIO_SCREENSHOTS`` (relative to the repo root; the README's come from
-    ``DISTILL_STUDIO_SCREENSHOTS=docs/screenshots``), else out/screenshots (ignored by git)."""
-    folder = Path(os.environ.get("DISTILL_STUDIO_SCREENSHOTS") or "out/screenshots")
+    ``DISTILL_STUDIO_SCREENSHOTS=docs/screenshots``), else the suite's temporary folder."""
+    folder = Path(os.environ.get("DISTILL_STUDIO_SCREENSHOTS") or Path(os.environ["DISTILL_STUDIO_TEST_TMP"]) / "screenshots")
     return folder if folder.is_absolute() else REPO_ROOT / folder
 
 

@@ -231,7 +231,7 @@ def test_a_sweep_runs_from_the_browser_and_is_found_again_after_a_reload(streaml
     assert show.locator("input").input_value() == "sweep: browser sweep"
     goto_page(page, streamlit_server, "runs", title="Runs")
     text = page.inner_text(MAIN)
-    assert int(text.split(" runs in ")[0].split()[-1]) >= 3   # the first page's run and the two points
+    assert int(text.split(" runs: ")[0].split()[-1]) >= 3   # the first page's run and the two points
     no_errors(page)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core.registry import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, Registry, RegistryError
+from core.registry import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, ReadOnlyRunError, Registry, RegistryError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,3 +91,68 @@ def test_files_it_did_not_write_are_refused_and_left_alone(tmp_path, kind):
         Registry(path)
     if before is not None:
         assert path.read_bytes() == before
+
+
+def test_a_session_sees_its_own_runs_and_the_command_lines_and_changes_only_its_own(tmp_path):
+    with Registry(tmp_path / "registry.sqlite") as reg:
+        cli = reg.add_run("distill", {"who": "cli"})
+        alice, bob = reg.view("app:alice"), reg.view("app:bob")
+        mine, theirs = alice.add_run("app", {"who": "alice"}), bob.add_run("app", {"who": "bob"})
+        assert reg.get(mine)["owner"] == "app:alice" and reg.get(cli)["owner"] == "cli"
+        assert [r["id"] for r in alice.runs()] == [cli, mine] and [r["id"] for r in bob.runs()] == [cli, theirs]
+        with pytest.raises(KeyError, match="not among this session's runs"):
+            alice.get(theirs)   # another browser's run is not even visible
+        for change in (lambda: alice.delete(theirs), lambda: alice.update(theirs, pinned=True)):
+            with pytest.raises(KeyError):
+                change()
+        for change in (lambda: alice.delete(cli), lambda: alice.update(cli, tags=["x"]),
+                       lambda: alice.add_evaluation(cli, "hard", "convnet", 1, "val", [0], [0.5])):
+            with pytest.raises(ReadOnlyRunError, match="read-only"):
+                change()
+        alice.update(mine, pinned=True)
+        alice.delete(mine)
+        assert [r["id"] for r in reg.runs()] == [cli, theirs] and not reg.get(cli)["pinned"]
+        with pytest.raises(ValueError, match="command line's owner"):
+            reg.view("cli")
+
+
+def test_app_runs_recorded_before_owners_existed_belong_to_no_session(tmp_path):
+    path = tmp_path / "registry.sqlite"
+    with sqlite3.connect(path) as db:   # a version-2 file
+        for step in MIGRATIONS[:2]:
+            db.executescript(step)
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        db.execute("PRAGMA user_version = 2")
+        db.execute("INSERT INTO runs (created, kind, config) VALUES (1.0, 'app', '{}'), (2.0, 'bench', '{}')")
+    with Registry(path) as reg:
+        assert [r["owner"] for r in reg.runs()] == ["app:unknown", "cli"]
+        assert [r["kind"] for r in reg.view("app:alice").runs()] == ["bench"]
+
+
+def test_a_registry_with_a_damaged_page_is_refused_when_opened_and_left_alone(tmp_path):
+    path = tmp_path / "registry.sqlite"
+    with Registry(path) as reg:
+        for i in range(300):
+            reg.add_run("distill", {"i": i, "padding": "x" * 200}, commit="")
+    with sqlite3.connect(path) as db:
+        page = db.execute("PRAGMA page_size").fetchone()[0]
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(path.read_bytes())
+    data[5 * page:6 * page] = bytes(range(256)) * (page // 256)   # garbage over a data page; the header is intact
+    path.write_bytes(bytes(data))
+    with pytest.raises(RegistryError, match="not a usable run registry"):
+        Registry(path)
+    assert path.read_bytes() == bytes(data)
+
+
+def test_a_registry_that_cannot_be_written_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    from core.cli.main import main
+
+    def read_only(self):
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+    monkeypatch.setattr(Registry, "_open", read_only)
+    code = main(["distill", "--ipc", "1", "--classes", "0", "--method", "random", "--out", str(tmp_path / "set"),
+                 "--registry", str(tmp_path / "registry.sqlite")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "readonly database" in err and err.startswith("error:")
+    assert not (tmp_path / "set").exists()
