@@ -26,7 +26,7 @@ from ui.widgets import job_progress, keep_values, require_run
 KNOB_HELP = "the setting to vary: " + "; ".join(f"{k.name}: {k.label}" for k in KNOBS.values())
 SETTINGS = {"sweep_name": "sweep 1", "sweep_knob1": "guidance", "sweep_values1": "0:1.5:4", "sweep_knob2": "none",
             "sweep_values2": "0.5,0.8", "sweep_students": False, "tune_name": "search 1",
-            "tune_objective": "mode-coverage", "tune_knobs": ["guidance", "t_stop"], "tune_trials": 12,
+            "tune_objective": "mode-coverage", "tune_knobs": ["guidance", "t_stop"], "tune_trials": 12, "tune_confirm": 3,
             "tune_cap": 0.1,
             **{f"{p}_{k}": v for p in ("sweep", "tune") for k, v in (("protocol", "hard"), ("epochs", 300), ("seeds", 1))},
             **{f"tune_range_{k.name}": ",".join(k.choices) if k.choices else f"{k.low:g}:{k.high:g}"
@@ -110,8 +110,9 @@ with tune_tab:
     cols = st.columns(3)
     objective = cols[0].selectbox("Objective", OBJECTIVES, key="tune_objective", disabled=busy,
                                   help="val-accuracy: students on the validation split (slow); mode-coverage: "
-                                       "coverage with the landing error at most the cap (fast)")
-    trials = cols[1].number_input("Trials", 1, 200, key="tune_trials", disabled=busy,
+                                       "coverage with the landing error at most the cap (fast); predicted-*: the "
+                                       "accuracy proxy under that protocol's labels (about a second a trial)")
+    trials = cols[1].number_input("Trials", 1, 1000, key="tune_trials", disabled=busy,
                                   help="trials in all, recorded ones included; trial 0 is the current setting")
     cap = cols[2].number_input("Landing-error cap", 0.001, 10.0, key="tune_cap", format="%.3f", step=0.01,
                                disabled=busy or objective != "mode-coverage",
@@ -120,12 +121,19 @@ with tune_tab:
     ranges = st.columns(max(1, len(chosen)))
     texts = {k: ranges[i].text_input(f"{k} range", key=f"tune_range_{k}", disabled=busy,
                                      help="LOW:HIGH for a number, A,B,... for choices") for i, k in enumerate(chosen)}
-    student = student_settings("tune") if objective == "val-accuracy" else None
+    confirm = 0
+    if objective.startswith("predicted-"):
+        confirm = int(st.number_input("Confirm the best trials with students", 0, 20, key="tune_confirm",
+                                      disabled=busy, help="after the search, train students under the objective's "
+                                      "protocol on this many of the best trials (validation split): proxy and "
+                                      "students side by side"))
+        st.session_state["tune_protocol"] = objective.removeprefix("predicted-")
+    student = student_settings("tune") if objective == "val-accuracy" or confirm else None
     tune_spec = error = None
     try:
         space = tuple(parse_search_knob(f"{k}={text}") for k, text in texts.items())
         tune_spec = TuneSpec(run.config, space, objective, int(trials), run.config.seed, student,
-                             float(cap) if objective == "mode-coverage" else None)
+                             float(cap) if objective == "mode-coverage" else None, confirm)
         if not name.strip():
             raise ValueError("give the search a name")
     except ValueError as exc:

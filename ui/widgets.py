@@ -8,6 +8,11 @@ from ui import state
 
 # metric key -> (label, format, one-line help: what, units, which way is better)
 METRIC_LABELS = {
+    "predicted_hard_dsa": ("Predicted accuracy (hard-dsa)", "{:.1%}", "a kernel ridge regression on the teacher's "
+                           "features, fitted to the set's hard labels and scored on the validation split: a prediction "
+                           "of a ConvNet-3 student's validation accuracy under hard-dsa, in milliseconds; higher is better"),
+    "predicted_soft_online": ("Predicted accuracy (soft-online)", "{:.1%}", "the same regression fitted to the "
+                              "teacher's soft labels of the set: a prediction for soft-online students; higher is better"),
     "mode_coverage": ("Mode coverage", "{:.0%}", "share of the real data's modes (10 k-means clusters of teacher "
                       "features per class) that some sample reaches; higher is better"),
     "precision": ("Precision", "{:.3f}", "share of samples inside the real images' k-NN balls (teacher features): "
@@ -26,6 +31,47 @@ METRIC_LABELS = {
                          "varied samples"),
     "nfe_per_image": ("NFE per image", "{}", "network evaluations per synthetic image; lower is cheaper"),
 }
+
+
+PROXY_PROTOCOLS = {"predicted_hard_dsa": "hard-dsa", "predicted_soft_online": "soft-online"}
+LOWER_IS_BETTER = {METRIC_LABELS["w2_latent_mean"][0], METRIC_LABELS["nfe_per_image"][0]}
+
+
+def previous_run(run: Run) -> Run | None:
+    """The run this session made before ``run`` (its tiles show their change against it), or None."""
+    runs = state.history().runs
+    index = next((i for i, r in enumerate(runs) if r is run), None)
+    return runs[index - 1] if index else None
+
+
+def metric_delta(key: str, run: Run, previous: Run | None) -> str | None:
+    """The change of metric ``key`` against the previous run, in the tile's units (None when either lacks it)."""
+    if previous is None or key not in previous.metrics or key not in run.metrics:
+        return None
+    change = run.metrics[key] - previous.metrics[key]
+    if key in PROXY_PROTOCOLS or key == "mode_coverage":
+        return f"{100 * change:+.1f} pts"
+    return f"{change:+.3g}"
+
+
+def proxy_note(key: str, ipc: int) -> str:
+    """What the calibration measured for the proxy of ``key`` at the IPC nearest ``ipc``."""
+    from core.config import ASSETS
+    from core.errors import DistillError
+    from core.reads import read_json
+
+    path = ASSETS.parent / "benchmarks" / "proxy" / "calibration.json"
+    protocol = PROXY_PROTOCOLS[key]
+    try:
+        rows = [r for r in read_json(path)["rows"] if r["protocol"] == protocol] if path.is_file() else []
+    except (DistillError, OSError, ValueError, KeyError, TypeError):   # a damaged file costs the note only
+        rows = []
+    if not rows:
+        return "Not calibrated against students yet (python -m core proxy-calibrate)"
+    row = min(rows, key=lambda r: abs(r["ipc"] - ipc))
+    number = (lambda v: "n/a" if v is None else f"{v:+.2f}")  # noqa: E731
+    return (f"Measured against {row['n']} sets' students (validation accuracy) at IPC {row['ipc']}: Spearman ρ "
+            f"{number(row['rho'])}; two student seeds of the same sets agree to ρ {number(row['ceiling'])}")
 
 
 def keep_values(defaults: dict) -> None:
@@ -65,18 +111,22 @@ def metric_panel(run: Run, columns: int = 1) -> None:
     def tiles() -> None:
         waiting = set(run.pending_metrics)
         items = []
+        previous = previous_run(run)
         for key, (label, fmt, help) in METRIC_LABELS.items():
             if key in run.metrics:
-                items.append((label, fmt.format(run.metrics[key]), help))
+                help = f"{help}. {proxy_note(key, run.config.ipc)}" if key in PROXY_PROTOCOLS else help
+                items.append((label, fmt.format(run.metrics[key]), help, metric_delta(key, run, previous)))
             elif key in waiting:
                 error = job.error if job is not None else None
-                items.append((label, "failed" if error else "computing…", f"{help} ({error})" if error else help))
+                items.append((label, "failed" if error else "computing…", f"{help} ({error})" if error else help,
+                              None))
         items.append(("Time (distil + score)", f"{run.seconds:.2f} s", "wall time of this run's distillation and the "
                       "scores shown with its images" + (" (the teacher's scores and W2 follow in the background)"
-                                                        if job is not None else "")))
+                                                        if job is not None else ""), None))
         cols = st.columns(columns)
-        for k, (label, value, help) in enumerate(items):
-            cols[k % columns].metric(label, value, help=help)
+        for k, (label, value, help, delta) in enumerate(items):
+            cols[k % columns].metric(label, value, delta=delta, help=help,
+                                     delta_color="inverse" if label in LOWER_IS_BETTER else "normal")
         if pending and job.done:
             st.rerun()   # the scores are in: redraw the page once, now without the timer
 

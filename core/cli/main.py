@@ -15,6 +15,7 @@ from core.cli import (
     eval_models,
     evaluate,
     prepare,
+    proxy,
     speed,
     startup,
     sweep,
@@ -23,7 +24,7 @@ from core.cli import (
 from core.cli.options import non_negative_int
 from core.errors import DistillError, OutputError
 
-COMMANDS = (train, encode, distill, bench, speed, startup, evaluate, eval_models, sweep, prepare)
+COMMANDS = (train, encode, distill, bench, speed, startup, evaluate, eval_models, sweep, prepare, proxy)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -32,9 +32,14 @@ def add_parsers(add) -> None:
     p.add_argument("--space", action="append", required=True, metavar="NAME=LOW:HIGH|A,B",
                    help="a knob of the search space with its range (guidance=0:1.5, steps=4:16) or choices "
                         "(solver=euler,heun); repeat for more. Knobs: " + _knob_names())
-    p.add_argument("--objective", default="val-accuracy", choices=["val-accuracy", "mode-coverage"],
+    p.add_argument("--objective", default="val-accuracy",
+                   choices=["val-accuracy", "mode-coverage", "predicted-hard-dsa", "predicted-soft-online"],
                    help="val-accuracy: students under --protocol on the validation split; mode-coverage: coverage "
-                        "with the landing error at most --landing-cap")
+                        "with the landing error at most --landing-cap; predicted-*: the accuracy proxy under that "
+                        "protocol's labels (about a second a trial)")
+    p.add_argument("--confirm", type=int, default=0, metavar="N",
+                   help="predicted-*: train students (the objective's protocol, --epochs, --student-seeds) on the N "
+                        "best trials afterwards, on the validation split (default 0)")
     p.add_argument("--trials", type=int, default=20, help="trials in all, recorded ones included (default 20)")
     p.add_argument("--landing-cap", type=float, default=None, help="mode-coverage: the largest landing error allowed")
     _add_common(p)
@@ -136,9 +141,11 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 def _cmd_tune(args: argparse.Namespace) -> None:
     from core.studio.tuning import TuneSpec, parse_search_knob, tune
 
+    if args.objective.startswith("predicted-"):
+        args.protocol = args.objective.removeprefix("predicted-")   # its students confirm the same protocol
+    wants_student = args.objective == "val-accuracy" or args.confirm
     spec = TuneSpec(distill_config_from_args(args), tuple(parse_search_knob(s) for s in args.space), args.objective,
-                    args.trials, args.seed, _student(args) if args.objective == "val-accuracy" else None,
-                    args.landing_cap)
+                    args.trials, args.seed, _student(args) if wants_student else None, args.landing_cap, args.confirm)
     studio = _studio(args)
     result = tune(studio, spec, args.name, progress=_printer())
     _print_rows(result.trials)

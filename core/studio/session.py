@@ -7,6 +7,7 @@ two can be compared. The app keeps one Studio per process and one RunHistory per
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -35,12 +36,15 @@ from core.registry import Registry, RegistryError
 from core.studio.jobs import BackgroundJob
 
 Progress = Callable[[float, str], None]
+_PROXY_LOCK = threading.Lock()   # one session builds the shared proxy; the others wait for it
 
 
 COVERAGE_SCORES = ("mode_coverage", "mode_coverage_per_class")   # the deferred scores arrive in three stages:
 PRDC_SCORES = ("precision", "recall", "density", "coverage")      # these, then these, then W2 (start_scores)
 # The teacher's scores, added to a deferred run by its scores job before W2.
 TEACHER_SCORES = COVERAGE_SCORES + PRDC_SCORES
+# The accuracy proxy (core.evaluation.proxy) of each protocol family, on the validation split: metric key -> protocol
+PROXY_SCORES = {"predicted_hard_dsa": "hard-dsa", "predicted_soft_online": "soft-online"}
 
 
 @dataclass
@@ -60,6 +64,7 @@ class Studio:
     validation_rows: np.ndarray | None = None  # rows of the engine's data that are validation images (None: FMNIST's)
     latents_by_class: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     decoded_prototypes: dict = field(default_factory=dict, repr=False)   # see _decoded_prototypes
+    proxies: dict = field(default_factory=dict, repr=False)   # see accuracy_proxy (shared by copies of the studio)
 
     def __post_init__(self) -> None:
         if not self.latents_by_class:
@@ -204,6 +209,30 @@ def _teacher_coverage(studio: Studio, dset: DistilledSet) -> tuple[np.ndarray, C
     return features, mode_coverage(studio.reference.modes, features, dset.labels)
 
 
+def accuracy_proxy(studio: Studio):
+    """The studio's accuracy proxy (core.evaluation.proxy.KernelProxy on the teacher's features), fitted once to
+    the validation split, never to the test split; None without a teacher or a validation split. Built on first
+    use (teacher features of the validation images: a few seconds), then shared by every session."""
+    from core.evaluation.proxy import KernelProxy
+
+    if studio.teacher is None or studio.validation is None:
+        return None
+    with _PROXY_LOCK:
+        if "default" not in studio.proxies:
+            studio.proxies["default"] = KernelProxy(studio.validation, studio.teacher)
+        return studio.proxies["default"]
+
+
+def proxy_scores(studio: Studio, dset: DistilledSet) -> dict[str, float]:
+    """Predicted validation accuracy of the set under each protocol family (``PROXY_SCORES``); {} without a proxy.
+    The app distils from the whole training split, so a ``random`` set may hold a few of the validation images
+    the proxy scores on (at most IPC of the 500 per class): its prediction is then slightly optimistic."""
+    proxy = accuracy_proxy(studio)
+    if proxy is None or dset.images is None:
+        return {}
+    return {key: proxy.score(dset.images, dset.labels, protocol) for key, protocol in PROXY_SCORES.items()}
+
+
 def run_once(studio: Studio, config: DistillConfig, defer: bool = False) -> Run:
     """Distil ``config`` (trajectories recorded) and score it: coverage, PRDC, W2, landing error, NFE.
 
@@ -218,12 +247,13 @@ def run_once(studio: Studio, config: DistillConfig, defer: bool = False) -> Run:
         prototypes = dset.images if config.method == "d4m" else _decoded_prototypes(studio, dset)
     if not defer:
         features, coverage, metrics = _scores(studio, dset, w2=True)
+        metrics.update(proxy_scores(studio, dset))
         return Run(config, dset, features, coverage, metrics, prototypes, time.perf_counter() - t0)
     run = Run(config, dset, None, None, latent_scores(studio.latents_by_class, dset, w2=False), prototypes,
               time.perf_counter() - t0)
     pending = ["w2_latent_mean"]
     if studio.teacher is not None:
-        pending[:0] = TEACHER_SCORES
+        pending[:0] = TEACHER_SCORES + (tuple(PROXY_SCORES) if studio.validation is not None else ())
     run.pending_metrics = tuple(pending)
     start_scores(studio, run)
     return run
@@ -247,14 +277,20 @@ def start_scores(studio: Studio, run: Run, after: BackgroundJob | None = None) -
         if studio.teacher is not None and COVERAGE_SCORES[0] in run.pending_metrics:
             run.features, run.coverage = _teacher_coverage(studio, run.dset)
             run.metrics = {**run.metrics, **coverage_metrics(run.coverage)}
-            run.pending_metrics = (*PRDC_SCORES, "w2_latent_mean")
+            run.pending_metrics = tuple(k for k in run.pending_metrics if k not in COVERAGE_SCORES)
             progress(0.3, "mode coverage in")
         if job.cancelled:
             return
         if studio.teacher is not None and PRDC_SCORES[0] in run.pending_metrics:
             run.metrics = {**run.metrics, **prdc_metrics(studio.reference, run.dset, run.features)}
-            run.pending_metrics = ("w2_latent_mean",)
+            run.pending_metrics = tuple(k for k in run.pending_metrics if k not in PRDC_SCORES)
             progress(0.5, "teacher scores in")
+        if job.cancelled:
+            return
+        if set(PROXY_SCORES) & set(run.pending_metrics):
+            run.metrics = {**run.metrics, **proxy_scores(studio, run.dset)}
+            run.pending_metrics = ("w2_latent_mean",)
+            progress(0.7, "predicted accuracy in")
         if job.cancelled or "w2_latent_mean" not in run.pending_metrics:
             return
         run.metrics = {**run.metrics, "w2_latent_mean": w2_latent_mean(studio.latents_by_class, run.dset)}
@@ -332,7 +368,7 @@ def run_parameters(config: DistillConfig) -> dict:
     return params
 
 
-HEADLINE_METRICS = ("mode_coverage", "precision", "recall", "density", "coverage", "w2_latent_mean",
+HEADLINE_METRICS = (*PROXY_SCORES, "mode_coverage", "precision", "recall", "density", "coverage", "w2_latent_mean",
                     "landing_error_mean", "diversity_latent", "nfe_per_image")
 
 

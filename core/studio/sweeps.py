@@ -19,8 +19,10 @@ from core.pipeline.distill import DistillEngine
 from core.studio.knobs import KNOBS, knob
 from core.studio.session import Progress, Studio, run_once
 
-SWEEP_METRICS = ("mode_coverage", "landing_error_mean", "w2_latent_mean", "precision", "recall", "coverage")
-METRIC_LABELS = {"mode_coverage": "mode coverage", "landing_error_mean": "landing error",
+SWEEP_METRICS = ("predicted_hard_dsa", "predicted_soft_online", "mode_coverage", "landing_error_mean", "w2_latent_mean",
+                 "precision", "recall", "coverage")
+METRIC_LABELS = {"predicted_hard_dsa": "predicted accuracy (hard-dsa)",
+                 "predicted_soft_online": "predicted accuracy (soft-online)", "mode_coverage": "mode coverage", "landing_error_mean": "landing error",
                  "w2_latent_mean": "W2 (latent)", "precision": "precision", "recall": "recall",
                  "coverage": "PRDC coverage"}
 

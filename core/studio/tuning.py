@@ -7,7 +7,11 @@ list of choices ("solver=euler,heun"). Objectives (``OBJECTIVES``):
   reads validation, never test);
 - ``mode-coverage``: mode coverage, with the landing error kept at or below a cap. TPE maximises the
   coverage of a trial within the cap and minus its excess landing error beyond it (below every feasible
-  trial, and pointing back inside); the best is the feasible trial with the highest coverage.
+  trial, and pointing back inside); the best is the feasible trial with the highest coverage;
+- ``predicted-hard-dsa`` / ``predicted-soft-online``: the accuracy proxy of the set under that protocol's labels
+  (core.evaluation.proxy, on the validation split): a trial costs about a second, so hundreds fit in minutes.
+  With ``confirm`` N, the N best trials then get real students (``student``) on the validation split, so the
+  table shows proxy and students side by side.
 
 The first trial is the base config's own setting (the hand-chosen default: what the search must beat).
 Every trial is a registry run (kind ``tune``, the study's name), so a search stopped by a cancel, a closed
@@ -35,7 +39,8 @@ from core.studio.sweeps import (
     validation_engine,
 )
 
-OBJECTIVES = ("val-accuracy", "mode-coverage")
+PROXY_OBJECTIVES = {"predicted-hard-dsa": "predicted_hard_dsa", "predicted-soft-online": "predicted_soft_online"}
+OBJECTIVES = ("val-accuracy", "mode-coverage", *PROXY_OBJECTIVES)
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ class TuneSpec:
     seed: int = 0
     student: EvalConfig | None = None
     landing_cap: float | None = None
+    confirm: int = 0   # a proxy objective: the best trials that get real students afterwards
 
     def __post_init__(self) -> None:
         if not self.space:
@@ -105,8 +111,13 @@ class TuneSpec:
             raise ValueError("the val-accuracy objective trains students: give the student settings")
         if self.objective == "mode-coverage" and (self.landing_cap is None or not self.landing_cap > 0):
             raise ValueError("the mode-coverage objective needs a landing-error cap > 0")
-        if self.trials < 1:
-            raise ValueError(f"trials must be >= 1, got {self.trials}")
+        if isinstance(self.trials, bool) or not 1 <= self.trials <= 10_000:
+            raise ValueError(f"trials must be from 1 to 10000, got {self.trials}")
+        if self.confirm and (self.objective not in PROXY_OBJECTIVES or self.student is None):
+            raise ValueError("confirming trials with students is for the predicted-accuracy objectives, and needs the "
+                             "student settings")
+        if isinstance(self.confirm, bool) or not 0 <= self.confirm <= min(self.trials, 20):
+            raise ValueError(f"confirm must be from 0 to min(trials, 20), got {self.confirm}")
         if self.base.method != "pgfm":
             raise ValueError(f"auto-tune searches PGFM's guidance knobs; the base method is {self.base.method!r}")
 
@@ -138,11 +149,11 @@ class TuneResult:
 def objective_value(spec: TuneSpec, run: dict) -> tuple[float, bool]:
     """(objective, feasible) of a registry run under ``spec``."""
     if spec.objective == "val-accuracy":
-        s = spec.student
-        accuracies = [e["accuracy_mean"] for e in run["evaluations"] if e["split"] == "val"
-                      and e["protocol"] == s.protocol and e["epochs"] == s.epochs and e["architecture"] == s.architecture
-                      and tuple(e["seeds"]) == tuple(s.seeds)]
-        return (accuracies[-1] if accuracies else math.nan), True
+        accuracy = _student_accuracy(spec.student, run)
+        return (math.nan if accuracy is None else accuracy), True
+    if spec.objective in PROXY_OBJECTIVES:
+        value = run["metrics"].get(PROXY_OBJECTIVES[spec.objective])
+        return (math.nan if value is None else float(value)), True
     landing = run["metrics"].get("landing_error_mean")
     feasible = landing is not None and landing <= spec.landing_cap
     return float(run["metrics"].get("mode_coverage") or 0.0), feasible
@@ -159,9 +170,20 @@ def search_value(spec: TuneSpec, run: dict) -> float:
 
 def _row(spec: TuneSpec, number: int, run: dict, params: dict) -> dict:
     value, feasible = objective_value(spec, run)
-    return {"trial": number, "run": run["id"], **params, "objective": value, "feasible": feasible,
-            "mode_coverage": run["metrics"].get("mode_coverage"),
-            "landing_error_mean": run["metrics"].get("landing_error_mean")}
+    row = {"trial": number, "run": run["id"], **params, "objective": value, "feasible": feasible,
+           "mode_coverage": run["metrics"].get("mode_coverage"),
+           "landing_error_mean": run["metrics"].get("landing_error_mean")}
+    if spec.confirm:
+        row["val accuracy"] = _student_accuracy(spec.student, run)
+    return row
+
+
+def _student_accuracy(student: EvalConfig, run: dict) -> float | None:
+    """The latest validation accuracy of ``student``'s settings recorded for ``run``, or None."""
+    accuracies = [e["accuracy_mean"] for e in run["evaluations"] if e["split"] == "val"
+                  and e["protocol"] == student.protocol and e["epochs"] == student.epochs
+                  and e["architecture"] == student.architecture and tuple(e["seeds"]) == tuple(student.seeds)]
+    return accuracies[-1] if accuracies else None
 
 
 def _recorded_trials(studio: Studio, spec: TuneSpec, name: str) -> list[tuple[dict, dict]]:
@@ -183,8 +205,8 @@ def tune(studio: Studio, spec: TuneSpec, name: str, engine: DistillEngine | None
     import optuna
 
     check_name(studio, "tune", name, spec.base, [k.name for k in spec.space])
-    if spec.objective == "val-accuracy" and (studio.validation is None or studio.teacher is None):
-        raise ValueError("the val-accuracy objective needs the validation split and teacher of the embedded default")
+    if spec.objective != "mode-coverage" and (studio.validation is None or studio.teacher is None):
+        raise ValueError(f"the {spec.objective} objective needs the validation split and teacher of the embedded default")
     if spec.objective == "mode-coverage" and studio.teacher is None:
         raise ValueError("mode coverage needs the teacher of the embedded default")
     engine = engine or validation_engine(studio)
@@ -250,8 +272,22 @@ def tune(studio: Studio, spec: TuneSpec, name: str, engine: DistillEngine | None
         study.tell(trial, search_value(spec, run))
         if on_trial is not None:
             on_trial(row)
+    _confirm(studio, spec, name, engine, result, report, should_stop)
     report(1.0, f"search {name!r}: {len(result.trials)} trials ({resumed} resumed from the registry)")
     return result
+
+
+def _confirm(studio: Studio, spec: TuneSpec, name: str, engine: DistillEngine, result: TuneResult, report: Progress,
+             should_stop: Callable[[], bool] | None) -> None:
+    """Real students for the ``spec.confirm`` best trials by the proxy (a trial already confirmed is kept)."""
+    ranked = sorted((r for r in result.trials if not math.isnan(r["objective"])), key=lambda r: -r["objective"])
+    for k, row in enumerate(ranked[:spec.confirm]):
+        if row.get("val accuracy") is not None:
+            continue
+        report(0.99, f"confirming trial {row['trial']} with students ({k + 1}/{spec.confirm})")
+        config = spec.config({key.name: row[key.name] for key in spec.space})
+        run = distill_point(studio, engine, "tune", name, config, spec.student, None, should_stop)
+        row["val accuracy"] = _student_accuracy(spec.student, run)
 
 
 def _short(value: Any) -> str:

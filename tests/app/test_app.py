@@ -375,3 +375,21 @@ def test_out_of_range_values_in_the_address_are_refused_with_the_banner(address,
     run = current(at)   # the rest of the address applies, the refused value keeps its default
     assert run.config.ipc == 2 and run.config.classes in (None, tuple(range(10)))
     assert run.config.seed == 0 and run.config.sampler.steps == 8
+
+
+def test_every_guidance_step_shows_the_predicted_accuracy_with_its_change_against_the_previous_run():
+    at = open_app(ipc=2)
+    first = current(at)
+    assert first.wait_for_scores(300) is None
+    at.run()
+    label = "Predicted accuracy (hard-dsa)"
+    tiles = {m.label: m for m in at.metric}
+    assert tiles[label].value == f"{first.metrics['predicted_hard_dsa']:.1%}" and tiles[label].delta in (None, "")
+    assert "Predicted accuracy (soft-online)" in tiles
+    at.slider(key="guidance").set_value(0.3).run()
+    second = current(at)
+    assert second is not first and second.wait_for_scores(300) is None
+    at.run()
+    tile = {m.label: m for m in at.metric}[label]
+    change = 100 * (second.metrics["predicted_hard_dsa"] - first.metrics["predicted_hard_dsa"])
+    assert tile.value == f"{second.metrics['predicted_hard_dsa']:.1%}" and tile.delta == f"{change:+.1f} pts"

@@ -418,3 +418,26 @@ def test_a_cancelled_scoring_stops_between_stages_and_restarts_when_the_run_is_s
     ensure_scores(studio, run)
     assert run.wait_for_scores(60) is None and run.pending_metrics == ()
     assert {"mode_coverage", "precision", "w2_latent_mean"} <= run.metrics.keys()
+
+
+class Untouchable:
+    """A split no code may read: any attribute access fails the test."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the test split was read ({name})")
+
+
+def test_the_accuracy_proxy_scores_on_the_validation_split_and_never_reads_the_test_split(studio):
+    from core.studio.session import PROXY_SCORES
+
+    validation = studio.engine.dataset.subset(np.arange(1, 90, 3), "tiny-val")
+    guarded = replace(studio, test=Untouchable(), validation=validation, proxies={})
+    deferred = run_once(guarded, pgfm(), defer=True)
+    assert set(PROXY_SCORES) <= set(deferred.pending_metrics)
+    assert deferred.wait_for_scores(60) is None and deferred.pending_metrics == ()
+    at_once = run_once(guarded, pgfm())
+    for run in (deferred, at_once):
+        assert all(0 <= run.metrics[k] <= 1 for k in PROXY_SCORES), run.metrics
+    assert deferred.metrics["predicted_hard_dsa"] == at_once.metrics["predicted_hard_dsa"]
+    assert guarded.proxies["default"].val_labels.tolist() == validation.labels.tolist()
+    assert run_once(replace(studio, validation=None, proxies={}), pgfm()).metrics.keys().isdisjoint(PROXY_SCORES)

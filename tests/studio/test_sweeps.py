@@ -151,3 +151,21 @@ def test_tune_on_validation_accuracy_trains_a_student_per_trial(studio):
     assert len(result.trials) == 2 and all(0 <= t["objective"] <= 1 for t in result.trials)
     runs = studio.registry.runs(kind="tune")
     assert all(e["split"] == "val" for r in runs for e in r["evaluations"]) and len(runs) == 2
+
+
+def test_a_search_on_the_accuracy_proxy_trains_no_student_until_it_confirms_its_best(studio):
+    spec = TuneSpec(BASE, (SearchKnob("guidance", 0.0, 1.5),), "predicted-hard-dsa", 5, student=STUDENT, confirm=2)
+    result = tune(studio, spec, "proxy", engine=studio.engine)
+    assert len(result.trials) == 5 and all(0 <= t["objective"] <= 1 for t in result.trials)
+    confirmed = [t for t in result.trials if t["val accuracy"] is not None]
+    best_two = sorted(result.trials, key=lambda t: -t["objective"])[:2]
+    assert [t["trial"] for t in confirmed] == sorted(t["trial"] for t in best_two)
+    runs = studio.registry.runs(kind="tune")
+    assert sum(len(r["evaluations"]) for r in runs) == 2   # students for the two confirmed trials only
+    assert all(r["metrics"]["predicted_hard_dsa"] == t["objective"] for r in runs for t in result.trials
+               if t["run"] == r["id"])
+    again = tune(studio, spec, "proxy", engine=studio.engine)   # resumed: nothing new to train
+    assert sum(len(r["evaluations"]) for r in studio.registry.runs(kind="tune")) == 2
+    assert [t["val accuracy"] for t in again.trials] == [t["val accuracy"] for t in result.trials]
+    with pytest.raises(ValueError, match="confirming trials with students"):
+        TuneSpec(BASE, (SearchKnob("guidance", 0.0, 1.5),), "mode-coverage", 5, landing_cap=1.0, confirm=2)
