@@ -42,6 +42,36 @@ DEFAULT_TF32 = True   # TF32 float32 matmuls on CUDA outside training too (core.
 SCHEDULES = ("constant", "linear", "cosine")
 
 
+# Bounds of the size-like settings, shared by the configs (so the app) and the CLI's options: far beyond any useful
+# value, low enough that a typo (``--steps 1000000000000``) is refused at once instead of allocating terabytes.
+LIMITS: dict[str, tuple[int, int]] = {
+    "seed": (0, 2**31 - 1),         # numpy's legacy RandomState (optuna) takes < 2**32, with room for seed + k
+    "threads": (0, 4096),
+    "ipc": (1, 100_000),
+    "steps": (1, 1000),             # sampler steps: flow ODE, DDIM (1000 training timesteps)
+    "batch": (1, 65_536),
+    "epochs": (1, 100_000),
+    "train steps": (1, 100_000_000),  # optimisation steps of train-flow / train-diffusion
+    "iterations": (0, 1_000_000),   # refinement iterations
+    "seeds": (1, 100),              # students (seeds) per set
+    "repeats": (1, 1000),
+    "width": (1, 65_536),           # network widths, depths, heads
+    "images": (1, 10_000_000),      # images per class, per shard, rows
+    "resolution": (8, 4096),
+    "trials": (1, 10_000),
+    "workers": (1, 1024),
+}
+
+
+def check_int(name: str, value: Any, kind: str, low: int | None = None) -> None:
+    """ValueError unless ``value`` is an integer within ``LIMITS[kind]`` (``low``: another lower bound)."""
+    low, high = (LIMITS[kind][0] if low is None else low), LIMITS[kind][1]
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if value > high:
+        raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+
+
 def _check_finite(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
@@ -118,8 +148,9 @@ class SamplerConfig:
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+        check_int("steps", self.steps, "steps")
+        check_int("seed", self.seed, "seed")
+        check_int("batch_size", self.batch_size, "batch")
         for name, value in (("time_shift", self.time_shift), ("cfg_scale", self.cfg_scale), ("t0", self.t0)):
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
@@ -166,8 +197,9 @@ class DiffusionSamplerConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"diffusion mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+        check_int("diffusion steps", self.steps, "steps")
+        check_int("seed", self.seed, "seed")
+        check_int("batch_size", self.batch_size, "batch")
         for name, value, low, high in (("strength", self.strength, 0.0, 1.0), ("guidance", self.guidance, 0.0, 1.0),
                                        ("stop", self.stop, 0.0, 1.0)):
             if not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
@@ -228,10 +260,8 @@ class RefineConfig:
             raise ValueError(f"refine objective must be one of {', '.join(REFINE_OBJECTIVES)}, got {self.objective!r}")
         if self.embedding not in REFINE_EMBEDDINGS:
             raise ValueError(f"refine embedding must be one of {', '.join(REFINE_EMBEDDINGS)}, got {self.embedding!r}")
-        for name in ("iterations", "real_batch", "width"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if name == "iterations" else 1):
-                raise ValueError(f"refine {name} must be an integer >= {0 if name == 'iterations' else 1}, got {value!r}")
+        for name, kind in (("iterations", "iterations"), ("real_batch", "batch"), ("width", "width")):
+            check_int(f"refine {name}", getattr(self, name), kind)
         _check_finite("refine lr", self.lr)
         if self.lr <= 0:
             raise ValueError(f"refine lr must be > 0, got {self.lr}")
@@ -269,6 +299,12 @@ LONG_REFINE = replace(DEFAULT_REFINE, iterations=3 * DEFAULT_REFINE.iterations)
 # at IPC 10 (soft-online, one seed; benchmarks/sweep-ipc10-soft-online) it gave 85.3 % (mode coverage 79 %) against
 # 84.9 % (72 %) for the mean objective and 84.0 % (69 %) for pgfm-dm's 450 random-network steps.
 TEACHER_REFINE = replace(DEFAULT_REFINE, embedding="teacher", objective="mmd")
+
+
+# Named refinements: ``distill --refine-preset NAME`` (the recommended recipe is pgfm with ``tdm``) and the app's
+# Refine stage. Options given beside a preset override its fields.
+REFINE_PRESETS = {"tdm": TEACHER_REFINE, "dm": DEFAULT_REFINE}
+RECOMMENDED_REFINE = "tdm"
 
 
 def default_refine(ipc: int) -> RefineConfig:
@@ -321,8 +357,8 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if not isinstance(self.ipc, (int, np.integer)) or isinstance(self.ipc, bool) or self.ipc < 1:
-            raise ValueError(f"ipc must be an integer >= 1, got {self.ipc!r}")
+        check_int("ipc", self.ipc, "ipc")
+        check_int("seed", self.seed, "seed")
         if not 0.0 <= self.ddoq_t0 < 1.0:
             raise ValueError(f"ddoq_t0 must lie in [0, 1), got {self.ddoq_t0}")
         _check_finite("cell_offset", self.cell_offset)
@@ -408,25 +444,40 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _apply_refine_preset(o: dict) -> None:
+    """Fill the refine options of ``o`` from ``o["refine_preset"]`` (REFINE_PRESETS) where they are not given (a
+    value given beside the preset wins)."""
+    name = o.pop("refine_preset", None)
+    if name is None:
+        return
+    if name not in REFINE_PRESETS:
+        raise ValueError(f"refine preset must be one of {', '.join(REFINE_PRESETS)}, got {name!r}")
+    preset = REFINE_PRESETS[name]
+    o["refine"] = o.get("refine") or preset.iterations
+    for field_name in ("space", "real_batch", "width", "objective", "project_t", "embedding", "boundary"):
+        o.setdefault(f"refine_{field_name}", getattr(preset, field_name))
+
+
 def distill_config(options: Mapping[str, Any]) -> DistillConfig:
     """The DistillConfig that flat ``options`` describe (the CLI's parsed options or the app's sidebar state;
     a missing option takes its default). Keys: method, ipc, classes ("all", a string of names / ids or ids),
     seed; guidance, schedule, t_start, t_stop, trust_radius, t0; solver, steps, time_shift, cfg_scale, dtype,
     sample_batch_size; diffusion_steps, strength, mg_guidance, mg_stop; ddoq_t0, medoid, pgfm_weights,
     cell_offset, prototypes_per_class; refine (iterations, 0: none), refine_space, refine_lr, refine_real_batch,
-    refine_width, refine_objective, refine_project_t, refine_embedding, refine_boundary (defaults: DEFAULT_REFINE, the space's REFINE_LR).
+    refine_width, refine_objective, refine_project_t, refine_embedding, refine_boundary (defaults: DEFAULT_REFINE, the space's REFINE_LR),
+    refine_preset (a name of REFINE_PRESETS: its refinement, the other refine options overriding it).
     ValueError (from the dataclasses) names what is invalid."""
     base, sampler, diffusion = DistillConfig(), SamplerConfig(), DiffusionSamplerConfig()
     o = {k: v for k, v in options.items() if v is not None}
     batch = o.get("sample_batch_size", sampler.batch_size)
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"--sample-batch-size must be an integer >= 1, got {batch!r}")
+    check_int("--sample-batch-size", batch, "batch")
     seed, dtype, cfg = o.get("seed", 0), o.get("dtype", sampler.dtype), o.get("cfg_scale", sampler.cfg_scale)
     default = DEFAULT_PGFM_GUIDANCE
     guidance = GuidanceConfig(strength=o.get("guidance", default.strength), schedule=o.get("schedule", default.schedule),
                               t_start=o.get("t_start", default.t_start), t_stop=o.get("t_stop", default.t_stop),
                               trust_radius=o.get("trust_radius"))
     classes = o.get("classes", "all")
+    _apply_refine_preset(o)
     refine = RefineConfig()
     for key in ("refine_space", "refine_lr", "refine_real_batch", "refine_width", "refine_objective", "refine_project_t",
                 "refine_embedding", "refine_boundary"):

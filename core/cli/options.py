@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from core.models.spec import ModelSpec
@@ -16,17 +16,20 @@ from core.config import (
     DEFAULT_REFINE,
     DIFFUSION_DIR,
     FLOW_DIR,
+    LIMITS,
     LONG_REFINE,
     LONG_REFINE_UP_TO_IPC,
     METHODS,
     REFINE_EMBEDDINGS,
     REFINE_LR,
     REFINE_OBJECTIVES,
+    REFINE_PRESETS,
     REFINE_SPACES,
     SAMPLER_DTYPE_OPTIONS,
     SCHEDULES,
     SOLVERS,
     TEACHER_DIR,
+    TEACHER_REFINE,
     VAE_DIR,
 )
 
@@ -43,26 +46,37 @@ def set_option(p: argparse.ArgumentParser, dest: str, **changes) -> None:
     raise KeyError(dest)
 
 
-def _int_at_least(text: str, minimum: int, what: str) -> int:
-    """``text`` as an integer >= ``minimum``, or the argparse error that names ``what`` was expected."""
+def _number_within(text: str, kind: str, number: type = int, prefix: str = "") -> int | float:
+    """``text`` as an integer within ``LIMITS[kind]`` (``number`` float: a number > 0 up to its bound), or the
+    argparse error that says what was expected (``prefix``: other accepted words) and, above it, the range."""
+    low, high = LIMITS[kind]
+    noun, low = ("a number", 0) if number is float else ("an integer", low)
     try:
-        value = int(text)
+        value = number(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        value = None
+    if value is None or not (value > low if number is float else value >= low):
+        expected = f"{prefix}{noun} {'>' if number is float else '>='} {low}"
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text.strip() if value is not None else repr(text)}")
+    if not value <= high:
+        raise argparse.ArgumentTypeError(f"expected {prefix}{noun} from {low} to {high}, got {text.strip()}")
     return value
 
 
+def bounded(kind: str, number: type = int) -> Callable[[str], int | float]:
+    """An argparse type: an integer within ``LIMITS[kind]`` (``number`` float: a number > 0 up to its bound)."""
+    return lambda text: _number_within(text, kind, number)
+
+
 def non_negative_int(text: str) -> int:
-    return _int_at_least(text, 0, "an integer >= 0")
+    return _number_within(text, "threads")
 
 
 def batch_option(text: str) -> str | int:
-    """An argparse type for batch sizes: 'auto' or an integer >= 1."""
+    """An argparse type for batch sizes: 'auto' or an integer within LIMITS' batch bounds."""
     if text.strip().lower() == "auto":
         return "auto"
-    return _int_at_least(text, 1, "'auto' or an integer >= 1")
+    return _number_within(text, "batch", prefix="'auto' or ")
 
 
 def add_batch_options(p: argparse.ArgumentParser, decode: bool = True, encode_aliases: tuple[str, ...] = ()) -> None:
@@ -154,7 +168,7 @@ def engine_from_args(args: argparse.Namespace, spec: ModelSpec | None = None, ct
 
 def with_refine_teacher(engine, args: argparse.Namespace):
     """``engine`` with the teacher (``--teacher``) a refinement with ``--refine-embedding teacher`` needs."""
-    if not (getattr(args, "refine", 0) and getattr(args, "refine_embedding", "random") == "teacher"):
+    if not hasattr(args, "refine") or distill_config_from_args(args).refine.embedding != "teacher":
         return engine
     from dataclasses import replace
 
@@ -295,29 +309,34 @@ def add_distill_options(p: argparse.ArgumentParser, single: bool = True) -> None
     g.add_argument("--sample-batch-size", type=int, default=None, metavar="B",
                    help="rows per sampler batch, flow and diffusion (default 1024; lower it for large models on "
                         "small GPUs); under torchrun also the unit split across processes")
-    g = p.add_argument_group("distribution-matching refinement of a generated set (DM; core/pipeline/refine.py)")
+    g = p.add_argument_group("distribution-matching refinement of a generated set (DM; core/pipeline/refine.py); "
+                             f"the --refine-* settings default to {DEFAULT_REFINE}")
     g.add_argument("--refine", type=int, default=0, metavar="ITERATIONS",
                    help=f"refine the sampled images for ITERATIONS steps of distribution matching against the real "
                         f"images (random ConvNet embeddings, DSA; default 0: none; the benchmark's pgfm-dm: "
                         f"{DEFAULT_REFINE.iterations}, {LONG_REFINE.iterations} up to IPC {LONG_REFINE_UP_TO_IPC})")
-    g.add_argument("--refine-space", default=DEFAULT_REFINE.space, choices=list(REFINE_SPACES),
+    g.add_argument("--refine-preset", default=None, choices=list(REFINE_PRESETS),
+                   help=f"a named refinement: tdm ({TEACHER_REFINE.iterations} steps of MMD in the teacher's features; "
+                        "with --method pgfm the recommended recipe), dm (DM's random networks); the --refine-* options "
+                        "given beside it override its settings")
+    g.add_argument("--refine-space", default=None, choices=list(REFINE_SPACES),
                    help="pixel: optimise the decoded images; latent: the latents, through the frozen decoder")
     g.add_argument("--refine-lr", type=float, default=None,
                    help="step size (default: " + ", ".join(f"{k} {v:g}" for k, v in REFINE_LR.items()) + ")")
-    g.add_argument("--refine-real-batch", type=int, default=DEFAULT_REFINE.real_batch,
+    g.add_argument("--refine-real-batch", type=int, default=None,
                    help="real images per class and iteration")
-    g.add_argument("--refine-width", type=int, default=DEFAULT_REFINE.width,
+    g.add_argument("--refine-width", type=int, default=None,
                    help="channels of the random ConvNet-3 embeddings")
-    g.add_argument("--refine-objective", default=DEFAULT_REFINE.objective, choices=list(REFINE_OBJECTIVES),
+    g.add_argument("--refine-objective", default=None, choices=list(REFINE_OBJECTIVES),
                    help="mean: DM's distance of mean embeddings; mmd: that plus a Gaussian-kernel MMD² of the "
                         "embeddings (M3D-style: also matches their spread)")
-    g.add_argument("--refine-embedding", default=DEFAULT_REFINE.embedding, choices=list(REFINE_EMBEDDINGS),
+    g.add_argument("--refine-embedding", default=None, choices=list(REFINE_EMBEDDINGS),
                    help="random: DM's freshly initialised ConvNet-3 every iteration; teacher: the frozen teacher's "
                         "penultimate features (--teacher), whose labels soft-online students learn")
-    g.add_argument("--refine-boundary", type=float, default=DEFAULT_REFINE.boundary, metavar="WEIGHT",
+    g.add_argument("--refine-boundary", type=float, default=None, metavar="WEIGHT",
                    help="with --refine-embedding teacher: add WEIGHT x the negative entropy of the teacher's outputs "
                         "(temperature 4) on the set's images, moving it toward the class boundaries; 0: not")
-    g.add_argument("--refine-project-t", type=float, default=DEFAULT_REFINE.project_t, metavar="T",
+    g.add_argument("--refine-project-t", type=float, default=None, metavar="T",
                    help="after a latent refinement, noise the latents back to time T (0 noise, 1 data) and integrate "
                         "the flow to t = 1 again, unguided (SDEdit-style), toward what the generator draws; 0: not")
     g = p.add_argument_group("diffusion counterpart (diffusion-d4m, diffusion-mg)")

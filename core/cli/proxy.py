@@ -26,8 +26,9 @@ def estimators() -> dict:
     from core.evaluation.proxy import ProxyConfig
 
     return {"teacher-linear": ProxyConfig(), "teacher-rbf": ProxyConfig(kernel="rbf"),
-            "teacher-linear-aug4": ProxyConfig(augmentations=4),
-            "random-convnet": ProxyConfig(embedding="random-convnet")}
+            "teacher-rbf-aug4": ProxyConfig(kernel="rbf", augmentations=4),
+            "random-convnet": ProxyConfig(embedding="random-convnet"),
+            "random-convnet-aug4": ProxyConfig(embedding="random-convnet", augmentations=4)}
 
 
 def add_parsers(add) -> None:

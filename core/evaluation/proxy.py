@@ -34,7 +34,8 @@ FAMILIES = {"hard": "hard", "hard-dsa": "hard", "soft": "soft", "soft-online": "
 @dataclass(frozen=True)
 class ProxyConfig:
     """``ridge``: the regulariser relative to the kernel's mean diagonal; ``augmentations``: augmented copies of
-    the set added to the support (soft targets only; flips and 2-px shifts, seeded); ``networks`` / ``width``:
+    the set added to the support (flips and 2-px shifts, seeded; the students train on augmented images too);
+    ``networks`` / ``width``:
     the random ConvNets of the ``random-convnet`` embedding."""
 
     embedding: str = "teacher"
@@ -118,15 +119,14 @@ class KernelProxy:
         family = FAMILIES.get(protocol)
         if family is None:
             raise ValueError(f"protocol must be one of {', '.join(FAMILIES)}, got {protocol!r}")
-        images = images.float()
-        if family == "hard":
-            onehot = torch.nn.functional.one_hot(torch.as_tensor(np.asarray(labels), dtype=torch.long),
-                                                 self.num_classes).float()
-            return images, onehot
-        if self.teacher is None:
+        if family == "soft" and self.teacher is None:
             raise ValueError(f"{protocol} targets are the teacher's soft labels, and there is no teacher")
+        images, copies = images.float(), 1 + self.config.augmentations
         if self.config.augmentations:
             images = torch.cat([images, _shifted_flips(images, self.config.augmentations, self.config.seed)])
+        if family == "hard":
+            labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).repeat(copies)
+            return images, torch.nn.functional.one_hot(labels, self.num_classes).float()
         return images, self.teacher.soft_labels(images, SOFT_TEMPERATURE).float()
 
     @torch.no_grad()

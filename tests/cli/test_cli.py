@@ -156,3 +156,20 @@ def test_eval_models_on_an_image_folder_with_its_own_teacher(tmp_path, capsys):
     assert "(target" not in out   # the embedded default's targets are not this data's
     figures = json.loads(report.read_text())
     assert figures["vae"]["test_psnr_db"] > 0 and 0 <= figures["teacher"]["test_accuracy"] <= 1
+
+
+def test_the_recommended_recipe_has_one_short_name():
+    from core.cli.main import build_parser
+    from core.cli.options import distill_config_from_args
+    from core.config import TEACHER_REFINE
+
+    parser = build_parser()
+
+    def refine(*argv):
+        return distill_config_from_args(parser.parse_args(["distill", "--out", "x", *argv])).refine
+
+    assert refine("--refine-preset", "tdm") == TEACHER_REFINE == refine(
+        "--refine", "150", "--refine-embedding", "teacher", "--refine-objective", "mmd")
+    mixed = refine("--refine-preset", "tdm", "--refine", "300", "--refine-objective", "mean")
+    assert (mixed.iterations, mixed.objective, mixed.embedding) == (300, "mean", "teacher")   # given options win
+    assert refine().iterations == 0 and refine("--refine", "150").embedding == "random"
