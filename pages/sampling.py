@@ -30,7 +30,10 @@ def sync_selection() -> None:
 st.title("Sampling")
 what = (f"Each pair: {pair_text}." if show_pairs else
         "Each image is a k-means centroid decoded by the VAE." if run.config.method == "d4m" else "")
-st.caption(f"Run {run.run_id}: **{run.config.method}**, IPC {run.config.ipc}. {what} The pills under each row "
+refined = run.config.refine
+recipe = (f", refined ({refined.embedding} features, {refined.objective}, {refined.iterations} iterations)"
+          if refined.iterations else "")
+st.caption(f"Run {run.run_id}: **{run.config.method}**{recipe}, IPC {run.config.ipc}. {what} The pills under each row "
            "name its images left to right: sample id · landing error ‖x₁ − p‖ (latent RMS units); click to select "
            "for export.")
 gallery, side = st.columns([3, 1])

@@ -7,6 +7,19 @@ from core.studio.data_root import redact
 from core.studio.session import Run, Studio
 from ui import sidebar, state
 from ui.projection import autostart_umap
+from ui.widgets import job_progress
+
+
+def refining(job) -> None:
+    """The session's refinement job, while it runs: progress, ETA and Cancel, refreshed every second; when it is
+    done the page is drawn again, and the refined set becomes the current run."""
+    if job is None or (job.done and st.session_state.get("refine_cancel:shown") is job):
+        return
+
+    @st.fragment(run_every=1.0)
+    def status() -> None:
+        job_progress(job, "Refining the set (it becomes a new run when done)", "refine_cancel")
+    status()
 
 
 def page_frame() -> tuple[Studio, Run | None]:
@@ -31,6 +44,7 @@ def page_frame() -> tuple[Studio, Run | None]:
                           on_click=lambda: st.session_state.update(apply_now=True),
                           help="run the distillation with the settings above (one run for all the changes)")
         st.info("Settings changed: press **Apply settings** in the sidebar to run them.")
+    refining(st.session_state.get("refine_job"))
     autostart_umap(studio)   # after the first run, so fitting UMAP does not delay the first page
     if run_error:
         st.sidebar.error(f"Not run: {run_error}.")

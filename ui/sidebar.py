@@ -15,6 +15,11 @@ import streamlit as st
 from core.config import (
     DEFAULT_PGFM_GUIDANCE,
     DIFFUSION_METHODS,
+    RECOMMENDED_REFINE,
+    REFINE_EMBEDDINGS,
+    REFINE_OBJECTIVES,
+    REFINE_PRESETS,
+    REFINE_SPACES,
     FLOW_METHODS,
     METHODS,
     SAMPLER_DTYPES,
@@ -41,13 +46,19 @@ DEFAULTS = {"method": "pgfm", "ipc": 10, "guidance": DEFAULT_PGFM_GUIDANCE.stren
             "t_stop": DEFAULT_PGFM_GUIDANCE.t_stop, "t0": 0.0, "trust_radius": 0.0, "solver": "euler",
             "steps": SamplerConfig().steps, "cfg_scale": SamplerConfig().cfg_scale,
             "diffusion_steps": DiffusionSamplerConfig().steps, "seed": 0, "projection": "PCA", "auto_apply": True,
-            "cell_offset": 0.0, "prototypes_per_class": 0, "dtype": fast_model_dtype()}
+            "cell_offset": 0.0, "prototypes_per_class": 0, "dtype": fast_model_dtype(), "refine_preset": "none",
+            "refine_iterations": REFINE_PRESETS[RECOMMENDED_REFINE].iterations, "refine_objective": "preset",
+            "refine_embedding": "preset", "refine_space": "preset"}
+REFINE_HELP = {"none": "off", "tdm": "teacher-feature MMD (recommended)", "dm": "random-network DM"}
 # The widgets' ranges and choices: the sidebar draws them, and values in the page's address are held to them.
 RANGES = {"ipc": (0, 100_000), "guidance": (0.0, 1.5), "t_start": (0.0, 1.0), "t_stop": (0.0, 1.0), "t0": (0.0, 0.95),
           "trust_radius": (0.0, 2.0), "prototypes_per_class": (0, 100_000), "cell_offset": (0.0, 1.0),
-          "steps": (1, 64), "cfg_scale": (1.0, 6.0), "diffusion_steps": (2, 100), "seed": (0, 2**31 - 1)}
+          "steps": (1, 64), "cfg_scale": (1.0, 6.0), "diffusion_steps": (2, 100), "seed": (0, 2**31 - 1),
+          "refine_iterations": (10, 600)}
 CHOICES = {"method": METHODS, "schedule": SCHEDULES, "solver": SOLVERS, "dtype": SAMPLER_DTYPES,
-           "projection": ("PCA", "UMAP")}
+           "projection": ("PCA", "UMAP"), "refine_preset": ("none", *REFINE_PRESETS),
+           "refine_objective": ("preset", *REFINE_OBJECTIVES), "refine_embedding": ("preset", *REFINE_EMBEDDINGS),
+           "refine_space": ("preset", *REFINE_SPACES)}
 
 EMBEDDED, FOLDER, CUSTOM = "Fashion-MNIST (embedded)", "Model folder (prepare)", "Latent store + models"
 SOURCE_DEFAULTS = {"data_source": EMBEDDED, "model_folder": "", "store_dir": "", "image_root": "", "vae_ref": "", "flow_ref": "",
@@ -175,6 +186,35 @@ def settings_to_url(names: list[str]) -> None:
         st.query_params.from_dict(values)
 
 
+def refine_widgets(generator: bool) -> None:
+    """The refinement of a generated set: a named preset and what may be changed of it. A refined set is made by a
+    background job of the session (progress, cancel) and becomes a new run when it is done."""
+    with st.expander("Refinement (runs in the background)", expanded=st.session_state.get("refine_preset") != "none"):
+        st.selectbox("Refine the set", CHOICES["refine_preset"], key="refine_preset", disabled=not generator,
+                     format_func=lambda p: f"{p} — {REFINE_HELP[p]}",
+                     help="after sampling, move the images toward the real images' distribution in an embedding "
+                          "(distribution matching); tdm: the teacher's features with an MMD term, the project's "
+                          "best recipe; takes tens of seconds, in the background, then becomes a new run")
+        off = not generator or st.session_state.get("refine_preset") == "none"
+        st.slider("Refinement iterations", *RANGES["refine_iterations"], step=10, key="refine_iterations",
+                  disabled=off, help="optimisation steps of the refinement (the preset: 150)")
+        for key, label, help in (("refine_objective", "Objective", "mean: distance of mean embeddings; mmd: also "
+                                  "their spread"),
+                                 ("refine_embedding", "Embedding", "teacher: the teacher's features; random: a fresh "
+                                  "random ConvNet each step"),
+                                 ("refine_space", "Space", "latent: optimise the latents through the decoder; pixel: "
+                                  "the images")):
+            st.selectbox(label, CHOICES[key], key=key, disabled=off, help=f"{help} (preset: as the preset chooses)")
+
+
+def refine_options(state) -> dict:
+    """The refine options of ``core.config.distill_config`` from the sidebar (none when the refinement is off)."""
+    if state.refine_preset == "none":
+        return {}
+    chosen = {k: state[k] for k in ("refine_objective", "refine_embedding", "refine_space") if state[k] != "preset"}
+    return {"refine_preset": state.refine_preset, "refine": int(state.refine_iterations), **chosen}
+
+
 def render(studio: Studio) -> tuple[DistillConfig | None, str | None]:
     names = list(studio.engine.latents.class_names)
     state = st.session_state
@@ -240,6 +280,7 @@ def render(studio: Studio) -> tuple[DistillConfig | None, str | None]:
                          help="precision of the generator's forward passes (the ODE state stays float32): bfloat16 "
                               "halves a step where the CPU has native bf16 (the default there); float32 is the "
                               "CLI's default, so pick it to get the CLI's images bit for bit")
+        refine_widgets(generator)
         st.number_input("Seed", *RANGES["seed"], step=1, key="seed",
                         help="seeds k-means, the noise and the real picks: the same seed gives the same set")
         st.header("View")
@@ -258,7 +299,8 @@ def render(studio: Studio) -> tuple[DistillConfig | None, str | None]:
                 "t0": state.t0, "cell_offset": state.cell_offset, "prototypes_per_class": int(state.prototypes_per_class) or None,
                 "solver": state.solver, "steps": int(state.steps),
                 "cfg_scale": float(state.cfg_scale),
-                "diffusion_steps": int(state.diffusion_steps), "dtype": state.dtype})
+                "diffusion_steps": int(state.diffusion_steps), "dtype": state.dtype,
+                **(refine_options(state) if generator else {})})
         except ValueError as exc:
             top.error(f"Not run: {exc}.")
             return None, str(exc)

@@ -120,6 +120,16 @@ def update_run(studio: Studio, config: DistillConfig | None, apply: bool = True)
     if previous is not None:
         run = previous
         ensure_scores(studio, run)
+    elif config.refine.iterations:   # tens of seconds: a background job makes it, the last run stays meanwhile
+        job = refine_job(studio, config, key)
+        if not job.done:
+            return current, None
+        if job.error is not None:
+            return current, f"the refinement did not finish ({job.error}); change a setting to start it again"
+        run = history().add(job.result)
+        run.studio_key = key
+        record_run(studio, run)
+        st.session_state.pop("refine_job", None)
     else:
         try:
             with st.spinner("Distilling and scoring…"):
@@ -135,6 +145,30 @@ def update_run(studio: Studio, config: DistillConfig | None, apply: bool = True)
     st.session_state["run"], st.session_state["run_key"] = run, key
     st.session_state["selected"] = []
     return run, None
+
+
+def refine_job(studio: Studio, config: DistillConfig, key: str) -> BackgroundJob:
+    """This session's background job making the refined set of ``config`` (started on the first call for ``key``;
+    a job of other settings is cancelled). Its progress raises EvaluationCancelled once cancelled."""
+    from core.evaluation.students import EvaluationCancelled
+
+    job: BackgroundJob | None = st.session_state.get("refine_job")
+    if job is not None and job.key == key:
+        return job
+    if job is not None:
+        job.cancel()
+
+    def make(progress) -> Run:
+        def report(fraction: float, message: str) -> None:
+            if job.cancelled:
+                raise EvaluationCancelled("cancelled")
+            progress(fraction, message)
+        return run_once(studio, config, defer=True, progress=report)
+
+    job = BackgroundJob(make, name="refine")
+    job.key = key
+    st.session_state["refine_job"] = job.start()
+    return job
 
 
 def pending_changes(studio: Studio, config: DistillConfig | None) -> bool:

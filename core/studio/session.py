@@ -233,15 +233,16 @@ def proxy_scores(studio: Studio, dset: DistilledSet) -> dict[str, float]:
     return {key: proxy.score(dset.images, dset.labels, protocol) for key, protocol in PROXY_SCORES.items()}
 
 
-def run_once(studio: Studio, config: DistillConfig, defer: bool = False) -> Run:
+def run_once(studio: Studio, config: DistillConfig, defer: bool = False, progress: Progress | None = None) -> Run:
     """Distil ``config`` (trajectories recorded) and score it: coverage, PRDC, W2, landing error, NFE.
 
     ``defer``: return after the distillation and the latent scores (landing error, diversity, NFE); a
     background job (``run.scores_job``) then adds the teacher's scores (``run.features``, ``run.coverage``,
     mode coverage and PRDC) and W2 (``run.pending_metrics`` names what it adds), and writes them to the
-    run's registry row once recorded. The app shows the images at once and the scores a moment later."""
+    run's registry row once recorded. The app shows the images at once and the scores a moment later.
+    ``progress`` hears from a refinement (``config.refine``), the one stage that takes long."""
     t0 = time.perf_counter()
-    dset = distill(studio.engine, replace(config, record_trajectories=True))
+    dset = distill(studio.engine, replace(config, record_trajectories=True), progress=progress)
     prototypes = None
     if dset.prototypes is not None:
         prototypes = dset.images if config.method == "d4m" else _decoded_prototypes(studio, dset)
@@ -365,6 +366,9 @@ def run_parameters(config: DistillConfig) -> dict:
                        "prototypes": config.prototypes_per_class or config.ipc})
     if config.method.startswith("diffusion"):
         params.update({"steps": config.diffusion.steps})
+    if config.refine.iterations:
+        r = config.refine
+        params["refine"] = f"{r.embedding} {r.objective} {r.space} ×{r.iterations}"
     return params
 
 

@@ -393,3 +393,35 @@ def test_every_guidance_step_shows_the_predicted_accuracy_with_its_change_agains
     tile = {m.label: m for m in at.metric}[label]
     change = 100 * (second.metrics["predicted_hard_dsa"] - first.metrics["predicted_hard_dsa"])
     assert tile.value == f"{second.metrics['predicted_hard_dsa']:.1%}" and tile.delta == f"{change:+.1f} pts"
+
+
+def test_a_refinement_runs_in_the_background_and_becomes_a_new_run_that_exports():
+    at = open_app(ipc=2)
+    first = current(at)
+    at.selectbox(key="refine_preset").set_value("tdm").run()
+    at.slider(key="refine_iterations").set_value(10).run()
+    assert current(at) is first   # the last run stays while the refinement works
+    job = at.session_state["refine_job"]
+    assert job.wait(300) is not None
+    at.run()
+    refined = current(at)
+    assert refined is not first and refined.config.refine.iterations == 10
+    assert refined.config.refine.embedding == "teacher" and refined.config.refine.objective == "mmd"
+    assert refined.registry_id is not None and "refine_job" not in at.session_state
+    at.switch_page("pages/export.py").run()
+    assert not at.exception, at.exception
+    at.selectbox(key="refine_preset").set_value("none").run()
+    assert current(at).config.refine.iterations == 0   # back to the unrefined settings: that run again
+
+
+def test_a_cancelled_refinement_keeps_the_last_run_and_says_so():
+    at = open_app(ipc=2)
+    first = current(at)
+    at.selectbox(key="refine_preset").set_value("dm").run()
+    job = at.session_state["refine_job"]
+    job.cancel()
+    with pytest.raises(Exception):
+        job.wait(300)
+    at.run()
+    assert current(at) is first
+    assert any("refinement did not finish" in w.value for w in at.warning), [w.value for w in at.warning]

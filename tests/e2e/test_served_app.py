@@ -9,7 +9,19 @@ from pathlib import Path
 
 import pytest
 from checkout import checkout_listing
-from helpers import MAIN, REPO_ROOT, button, download, exceptions, goto_page, server_scratch, wait_for_app_idle, widget
+from helpers import (
+    MAIN,
+    REPO_ROOT,
+    button,
+    choose,
+    download,
+    exceptions,
+    goto_page,
+    reveal,
+    server_scratch,
+    wait_for_app_idle,
+    widget,
+)
 
 from core.registry import Registry
 
@@ -118,3 +130,29 @@ def test_the_servers_runs_go_to_a_temporary_registry_not_the_checkouts(streamlit
         ipcs = [json.loads(c)["ipc"] for (c,) in db.execute("SELECT config FROM runs WHERE kind = 'app'")]
     assert 5 in ipcs
     assert checkout_listing() == request.config._distill_checkout   # as it was when the suite started
+
+
+def test_a_refinement_picked_in_the_sidebar_runs_in_the_background_then_exports(streamlit_server, browser_page,
+                                                                                tmp_path):
+    page = browser_page
+    goto_page(page, streamlit_server, "?ipc=1&refine_iterations=10", timeout=300)
+    assert "refined" not in page.inner_text(MAIN)
+    reveal(page, widget(page, "stSelectbox", "Refine the set"))
+    choose(page, "Refine the set", "tdm — teacher-feature MMD (recommended)")
+    progress = page.get_by_text("Refining the set", exact=False)
+    page.get_by_text("Run 2: pgfm, refined (teacher features, mmd, 10 iterations)", exact=False).wait_for(
+        timeout=300_000)   # the progress bar showed meanwhile; then the refined set became run 2
+    wait_for_app_idle(page)
+    assert progress.count() == 0 and exceptions(page) == []
+    goto_page(page, streamlit_server, "export", title="Export")
+    manifest = zip_manifest(download(page, "Download zip", tmp_path))
+    assert manifest["config"]["refine"]["iterations"] == 10 and manifest["config"]["refine"]["embedding"] == "teacher"
+    goto_page(page, streamlit_server, "?ipc=1&refine_iterations=600")   # a long one, cancelled in the browser
+    box = widget(page, "stSelectbox", "Refine the set")
+    reveal(page, box)
+    box.click()   # not helpers.choose: the page is not idle while the job's progress ticks every second
+    page.locator('[role="option"]').filter(has=page.get_by_text("dm — random-network DM", exact=True)).first.click()
+    page.get_by_text("Refining the set", exact=False).first.wait_for(timeout=60_000)
+    button(page, "Cancel").click()
+    page.get_by_text("the refinement did not finish", exact=False).first.wait_for(timeout=120_000)
+    assert "Run 1: pgfm, IPC 1" in page.inner_text(MAIN) and exceptions(page) == []
