@@ -60,6 +60,7 @@ LIMITS: dict[str, tuple[int, int]] = {
     "resolution": (8, 4096),
     "trials": (1, 10_000),
     "workers": (1, 1024),
+    "GiB": (0, 2**20),              # memory limits (a float option > 0)
 }
 
 

@@ -218,13 +218,25 @@ def publish(new: Path, target: Path, replaceable: Callable[[Path], bool] | None 
     _remove(new)
 
 
+def _umask_permissions(tmp: Path, mode: int) -> None:
+    """Give ``tmp`` and, for a folder, everything in it the permissions that the umask gave the temporary sibling
+    (``mode``: 0644 / 0755 under umask 022), as a library may create its files private (safetensors: 0600)."""
+    for path in [tmp, *(tmp.rglob("*") if tmp.is_dir() else ())]:
+        wanted = mode if path.is_dir() else mode & 0o666
+        if not path.is_symlink() and path.stat().st_mode & 0o777 != wanted:
+            os.chmod(path, wanted)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary sibling and rename the result onto ``path`` atomically."""
+    """Call ``write(tmp_path)`` on a temporary sibling and rename the result onto ``path`` atomically (with the
+    umask's permissions, whatever ``write`` did)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_sibling(path, folder=False)
     try:
+        mode = tmp.stat().st_mode & 0o777
         write(tmp)
+        _umask_permissions(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -243,7 +255,9 @@ def atomic_directory(path: str | Path, replaceable: Callable[[Path], bool] | Non
     remove_stale_siblings(path)
     tmp = _new_sibling(path, folder=True)
     try:
+        mode = tmp.stat().st_mode & 0o777
         yield tmp
+        _umask_permissions(tmp, mode)
         publish(tmp, path, replaceable)
     finally:
         if tmp.exists():
@@ -261,7 +275,7 @@ def check_writable_target(target: str | Path, what: str = "output", replaces: bo
     ``/``, the home folder, the current folder or one of its parents. Raises OutputError naming the problem;
     touches nothing."""
     target = Path(os.path.abspath(os.path.expanduser(str(target))))
-    resolved, cwd = target.resolve(), Path.cwd().resolve()
+    resolved, cwd = resolve_path(target, what), Path.cwd().resolve()
     forbidden = {Path("/"): "the root folder", Path.home().resolve(): "your home folder", cwd: "the current folder"}
     if replaces and (resolved in forbidden or resolved in cwd.parents):
         name = forbidden.get(resolved, "a parent of the current folder")
@@ -282,6 +296,24 @@ def check_writable_target(target: str | Path, what: str = "output", replaces: bo
         raise OutputError(f"{what} {target}: cannot write in {existing} ({exc.strerror or exc}); choose a folder "
                          "you can write to") from exc
     return target
+
+
+def resolve_path(path: str | Path, what: str) -> Path:
+    """``path`` made absolute with its symbolic links resolved; OutputError naming ``what`` for a loop of links."""
+    try:
+        return Path(os.path.abspath(os.path.expanduser(str(path)))).resolve()
+    except (RuntimeError, OSError) as exc:   # Python < 3.13: RuntimeError("Symlink loop ..."); later OSError ELOOP
+        raise OutputError(f"{what} {path}: runs into a loop of symbolic links ({exc}); give another path") from exc
+
+
+def check_outside(target: str | Path, what: str, folder: str | Path, folder_what: str) -> None:
+    """OutputError when the output ``target`` is ``folder`` (an input of this run, e.g. its dataset) or lies in it:
+    writing there would change what this run and the next read. Touches nothing."""
+    inside = resolve_path(folder, folder_what)
+    resolved = resolve_path(target, what)
+    if resolved == inside or inside in resolved.parents:
+        raise OutputError(f"{what} {target} is inside {folder_what} {folder}: writing there would add to the data "
+                          "this and later runs read; choose a folder outside it")
 
 
 @contextmanager

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +17,36 @@ from safetensors.torch import load_file
 from core.errors import CheckpointError
 
 
-def read_json(path: str | Path) -> Any:
+JSON_MAX_BYTES = 64 * 2**20     # a manifest, a latent store's index, a results file: far above any this tool writes
+CONFIG_MAX_BYTES = 2**20        # a model's config.json, a scheduler config, a convention file
+RESTORE = "restore or re-create this file"
+
+
+def parse_json(data: str | bytes, source: str | Path, fix: str = RESTORE) -> Any:
+    """The JSON value of ``data``; CheckpointError naming ``source`` and ``fix`` for invalid JSON or JSON nested
+    too deeply for the parser (``[[[[...``: Python's recursion limit, about 1000 levels)."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise CheckpointError(f"{source}: JSON nested too deeply (over {sys.getrecursionlimit()} levels of [ or {{); "
+                              f"not something this tool wrote; {fix}") from None
+    except (ValueError, UnicodeDecodeError) as exc:   # JSONDecodeError is a ValueError
+        raise CheckpointError(f"{source}: not valid JSON ({exc}); {fix}") from exc
+
+
+def read_json(path: str | Path, max_bytes: int = JSON_MAX_BYTES, fix: str = RESTORE) -> Any:
+    """The JSON file ``path``, refused (CheckpointError naming it, its size and ``fix``) before it is read when it
+    is larger than ``max_bytes``; see ``parse_json``."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc}); restore or re-create this file") from exc
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(max_bytes + 1) if size <= max_bytes else b""
+    if size > max_bytes or len(data) > max_bytes:
+        raise CheckpointError(f"{path}: {max(size, len(data)) / 2**20:.1f} MiB, larger than the {max_bytes / 2**20:g} "
+                              f"MiB allowed for this JSON file; not something this tool wrote; {fix}")
+    return parse_json(data, path, fix)
 
 
 def load_tensors(path: str | Path, fix: str = "") -> dict[str, torch.Tensor]:
@@ -58,7 +82,7 @@ def read_model_folder(path: str | Path, kind: str, fix: str) -> tuple[dict, dict
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: model folder not found; {fix}")
-    meta = read_json(path / MODEL_CONFIG)
+    meta = read_json(path / MODEL_CONFIG, CONFIG_MAX_BYTES)
     if not isinstance(meta, dict) or meta.get("kind") != kind:
         found = meta.get("kind") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{path / MODEL_CONFIG}: holds a {found!r} model, expected {kind!r}; {fix}")

@@ -9,6 +9,7 @@ from pathlib import Path
 from core.cli.options import (
     add_distill_options,
     add_registry,
+    bounded,
     distill_config_from_args,
     engine_from_args,
     open_registry,
@@ -28,25 +29,25 @@ def add_parsers(add) -> None:
             "each protocol (test split), the whole-data row, cross-architecture students, DD-Ranking scores, the "
             "PGFM sweep (validation split), NFE against diffusion; resumable.", _cmd_bench)
     add_distill_options(p, single=False)
-    p.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50], help="IPC values (default 1 10 50)")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--ipc", type=bounded("ipc"), nargs="+", default=[1, 10, 50], help="IPC values (default 1 10 50)")
+    p.add_argument("--seeds", type=bounded("seeds"), default=3)
+    p.add_argument("--epochs", type=bounded("epochs"), default=300)
     p.add_argument("--methods", nargs="+", default=list(BENCH_METHODS), choices=list(BENCH_METHODS))
     p.add_argument("--protocols", nargs="+", default=["hard", "hard-dsa", "soft-online"], choices=list(PROTOCOLS),
                    help="student protocols of the main table (DESIGN.md 4b; default hard hard-dsa soft-online)")
     p.add_argument("--pool", default=TRAIN_MINUS_VAL, choices=[TRAIN_MINUS_VAL, "train"],
                    help="training images the methods draw from (default: the validation split held out)")
-    p.add_argument("--whole-epochs", type=int, default=4,
+    p.add_argument("--whole-epochs", type=bounded("epochs"), default=4,
                    help="epochs of the whole-training-set students (one per protocol; default 4)")
     p.add_argument("--no-whole", action="store_true", help="skip the whole-training-set row")
     p.add_argument("--architectures", nargs="*", default=["resnet-bn", "mlp"], choices=list(STUDENT_ARCHITECTURES),
                    help="cross-architecture students (hard-dsa, IPC 10 and 50; none: skip)")
     p.add_argument("--sweep-protocol", default="hard", choices=list(PROTOCOLS),
                    help="protocol of the PGFM sweep's validation accuracy (default hard)")
-    p.add_argument("--sweep-ipc", type=int, default=10, help="IPC of the PGFM sweep (default 10)")
+    p.add_argument("--sweep-ipc", type=bounded("ipc"), default=10, help="IPC of the PGFM sweep (default 10)")
     p.add_argument("--sweep-variants", nargs="+", default=[], metavar="NAME",
                    help="run only these sweep variants (e.g. default 'window=[0,0.5]' 'cell offset=1' 'random real')")
-    p.add_argument("--sweep-seeds", type=int, default=1, help="seeds per sweep variant (default 1)")
+    p.add_argument("--sweep-seeds", type=bounded("seeds"), default=1, help="seeds per sweep variant (default 1)")
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument("--no-main", action="store_true", help="skip the main table (e.g. to run a sweep alone)")
     p.add_argument("--no-efficiency", action="store_true")

@@ -3,6 +3,7 @@ torchrun job."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,7 @@ from core.cli.options import (
     add_batch_options,
     add_distill_options,
     add_registry,
+    bounded,
     distill_config_from_args,
     engine_from_args,
     model_spec,
@@ -21,7 +23,7 @@ from core.cli.options import (
     set_option,
     world_size,
 )
-from core.config import DEFAULT_TF32, TEACHER_DIR, TRAIN_MINUS_VAL
+from core.config import DEFAULT_TF32, TEACHER_DIR, TRAIN_MINUS_VAL, check_int
 from core.errors import DistillError, OutputError
 
 
@@ -53,7 +55,7 @@ def add_parsers(add) -> None:
                         "against --vae; held in memory up to --store-max-gib, streamed class by class above it). "
                         "Method random reads its real images from --data-dir, by default the folder the store was "
                         "encoded from")
-    p.add_argument("--store-max-gib", type=float, default=4.0,
+    p.add_argument("--store-max-gib", type=bounded("GiB", float), default=4.0,
                    help="--latent-store: largest store (float32 GiB) to hold in memory (default 4); a larger one is "
                         "streamed: quantized class by class with at most this much of its latents in memory")
     p.add_argument("--stream", action="store_true",
@@ -83,6 +85,8 @@ def _distill_spec(args: argparse.Namespace, method: str, device: str | None = No
                                       (DIFFUSION_METHODS, "--diffusion", spec.diffusion, "a diffusion model folder")):
         if method in needed and not model_present(ref):
             raise ValueError(f"method {method!r} needs {what}; {option} {ref} is not there")
+        if method in needed:
+            _folder_config(ref, "transformer")   # a damaged or hostile config.json is refused before any work
     return spec
 
 
@@ -97,13 +101,14 @@ def _store_classes(classes, engine):
     return ",".join(str(folders.index(c)) if c in folders else c for c in items)
 
 
-def _vae_config(reference: str) -> dict | None:
-    """The diffusers config of a VAE folder (or of a pipeline folder's vae/), None for a hub id or no config."""
-    from core.reads import read_json
+def _folder_config(reference: str, sub: str = "vae") -> dict | None:
+    """The config.json of a model folder (or of a pipeline folder's ``sub``/: the VAE's vae/, a DiT's transformer/),
+    None for a hub id, a file or no config."""
+    from core.reads import CONFIG_MAX_BYTES, read_json
 
-    for path in (Path(reference) / "config.json", Path(reference) / "vae" / "config.json"):
+    for path in (Path(reference) / "config.json", Path(reference) / sub / "config.json"):
         if path.is_file():
-            return read_json(path)
+            return read_json(path, CONFIG_MAX_BYTES)
     return None
 
 
@@ -152,8 +157,8 @@ def run_distill(args: argparse.Namespace, ctx=None) -> None:
     main = ctx is None or ctx.is_main
     config = distill_config_from_args(args)  # checks every knob before loading anything
     init_size = getattr(args, "stream_init_size", None)
-    if init_size is not None and init_size < 1:
-        raise ValueError(f"--stream-init-size must be an integer >= 1, got {init_size}")
+    if init_size is not None:
+        check_int("--stream-init-size", init_size, "images")
     device = args.device
     if ctx is not None:
         from core.pipeline.distributed import broadcast_object, rank_device
@@ -162,7 +167,7 @@ def run_distill(args: argparse.Namespace, ctx=None) -> None:
     spec = _distill_spec(args, config.method, device)
     from core.device import check_decode_precision, configure_device, resolve_device
 
-    check_decode_precision(config.sampler.dtype, _vae_config(args.vae), f"--vae {args.vae}")
+    check_decode_precision(config.sampler.dtype, _folder_config(args.vae), f"--vae {args.vae}")
     precision = {**configure_device(resolve_device(device), args.tf32), "dtype": config.sampler.dtype}
     problem = registry = None
     if main:  # the output and the registry are checked before any model is loaded (the output again when written)
@@ -208,14 +213,27 @@ def run_distill(args: argparse.Namespace, ctx=None) -> None:
         print(f"written to {out} (ImageFolder PNGs, manifest.json, latents.safetensors{', zipped' if as_zip else ''})")
         print(memory)
         if registry is not None:
-            from core.config import config_hash
-
-            with registry:
-                run = registry.add_run("distill", dset.config.to_dict(), {}, dset.timings, config_hash(dset.config),
-                                       export_path=str(out), source=engine.dataset.name)
-            print(f"recorded as run {run} in {registry.path}")
+            _record(registry, dset, out, engine.dataset.name)
     if ctx is not None:
         ctx.barrier()
+
+
+def _record(registry, dset, out, source: str) -> None:
+    """Record the export in the run registry; a registry that fails now costs the record only (a warning): the
+    export is written and whole."""
+    import sqlite3
+
+    from core.config import config_hash
+
+    try:
+        with registry:
+            run = registry.add_run("distill", dset.config.to_dict(), {}, dset.timings, config_hash(dset.config),
+                                   export_path=str(out), source=source)
+    except sqlite3.Error as exc:
+        print(f"warning: the export is complete, but the run registry {registry.path} could not record it ({exc})",
+              file=sys.stderr)
+        return
+    print(f"recorded as run {run} in {registry.path}")
 
 
 def _memory_line(engine, ctx, executor) -> str:

@@ -9,6 +9,7 @@ from core.cli.options import (
     add_batch_options,
     add_dataset,
     add_models,
+    bounded,
 )
 
 
@@ -30,12 +31,13 @@ def add_parsers(add) -> None:
                    help="classes of the ImageFolder to encode: comma-separated WordNet ids (n01440764), folder or "
                         "class names (tench), or a class list: 'imagenette', 'imagewoof' (shipped) or a text file "
                         "with one '<wnid> [name]' a line (default: every class folder)")
-    g.add_argument("--shard-size", type=int, default=None, help="images per shard file (default 4096)")
+    g.add_argument("--shard-size", type=bounded("images"), default=None, help="images per shard file (default 4096)")
     g.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable images with a warning (recorded in the store's index.json) instead of stopping")
-    g.add_argument("--max-per-class", type=int, default=None, metavar="K",
+    g.add_argument("--max-per-class", type=bounded("images"), default=None, metavar="K",
                    help="keep the first K files (by name) of each class (default: all)")
-    g.add_argument("--workers", type=int, default=None, help="threads decoding images (default: min(8, CPUs))")
+    g.add_argument("--workers", type=bounded("workers"), default=None,
+                   help="threads decoding images (default: min(8, CPUs))")
     g.add_argument("--overwrite", action="store_true",
                    help="delete a store already in DIR (shards and index) and encode anew; without it a store of "
                         "the same dataset and VAE is resumed, another one is refused")

@@ -6,6 +6,7 @@ import argparse
 from core.cli.options import (
     add_dataset,
     add_models,
+    bounded,
     check_folder,
     model_spec,
 )
@@ -19,11 +20,12 @@ def add_parsers(add) -> None:
             "quality (teacher accuracy of samples, FID-style distance).", _cmd_eval_models)
     add_models(p, flow=True, teacher=True)
     add_dataset(p)
-    p.add_argument("--per-class", type=int, default=500, help="flow samples per class (default 500)")
-    p.add_argument("--steps", type=int, default=10, help="Euler steps (default 10)")
+    p.add_argument("--per-class", type=bounded("images"), default=500, help="flow samples per class (default 500)")
+    p.add_argument("--steps", type=bounded("steps"), default=10, help="Euler steps (default 10)")
     p.add_argument("--cfg-scale", type=float, default=2.0)
     p.add_argument("--diffusion", default=str(DIFFUSION_DIR), help="diffusion counterpart folder (skipped if absent)")
-    p.add_argument("--diffusion-steps", type=int, nargs="*", default=[10, 25], help="DDIM steps to evaluate")
+    p.add_argument("--diffusion-steps", type=bounded("steps"), nargs="*", default=[10, 25],
+                   help="DDIM steps to evaluate")
     p.add_argument("--cfg-sweep", type=float, nargs="*", default=[1.0, 1.5, 2.0, 3.0, 4.0],
                    help="CFG scales for a quick conditional-accuracy sweep (100 samples per class)")
     p.add_argument("--json", default=None, help="also write the report to this JSON file")

@@ -9,6 +9,7 @@ from core.cli.options import (
     add_dataset,
     add_model_folder,
     add_registry,
+    bounded,
     check_folder,
     open_registry,
     world_size,
@@ -29,8 +30,8 @@ def add_parsers(add) -> None:
     p.add_argument("--split", default="test", choices=["test", "val"],
                    help="score the students on the test split (for reported tables) or on the validation split "
                         "(500 per class held out of train, for every choice that looks at accuracy; default test)")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (seed, seed+1, ...)")
-    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--seeds", type=bounded("seeds"), default=3, help="number of seeds (seed, seed+1, ...)")
+    p.add_argument("--epochs", type=bounded("epochs"), default=300)
     p.add_argument("--architecture", default="convnet", choices=list(STUDENT_ARCHITECTURES),
                    help="student network: convnet (ConvNet-3, the protocol), resnet / resnet-bn (ResNet-10-style, instance / "
                         "batch norm), mlp (2 hidden layers of 128 units)")

@@ -46,11 +46,12 @@ def set_option(p: argparse.ArgumentParser, dest: str, **changes) -> None:
     raise KeyError(dest)
 
 
-def _number_within(text: str, kind: str, number: type = int, prefix: str = "") -> int | float:
-    """``text`` as an integer within ``LIMITS[kind]`` (``number`` float: a number > 0 up to its bound), or the
-    argparse error that says what was expected (``prefix``: other accepted words) and, above it, the range."""
-    low, high = LIMITS[kind]
-    noun, low = ("a number", 0) if number is float else ("an integer", low)
+def _number_within(text: str, kind: str, number: type = int, prefix: str = "", low: int | None = None) -> int | float:
+    """``text`` as an integer within ``LIMITS[kind]`` (``low``: another lower bound; ``number`` float: a number > 0
+    up to its bound), or the argparse error that says what was expected (``prefix``: other accepted words) and,
+    above it, the range."""
+    high = LIMITS[kind][1]
+    noun, low = ("a number", 0) if number is float else ("an integer", LIMITS[kind][0] if low is None else low)
     try:
         value = number(text)
     except ValueError:
@@ -63,9 +64,10 @@ def _number_within(text: str, kind: str, number: type = int, prefix: str = "") -
     return value
 
 
-def bounded(kind: str, number: type = int) -> Callable[[str], int | float]:
-    """An argparse type: an integer within ``LIMITS[kind]`` (``number`` float: a number > 0 up to its bound)."""
-    return lambda text: _number_within(text, kind, number)
+def bounded(kind: str, number: type = int, low: int | None = None) -> Callable[[str], int | float]:
+    """An argparse type: an integer within ``LIMITS[kind]`` (``low``: another lower bound; ``number`` float: a
+    number > 0 up to its bound)."""
+    return lambda text: _number_within(text, kind, number, low=low)
 
 
 def non_negative_int(text: str) -> int:
@@ -168,7 +170,8 @@ def engine_from_args(args: argparse.Namespace, spec: ModelSpec | None = None, ct
 
 def with_refine_teacher(engine, args: argparse.Namespace):
     """``engine`` with the teacher (``--teacher``) a refinement with ``--refine-embedding teacher`` needs."""
-    if not hasattr(args, "refine") or distill_config_from_args(args).refine.embedding != "teacher":
+    # (ipc 1: the refinement does not depend on it, and the benchmark's --ipc is a list)
+    if not hasattr(args, "refine") or distill_config_from_args(args, ipc=1).refine.embedding != "teacher":
         return engine
     from dataclasses import replace
 
@@ -259,7 +262,7 @@ def add_models(p: argparse.ArgumentParser, flow: bool = False, teacher: bool = F
 
 def add_dataset(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "imagefolder"])
-    p.add_argument("--resolution", type=int, default=32,
+    p.add_argument("--resolution", type=bounded("resolution"), default=32,
                    help="imagefolder: image size (default 32; 256 for Stable-Diffusion-sized latents)")
     p.add_argument("--channels", type=int, default=3, choices=[1, 3], help="imagefolder: 1 or 3")
     p.add_argument("--cache-dir", default=None, help="latent cache root (default $DISTILL_CACHE or .cache/)")

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from core.cli.options import add_distill_options, distill_config_from_args, model_spec
+from core.cli.options import add_distill_options, bounded, distill_config_from_args, model_spec
 
 CALIBRATION_PROTOCOLS = ("hard-dsa", "soft-online")
 
@@ -44,7 +44,7 @@ def add_parsers(add) -> None:
     p = add("bench-proxy", "Seconds per score of the default accuracy proxy for 10 classes at IPC 1 / 10 / 50 "
             "(the set's teacher features included; median of --repeats).", _cmd_speed)
     add_distill_options(p)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=bounded("repeats"), default=5)
     p.add_argument("--json", default=None)
 
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from core.cli.options import (
     add_engine,
+    bounded,
     engine_from_args,
     model_spec,
     set_option,
@@ -25,16 +26,18 @@ def add_parsers(add) -> None:
             "throughput of encode, sample and decode in images/s on the device, for any VAE / flow.", _cmd_bench_speed)
     add_engine(p)
     set_option(p, "device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=bounded("repeats"), default=5)
     p.add_argument("--json", default=None)
     g = p.add_argument_group("throughput (synthetic images / latents / labels; any --vae, --flow, --resolution)")
-    g.add_argument("--batch-size", type=int, default=64, help="images per encode / sample / decode call (default 64)")
+    g.add_argument("--batch-size", type=bounded("batch"), default=64,
+                   help="images per encode / sample / decode call (default 64)")
     g.add_argument("--dtype", default="auto", choices=list(SAMPLER_DTYPE_OPTIONS),
                    help="autocast precision of the flow and the VAE (default auto: bfloat16 on a CUDA GPU with bf16, "
                         "float32 elsewhere)")
     g.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=DEFAULT_TF32,
                    help="TF32 float32 matmuls and convolutions on CUDA (default on; no effect elsewhere)")
-    g.add_argument("--steps", type=int, default=8, help="Euler steps of the sampling figure (default 8, as distill)")
+    g.add_argument("--steps", type=bounded("steps"), default=8,
+                   help="Euler steps of the sampling figure (default 8, as distill)")
     g.add_argument("--cfg-scale", type=float, default=2.0, help="CFG scale of the sampling figure (default 2)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the flow and the VAE's encoder / decoder (in place); ignored with a warning "
@@ -45,16 +48,18 @@ def add_parsers(add) -> None:
 
     p = add("bench-student", "Time one student training step (ConvNet-3 on 32 px, 10 classes) under each protocol and "
             "precision, and the seconds a 300-epoch student trains at IPC 1, 10 and 50.", _cmd_bench_student)
-    p.add_argument("--steps", type=int, default=20, help="timed steps per setting, after 3 warm-up steps (default 20)")
+    p.add_argument("--steps", type=bounded("steps"), default=20,
+                   help="timed steps per setting, after 3 warm-up steps (default 20)")
     p.add_argument("--architecture", default="convnet", choices=list(STUDENT_ARCHITECTURES))
-    p.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50], help="IPC values at 10 classes (default 1 10 50)")
+    p.add_argument("--ipc", type=bounded("ipc"), nargs="+", default=[1, 10, 50],
+                   help="IPC values at 10 classes (default 1 10 50)")
     p.add_argument("--teacher", default=str(TEACHER_DIR), help="labels the soft-online batches")
     p.add_argument("--json", default=None)
 
     p = add("bench-engine", "Print per-class W2 (weighted vs uniform), PGFM landing errors and solver orders.",
             _cmd_bench_engine)
     add_engine(p)
-    p.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
+    p.add_argument("--ipc", type=bounded("ipc"), nargs="+", default=[10, 50])
     p.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     p.add_argument("--json", default=None)
 

@@ -11,6 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from core.cli.options import bounded
+
 REPO = Path(__file__).resolve().parents[2]
 # What a distill process imports, each timed alone in a fresh interpreter (wall seconds include the interpreter).
 IMPORTS = {
@@ -25,7 +27,8 @@ IMPORTS = {
 def add_parsers(add) -> None:
     p = add("bench-startup", "Time fresh CLI processes: --help, a whole distill --method pgfm --ipc 10 into a zip, "
             "and the heavy imports it needs (torch, diffusers, scikit-learn), each alone.", _cmd_bench_startup)
-    p.add_argument("--repeats", type=int, default=3, help="processes timed per figure (default 3; median shown)")
+    p.add_argument("--repeats", type=bounded("repeats"), default=3,
+                   help="processes timed per figure (default 3; median shown)")
     p.add_argument("--json", default=None)
 
 

@@ -10,6 +10,7 @@ from dataclasses import replace
 from core.cli.options import (
     add_distill_options,
     add_registry,
+    bounded,
     distill_config_from_args,
     model_spec,
     open_registry,
@@ -56,8 +57,9 @@ def _knob_names() -> str:
 def _add_common(p: argparse.ArgumentParser) -> None:
     add_distill_options(p)
     p.add_argument("--name", required=True, help="the run's name in the registry (run again to resume)")
-    p.add_argument("--epochs", type=int, default=300, help="student epochs (default 300)")
-    p.add_argument("--student-seeds", type=int, default=1, help="students per point, seeds 0..n-1 (default 1)")
+    p.add_argument("--epochs", type=bounded("epochs"), default=300, help="student epochs (default 300)")
+    p.add_argument("--student-seeds", type=bounded("seeds"), default=1,
+                   help="students per point, seeds 0..n-1 (default 1)")
     p.add_argument("--architecture", default="convnet", choices=list(STUDENT_ARCHITECTURES))
     p.add_argument("--teacher", default=str(TEACHER_DIR), help="teacher folder (default: embedded)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")

@@ -8,6 +8,7 @@ from pathlib import Path
 from core.cli.options import (
     add_dataset,
     add_models,
+    bounded,
     encode_split,
     portable,
     set_option,
@@ -38,8 +39,8 @@ def add_parsers(add) -> None:
             "ImageFolder (C x R x R -> 4x8x8, one encoder block per halving).", _cmd_train_vae)
     add_dataset(p)
     p.add_argument("--out", default=str(VAE_DIR), help="output folder (default assets/vae)")
-    p.add_argument("--epochs", type=float, default=4.0)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--epochs", type=bounded("epochs", float), default=4.0)
+    p.add_argument("--batch-size", type=bounded("batch"), default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     add_train_split(p)
 
@@ -47,8 +48,8 @@ def add_parsers(add) -> None:
             "ImageFolder (depth by resolution as in DC/DSA: 3 blocks at 32 px, 4 at 64, 5 at 128).", _cmd_train_teacher)
     add_dataset(p)
     p.add_argument("--out", default=str(TEACHER_DIR), help="output folder (default assets/teacher)")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=bounded("epochs"), default=8)
+    p.add_argument("--batch-size", type=bounded("batch"), default=128)
     p.add_argument("--lr", type=float, default=0.05)
     add_train_split(p)
 
@@ -61,9 +62,9 @@ def add_parsers(add) -> None:
                     help="auto (cuda, then mps, then cpu), cpu, cuda or cuda:N (default auto); also encodes there")
         add_dataset(p)
         p.add_argument("--out", default=str(default_out), help=f"output folder (default {default_out.relative_to(ASSETS.parent)})")
-        p.add_argument("--steps", type=int, default=8000)
+        p.add_argument("--steps", type=bounded("train steps"), default=8000)
         add_train_split(p)
-        p.add_argument("--batch-size", type=int, default=256)
+        p.add_argument("--batch-size", type=bounded("batch"), default=256)
         g = p.add_argument_group("model")
         g.add_argument("--model", default="mlp-m", choices=list(MODEL_PRESETS if flow_cmd else MLP_PRESETS),
                        type=str.lower,
@@ -73,16 +74,16 @@ def add_parsers(add) -> None:
                                 "depth 12, 6 heads), sit-b/2 (768, 12, 12), sit-l/2 (1024, 24, 16), sit-xl/2 (1152, "
                                 "28, 16), with the data's classes + a null class for CFG and no learned sigma"
                                 if flow_cmd else "") + " (default mlp-m)")
-        g.add_argument("--width", type=int, default=None,
+        g.add_argument("--width", type=bounded("width"), default=None,
                        help="MLP width" + (" / SiT hidden size" if flow_cmd else "") + " (default: the preset's)")
-        g.add_argument("--hidden", type=int, default=None, help="MLP hidden width (default: the preset's)")
-        g.add_argument("--depth", type=int, default=None,
+        g.add_argument("--hidden", type=bounded("width"), default=None, help="MLP hidden width (default: the preset's)")
+        g.add_argument("--depth", type=bounded("width"), default=None,
                        help="MLP blocks" + (" / SiT transformer blocks" if flow_cmd else "") + " (default: the preset's)")
         if flow_cmd:
-            g.add_argument("--heads", type=int, default=None, help="SiT attention heads (default: the preset's)")
+            g.add_argument("--heads", type=bounded("width"), default=None, help="SiT attention heads (default: the preset's)")
         g = p.add_argument_group("optimisation")
         g.add_argument("--lr", type=float, default=None, help="AdamW peak learning rate (default 1e-3 MLP, 1e-4 SiT)")
-        g.add_argument("--warmup", type=int, default=200, help="linear warm-up steps before the cosine decay")
+        g.add_argument("--warmup", type=bounded("train steps", low=0), default=200, help="linear warm-up steps before the cosine decay")
         g.add_argument("--ema-decay", type=float, default=None, help="EMA decay of the saved weights (default 0.999 "
                        "MLP, 0.9999 SiT; the EMA copies the weights until the warm-up ends)")
         g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
@@ -91,13 +92,13 @@ def add_parsers(add) -> None:
                             "native bf16; fp16 adds loss scaling (GradScaler)")
         g.add_argument("--grad-checkpointing", action="store_true",
                        help="recompute block activations in the backward pass (less memory, ~1 extra forward)")
-        g.add_argument("--checkpoint-every", type=int, default=500, help="steps between OUT/checkpoint.pt writes")
+        g.add_argument("--checkpoint-every", type=bounded("train steps"), default=500, help="steps between OUT/checkpoint.pt writes")
         g.add_argument("--no-resume", action="store_true", help="ignore OUT/checkpoint.pt and start afresh")
         g = p.add_argument_group("data")
         g.add_argument("--latent-store", default=None, metavar="DIR",
                        help="train on a latent store written by `encode --store DIR` instead of encoding --dataset "
                             "(its VAE is recorded in it; a --vae given explicitly is checked against it)")
-        g.add_argument("--store-max-gib", type=float, default=4.0,
+        g.add_argument("--store-max-gib", type=bounded("GiB", float), default=4.0,
                        help="--latent-store: largest store (float32 GiB) to hold in memory (default 4)")
 
 

@@ -27,6 +27,7 @@ from core.data.datasets import (
     VALIDATION_PER_CLASS,
     VALIDATION_SEED,
     LabelledImages,
+    list_image_folder,
     load_fashion_mnist,
     load_image_folder,
     validation_indices,
@@ -92,6 +93,21 @@ def holdout_count(n: int) -> int:
     return 0 if n < 2 else int(min(VALIDATION_PER_CLASS, max(1, round(HOLDOUT_FRACTION * n))))
 
 
+def require_test_split(splits: FolderSplits) -> Path:
+    """The test split's folder; DatasetNotFoundError saying how to add one when there is none."""
+    if splits.test is None:
+        raise DatasetNotFoundError(f"{splits.root} has no test split: add ROOT/test (or ROOT/val) with the same "
+                                   "class folders as ROOT/train, or pass --test-dir")
+    return splits.test
+
+
+def training_images(splits: FolderSplits) -> int:
+    """Images of the train-minus-val split of ``splits``, counted from the file names (no image is read)."""
+    _, items = list_image_folder(splits.train)
+    per_class = Counter(label for _, label in items)
+    return sum(n - (holdout_count(n) if splits.val is None else 0) for n in per_class.values())
+
+
 def holdout_indices(labels: np.ndarray, seed: int = VALIDATION_SEED) -> np.ndarray:
     """Sorted indices of the validation images held out of training ``labels``: ``holdout_count`` per class,
     class c drawn from its own stream [seed, c] (a class's pick does not depend on the others)."""
@@ -109,10 +125,8 @@ def load_folder_split(root: str | Path, split: str, resolution: int = 32, channe
     splits = folder_splits(root, test_dir)
     tag = f"imagefolder-{splits.root.resolve().name}-{resolution}"
     if split == "test":
-        if splits.test is None:
-            raise DatasetNotFoundError(f"{splits.root} has no test split: add ROOT/test (or ROOT/val) with the "
-                                       "same class folders as ROOT/train, or pass --test-dir")
-        return _named(load_image_folder(splits.test, resolution, channels, _class_folders(splits.train)), f"{tag}-test")
+        test = load_image_folder(require_test_split(splits), resolution, channels, _class_folders(splits.train))
+        return _named(test, f"{tag}-test")
     if split == "val" and splits.val is not None:
         return _named(load_image_folder(splits.val, resolution, channels, _class_folders(splits.train)), f"{tag}-val")
     train = load_image_folder(splits.train, resolution, channels)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.config import PROTOCOLS, SOFT_TEMPERATURE
+from core.config import PROTOCOLS, SOFT_TEMPERATURE, check_int
 from core.data.augment import dsa_augment
 from core.data.datasets import LabelledImages
 from core.device import bf16_supported, configure_device, resolve_device
@@ -77,15 +77,18 @@ class EvalConfig:
             raise ValueError(f"augment must be 'none' or 'dsa', got {self.augment!r}")
         if self.relabel and self.labels != "soft":
             raise ValueError("relabel (the teacher labels every batch) needs labels='soft'")
-        for name in ("epochs", "batch_size", "width", "test_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, kind in (("epochs", "epochs"), ("batch_size", "batch"), ("width", "width"),
+                           ("test_batch_size", "batch")):
+            check_int(name, int(getattr(self, name)), kind)
         for name in ("lr", "temperature"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
         if not self.seeds:
             raise ValueError("seeds must name at least one seed")
+        check_int("the number of seeds", len(self.seeds), "seeds")
+        for seed in self.seeds:
+            check_int("a student seed", seed, "seed")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
         try:
@@ -295,17 +298,19 @@ def read_manifest(root: str | Path) -> dict | None:
     import json
     from pathlib import PurePosixPath
 
+    from core.errors import CheckpointError
     from core.pipeline.export import MANIFEST
+    from core.reads import read_json
 
     root = Path(root)
     path = root / MANIFEST
     if not path.is_file():
         return None
     try:
-        manifest = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); restore it, or delete it to evaluate the folder as a "
-                         "plain ImageFolder (unweighted)") from exc
+        manifest = read_json(path, fix="restore it, or delete it to evaluate the folder as a plain ImageFolder "
+                             "(unweighted)")
+    except CheckpointError as exc:
+        raise ValueError(str(exc)) from exc
     if not isinstance(manifest, dict):
         raise ValueError(f"{path}: must be a JSON object with a list \"images\", found {type(manifest).__name__}")
     entries = manifest.get("images")

@@ -1,7 +1,6 @@
 """The embedded default: where the shipped models live and how to load them together."""
 from __future__ import annotations
 
-import json
 import pickle
 import re
 from dataclasses import asdict
@@ -192,10 +191,9 @@ NOT_A_VELOCITY_FOLDER = ("not a velocity model folder: expected this project's f
 
 
 def _read_config(path: Path) -> dict:
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    from core.reads import CONFIG_MAX_BYTES, read_json
+
+    meta = read_json(path, CONFIG_MAX_BYTES)
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: expected a JSON object, found {type(meta).__name__}")
     return meta
@@ -299,9 +297,9 @@ def dit_convention(root: Path, folder: Path, declared) -> VelocityConvention | N
 def _read_declared_convention(folder: Path, root: Path) -> dict | None:
     for candidate in (folder / CONVENTION_FILE, root / CONVENTION_FILE):
         if candidate.is_file():
-            from core.reads import read_json
+            from core.reads import CONFIG_MAX_BYTES, read_json
 
-            data = read_json(candidate)
+            data = read_json(candidate, CONFIG_MAX_BYTES)
             if not isinstance(data, dict):
                 raise CheckpointError(f"{candidate}: expected a JSON object with preset / time_scale / "
                                       f"time_reversed / velocity_sign")
@@ -443,11 +441,11 @@ def load_flow(path: str | Path, device: str | torch.device = "cpu", latent_shape
     The project's LatentMLP folder gives a LatentMLP; a SiT folder written by ``train-flow --model sit-*``
     (kind ``SIT_FLOW_KIND``) gives a ``core.models.velocity.VelocityAdapter`` around the SiT (same call and
     attributes)."""
-    from core.reads import MODEL_CONFIG, read_json
+    from core.reads import CONFIG_MAX_BYTES, MODEL_CONFIG, read_json
 
     config = Path(path) / MODEL_CONFIG
     if config.is_file():
-        meta = read_json(config)
+        meta = read_json(config, CONFIG_MAX_BYTES)
         if isinstance(meta, dict) and meta.get("kind") == SIT_FLOW_KIND:
             return load_sit_flow(path, device, latent_shape, num_classes)
     return load_latent_mlp(path, FLOW_KIND, FLOW_FIX, device, latent_shape, num_classes)

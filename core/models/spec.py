@@ -2,7 +2,6 @@
 heads and class map), checked when it is made; core.models.loading loads what it names."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -50,11 +49,14 @@ def parse_convention(convention: Any) -> Any:
     if convention is None or convention == "":
         return None
     if isinstance(convention, str) and convention.strip().startswith("{"):
+        from core.errors import CheckpointError
+        from core.reads import parse_json
+
         try:
-            convention = json.loads(convention)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"flow convention: not valid JSON ({exc}); give a preset name or an object such as "
-                             '{"time_scale": 1000, "time_reversed": true, "velocity_sign": -1}') from exc
+            convention = parse_json(convention, "flow convention", 'give a preset name or an object such as '
+                                    '{"time_scale": 1000, "time_reversed": true, "velocity_sign": -1}')
+        except CheckpointError as exc:
+            raise ValueError(str(exc)) from exc
     from core.models.velocity import resolve_convention
 
     try:
@@ -102,7 +104,8 @@ class ModelFolder:
 
 def open_model_folder(folder: str | Path, device: str = "cpu") -> ModelFolder:
     """The ``ModelFolder`` at ``folder``; ValueError when it is not one (no record) or its record is damaged.
-    Relative paths in the record are relative to the repository (``prepare`` writes them so)."""
+    Relative paths in the record are relative to the repository (``prepare`` writes them so for paths inside it,
+    absolute ones else), or else to the model folder."""
     from core.config import ASSETS
     from core.reads import read_json
 
@@ -113,9 +116,10 @@ def open_model_folder(folder: str | Path, device: str = "cpu") -> ModelFolder:
     record = read_json(record_file)
 
     def located(path: str | None) -> str | None:
-        if path is None or Path(path).is_absolute() or not (ASSETS.parent / path).exists():
+        if path is None or Path(path).is_absolute():
             return path
-        return str(ASSETS.parent / path)
+        return next((str(base / path) for base in (ASSETS.parent, folder.absolute())
+                     if (base / path).exists()), path)
 
     try:
         root, resolution, channels = located(record["root"]), int(record["resolution"]), int(record["channels"])

@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL
 from core.data.datasets import LabelledImages
 from core.device import pick_device
 from core.errors import CheckpointError
-from core.reads import require_finite_module, tensors_fingerprint
+from core.reads import CONFIG_MAX_BYTES, read_json, require_finite_module, tensors_fingerprint
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 TRAINING_RECORD = "training.json"
@@ -95,10 +95,13 @@ class LatentAutoencoder:
         """Load from a local ``save_pretrained`` folder or a hub id (e.g. ``stabilityai/sd-vae-ft-mse``)."""
         local = Path(path_or_id)
         looks_local = local.exists() or str(path_or_id).startswith((".", "/")) or str(path_or_id).count("/") != 1
-        if looks_local and not (local / (subfolder or "") / "config.json").is_file():
+        config = local / (subfolder or "") / "config.json"
+        if looks_local and not config.is_file():
             raise CheckpointError(
                 f"{local}: no VAE here (expected config.json and {WEIGHTS_NAME} written by save_pretrained); "
                 "re-create it with `python -m core train-vae --out DIR` or give a diffusers hub id")
+        if looks_local:   # checked (size, nesting) before diffusers parses it
+            read_json(config, CONFIG_MAX_BYTES)
         try:
             kwargs = {"subfolder": subfolder} if subfolder else {}
             vae = AutoencoderKL.from_pretrained(str(path_or_id), use_safetensors=True, low_cpu_mem_usage=False,

@@ -35,6 +35,7 @@ from core.io import (
     publish,
     remove_stale_siblings,
 )
+from core.reads import JSON_MAX_BYTES, parse_json, read_json
 
 FORMAT = "distill-studio/imagefolder-v1"
 MANIFEST = "manifest.json"
@@ -94,12 +95,14 @@ def is_export(path: str | Path) -> bool:
                 return True
             if any(e.is_symlink() for e in entries):
                 return False
-            manifest = json.loads((path / MANIFEST).read_bytes())
+            manifest = read_json(path / MANIFEST)
             names = {e.relative_to(path).as_posix() for e in entries if e.is_file()}
             folders = {e.relative_to(path).as_posix() for e in entries if e.is_dir()}
         elif zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
-                manifest = json.loads(archive.read(MANIFEST))
+                if archive.getinfo(MANIFEST).file_size > JSON_MAX_BYTES:   # never inflated: not ours
+                    return False
+                manifest = parse_json(archive.read(MANIFEST), f"{path}:{MANIFEST}")
                 names = {n for n in archive.namelist() if not n.endswith("/")}
             folders = set()
         else:

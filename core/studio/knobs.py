@@ -12,13 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from core.config import FLOW_METHODS, SCHEDULES, SOLVERS, DistillConfig
+from core.config import FLOW_METHODS, SCHEDULES, SOLVERS, DistillConfig, check_int
 
 
 @dataclass(frozen=True)
 class Knob:
     """One tunable setting: ``path`` is its attribute path in a DistillConfig; ``kind`` float, int or
-    'choice' (one of ``choices``); ``low`` / ``high`` the range a search may use."""
+    'choice' (one of ``choices``); ``low`` / ``high`` the range a search may use; ``limit``: the
+    ``core.config.LIMITS`` bounds an int knob's values must keep (a config would refuse the rest)."""
 
     name: str
     label: str
@@ -28,6 +29,7 @@ class Knob:
     high: float = 1.0
     choices: tuple[str, ...] = ()
     methods: tuple[str, ...] = ("pgfm",)   # the methods whose sets the setting changes
+    limit: str | None = None
 
     def get(self, config: DistillConfig) -> Any:
         value: Any = config
@@ -57,6 +59,8 @@ class Knob:
         if self.kind == "int":
             if value != int(value):
                 raise ValueError(f"{self.name} takes whole numbers, got {text!r}")
+            if self.limit:
+                check_int(self.name, int(value), self.limit)
             return int(value)
         return value
 
@@ -73,7 +77,7 @@ KNOBS: dict[str, Knob] = {k.name: k for k in (
     Knob("schedule", "guidance schedule", "sampler.guidance.schedule", "choice", choices=SCHEDULES),
     Knob("trust_radius", "trust radius r (0: none)", "sampler.guidance.trust_radius", "float", 0.0, 3.0),
     Knob("t0", "warm start t0", "sampler.t0", "float", 0.0, 0.9),
-    Knob("steps", "ODE steps", "sampler.steps", "int", 2, 32, methods=FLOW_METHODS),
+    Knob("steps", "ODE steps", "sampler.steps", "int", 2, 32, methods=FLOW_METHODS, limit="steps"),
     Knob("solver", "ODE solver", "sampler.solver", "choice", choices=SOLVERS, methods=FLOW_METHODS),
     Knob("cfg_scale", "CFG scale", "sampler.cfg_scale", "float", 1.0, 4.0, methods=FLOW_METHODS),
     Knob("cell_offset", "cell offset", "cell_offset", "float", 0.0, 1.0),

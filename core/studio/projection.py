@@ -243,12 +243,17 @@ def _save(path: Path, p: Projection, meta: dict) -> None:
 def _load(path: Path, meta: dict, knn: int) -> Projection:
     """Load a cached projection; ValueError if it is corrupt or was made from other inputs/config."""
     from safetensors import SafetensorError, safe_open
+
+    from core.errors import CheckpointError
+    from core.reads import parse_json
     try:
         with safe_open(str(path), framework="numpy") as f:
-            stored = json.loads((f.metadata() or {})["projection"])
+            stored = parse_json((f.metadata() or {})["projection"], path)
             arrays = {k: f.get_tensor(k) for k in f.keys() if k in _ARRAYS}
     except SafetensorError as exc:
         raise ValueError(f"not a readable safetensors file: {exc}") from exc
+    except CheckpointError as exc:   # its metadata: not JSON, or nested too deeply
+        raise ValueError(str(exc)) from exc
     if {k: stored.get(k) for k in meta} != meta:
         raise ValueError("made with another config or from other latents")
     return Projection(stored["method"], knn=knn, **arrays)

@@ -42,6 +42,15 @@ def convnet_depth(resolution: int) -> int:
     return max(1, resolution.bit_length() - 3)
 
 
+def teacher_steps_per_epoch(images: int, batch_size: int, option: str = "--batch-size") -> int:
+    """Optimisation steps of an epoch over ``images`` (the last, partial batch is dropped); ValueError naming
+    ``option`` (the batch size's) when there is none."""
+    if images < batch_size:
+        raise ValueError(f"train-teacher would take no optimisation step: {images} training images make less than "
+                         f"one batch of {option} {batch_size}; give {option} {images} or less")
+    return images // batch_size
+
+
 def augment(x: torch.Tensor, generator: torch.Generator, flip: bool, max_shift: int) -> torch.Tensor:
     """Random horizontal flip and random translation by up to ``max_shift`` pixels (zero = -1 padding)."""
     if flip:
@@ -71,7 +80,7 @@ def train_teacher(config: TeacherTrainConfig, out: str | Path, data_dir: str | N
                                 depth=convnet_depth(size)))
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=True)
-    steps_per_epoch = len(train) // config.batch_size
+    steps_per_epoch = teacher_steps_per_epoch(len(train), config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps_per_epoch,
                                                    pct_start=0.15)
     labels = torch.from_numpy(train.labels)

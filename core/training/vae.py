@@ -2,7 +2,6 @@
 an ImageFolder (``core.models.vae.vae_widths``: an 8x8 latent of 4 channels)."""
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, replace
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 
 from core.data.splits import load_dataset
 from core.device import seed_everything
+from core.errors import CheckpointError
 from core.io import atomic_directory, write_json
 from core.models.vae import (
     TRAINING_RECORD,
@@ -24,6 +24,7 @@ from core.models.vae import (
     measure_vae,
     vae_widths,
 )
+from core.reads import CONFIG_MAX_BYTES, read_json
 
 
 def is_vae_folder(path: Path) -> bool:
@@ -36,12 +37,24 @@ def is_vae_folder(path: Path) -> bool:
     if not names:
         return True
     try:
-        record = json.loads((path / TRAINING_RECORD).read_text())
+        record = read_json(path / TRAINING_RECORD)
         return (names <= {"config.json", WEIGHTS_NAME, TRAINING_RECORD}
-                and json.loads((path / "config.json").read_text()).get("_class_name") == "AutoencoderKL"
+                and read_json(path / "config.json", CONFIG_MAX_BYTES).get("_class_name") == "AutoencoderKL"
                 and "core train-vae" in str(record.get("command", "")))
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, CheckpointError):
         return False
+
+
+def vae_steps(images: int, epochs: float, batch_size: int,
+              options: tuple[str, str] = ("--epochs", "--batch-size")) -> int:
+    """Optimisation steps of ``epochs`` over ``images`` in batches of ``batch_size``; ValueError naming ``options``
+    (the epochs' and the batch size's) when there is none."""
+    steps = int(epochs * images / batch_size)
+    if steps < 1:
+        raise ValueError(f"train-vae would take no optimisation step: {images} training images x {options[0]} "
+                         f"{epochs:g} make less than one batch of {options[1]} {batch_size}; give {options[1]} "
+                         f"{int(images * epochs)} or less (or more {options[0]})")
+    return steps
 
 
 def train_tiny_vae(config: TinyVAEConfig, out: str | Path, data_dir: str | None = None,
@@ -63,7 +76,7 @@ def train_tiny_vae(config: TinyVAEConfig, out: str | Path, data_dir: str | None 
         config = replace(config, block_out_channels=vae_widths(size))
     vae = build_tiny_vae(config, in_channels=train.image_shape[0], sample_size=size)
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
-    steps = int(config.epochs * len(train) / config.batch_size)
+    steps = vae_steps(len(train), config.epochs, config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.05)
     t_start = time.perf_counter()
     vae.train()

@@ -156,3 +156,17 @@ def test_a_registry_that_cannot_be_written_is_refused_in_one_line(tmp_path, monk
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "readonly database" in err and err.startswith("error:")
     assert not (tmp_path / "set").exists()
+
+
+def test_a_registry_failing_after_the_export_is_a_warning_and_the_export_stays(tmp_path, monkeypatch, capsys):
+    from core.cli.main import main
+
+    def fails(self, *args, **kwargs):
+        raise sqlite3.DatabaseError("database disk image is malformed")
+    monkeypatch.setattr(Registry, "add_run", fails)
+    out = tmp_path / "set"
+    code = main(["distill", "--ipc", "1", "--classes", "0", "--method", "random", "--out", str(out),
+                 "--registry", str(tmp_path / "registry.sqlite")])
+    err = capsys.readouterr().err
+    assert code == 0 and "warning: the export is complete" in err and "Traceback" not in err
+    assert (out / "manifest.json").is_file()

@@ -1,6 +1,6 @@
 """Safe writes: --overwrite replaces only previous exports, a replace is atomic (also when the writer is
 killed), concurrent exports to one new name cannot both succeed, outputs are checked before any work,
-and exports have ordinary permissions."""
+and exports and model files have ordinary permissions."""
 import contextlib
 import io
 import json
@@ -243,6 +243,23 @@ def test_exports_get_ordinary_permissions(tmp_path):
         assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path
     with zipfile.ZipFile(archive) as z:
         assert {info.external_attr >> 16 & 0o777 for info in z.infolist()} == {0o644}
+
+
+def test_model_files_get_ordinary_permissions(tmp_path):
+    from safetensors.torch import save_file
+
+    from core.io import atomic_directory, save_model_folder
+
+    old = os.umask(0o022)
+    try:   # safetensors creates its files 0600: model folders (prepare's) and VAE folders get the umask's modes
+        save_model_folder(tmp_path / "model", "kind", {"width": 2}, {"w": torch.zeros(2)})
+        with atomic_directory(tmp_path / "vae") as tmp:
+            (tmp / "sub").mkdir()
+            save_file({"w": torch.zeros(2)}, str(tmp / "sub" / "weights.safetensors"))
+    finally:
+        os.umask(old)
+    for path in [*(tmp_path / "model").rglob("*"), *(tmp_path / "vae").rglob("*")]:
+        assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path
 
 
 def test_zip_bytes_need_no_temporary_folder(tmp_path, monkeypatch):
