@@ -114,6 +114,10 @@ def update_run(studio: Studio, config: DistillConfig | None, apply: bool = True)
     if config is None or (not apply and same_data):   # other data and models: their run, whatever is staged
         return current, None
     key = f"{id(studio.engine)}-{config_key(config)}"   # the same settings on other data are another run
+    stale = st.session_state.get("refine_job")
+    if stale is not None and stale.key != key:   # settings moved on: a refinement of others stops
+        stale.cancel()
+        st.session_state.pop("refine_job")
     if current is not None and st.session_state.get("run_key") == key:
         return current, None
     previous = next((r for r in reversed(history().runs) if r.studio_key == key), None)
@@ -148,15 +152,13 @@ def update_run(studio: Studio, config: DistillConfig | None, apply: bool = True)
 
 
 def refine_job(studio: Studio, config: DistillConfig, key: str) -> BackgroundJob:
-    """This session's background job making the refined set of ``config`` (started on the first call for ``key``;
-    a job of other settings is cancelled). Its progress raises EvaluationCancelled once cancelled."""
+    """This session's background job making the refined set of ``config`` (started on the first call for ``key``).
+    Its progress raises EvaluationCancelled once cancelled."""
     from core.evaluation.students import EvaluationCancelled
 
     job: BackgroundJob | None = st.session_state.get("refine_job")
-    if job is not None and job.key == key:
+    if job is not None:   # update_run has dropped a job of other settings
         return job
-    if job is not None:
-        job.cancel()
 
     def make(progress) -> Run:
         def report(fraction: float, message: str) -> None:
