@@ -8,9 +8,10 @@ from ui import state
 
 # metric key -> (label, format, one-line help: what, units, which way is better)
 METRIC_LABELS = {
-    "predicted_hard_dsa": ("Predicted accuracy (hard-dsa)", "{:.1%}", "a kernel ridge regression on the teacher's "
-                           "features, fitted to the set's hard labels and scored on the validation split: a prediction "
-                           "of a ConvNet-3 student's validation accuracy under hard-dsa, in milliseconds; higher is better"),
+    "predicted_hard_dsa": ("Predicted accuracy (hard-dsa)", "{:.1%}", "a kernel ridge regression in the features of "
+                           "random ConvNets, fitted to the set's hard labels and scored on the validation split: a "
+                           "prediction of a ConvNet-3 student's validation accuracy under hard-dsa, in well under a "
+                           "second (core/evaluation/proxy.py); higher is better"),
     "predicted_soft_online": ("Predicted accuracy (soft-online)", "{:.1%}", "the same regression fitted to the "
                               "teacher's soft labels of the set: a prediction for soft-online students; higher is better"),
     "mode_coverage": ("Mode coverage", "{:.0%}", "share of the real data's modes (10 k-means clusters of teacher "

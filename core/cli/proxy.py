@@ -22,12 +22,11 @@ CALIBRATION_PROTOCOLS = ("hard-dsa", "soft-online")
 
 
 def estimators() -> dict:
-    """The proxies compared (name -> ProxyConfig); the first is the one the app shows."""
-    from core.evaluation.proxy import ProxyConfig
+    """The proxies compared (name -> ProxyConfig); the first is the one the app shows (DEFAULT_PROXY)."""
+    from core.evaluation.proxy import DEFAULT_PROXY, ProxyConfig
 
-    return {"teacher-linear": ProxyConfig(), "teacher-rbf": ProxyConfig(kernel="rbf"),
+    return {"random-convnet": DEFAULT_PROXY, "teacher-linear": ProxyConfig(), "teacher-rbf": ProxyConfig(kernel="rbf"),
             "teacher-rbf-aug4": ProxyConfig(kernel="rbf", augmentations=4),
-            "random-convnet": ProxyConfig(embedding="random-convnet"),
             "random-convnet-aug4": ProxyConfig(embedding="random-convnet", augmentations=4)}
 
 
@@ -41,6 +40,8 @@ def add_parsers(add) -> None:
     p.add_argument("--report", default="benchmarks/proxy/CALIBRATION.md")
     p.add_argument("--figure", default="docs/proxy_calibration.png")
     p.add_argument("--teacher", default=None, help="teacher folder (default: the embedded one)")
+    p.add_argument("--scored-only", action="store_true",
+                   help="report on the sets every estimator has scored already (nothing is distilled)")
     p = add("bench-proxy", "Seconds per score of the default accuracy proxy for 10 classes at IPC 1 / 10 / 50 "
             "(the set's teacher features included; median of --repeats).", _cmd_speed)
     add_distill_options(p)
@@ -65,13 +66,13 @@ def _studio_parts(spec, data_dir: str | None):
 def _score_sets(records: list[dict], cache: dict, engine, teacher, validation, save) -> dict:
     """{estimator: {set key: {protocol: proxy}}}, computing what ``cache`` lacks (each set distilled once;
     ``save(cache)`` after each, so an interrupted run resumes)."""
-    from core.config import DistillConfig, config_hash
+    from core.config import DistillConfig
     from core.evaluation.proxy import KernelProxy
     from core.pipeline.distill import distill
 
     proxies = {}
     for name, config in estimators().items():
-        tag = f"{name}/{config_hash(asdict(config))}"
+        tag = _tag(name, config)
         table = cache.setdefault(tag, {})
         todo = [r for r in records if r["key"] not in table]
         if not todo:
@@ -85,7 +86,14 @@ def _score_sets(records: list[dict], cache: dict, engine, teacher, validation, s
         save(cache)
         print(f"[{i + 1}] IPC {record['ipc']} {record['name']}: distilled and scored in "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
-    return {name: cache[f"{name}/{config_hash(asdict(config))}"] for name, config in estimators().items()}
+    return {name: cache[_tag(name, config)] for name, config in estimators().items()}
+
+
+def _tag(name: str, config) -> str:
+    """The key of an estimator's scores in the cache: its name and a hash of its settings."""
+    from core.config import config_hash
+
+    return f"{name}/{config_hash(asdict(config))}"
 
 
 def _table(records: list[dict], scores: dict) -> list[dict]:
@@ -136,8 +144,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
         write_json(args.data, {"sets": collect_sets(results)})
     records = read_json(args.data)["sets"]
     cache = read_json(args.scores) if Path(args.scores).is_file() else {}
-    spec = ModelSpec() if args.teacher is None else ModelSpec(teacher=args.teacher)
-    scores = _score_sets(records, cache, *_studio_parts(spec, args.data_dir), lambda c: write_json(args.scores, c))
+    if args.scored_only:
+        scores = {name: cache.get(_tag(name, config), {}) for name, config in estimators().items()}
+        records = [r for r in records if all(r["key"] in table for table in scores.values())]
+    else:
+        spec = ModelSpec() if args.teacher is None else ModelSpec(teacher=args.teacher)
+        scores = _score_sets(records, cache, *_studio_parts(spec, args.data_dir), lambda c: write_json(args.scores, c))
     rows = _table(records, scores)
     names = list(scores)
     text = (f"# Accuracy proxy calibration\n\n`python -m core proxy-calibrate --data {args.data}`: Spearman ρ / "
@@ -149,7 +161,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
          **{k: _finite(v) for k, v in r[names[0]].items()}} for r in rows]})
     scatter_figure(records, scores[names[0]], list(CALIBRATION_PROTOCOLS), f"proxy {names[0]}", args.figure)
     print(text)
-    print(f"written: {args.report}, {args.figure}, {args.scores}")
+    print(f"written: {args.report}, {Path(args.report).with_name('calibration.json')}, {args.figure}"
+          + ("" if args.scored_only else f", {args.scores}"))
 
 
 def _cmd_speed(args: argparse.Namespace) -> None:

@@ -117,8 +117,8 @@ def scatter_figure(records: list[dict], scores: dict[str, dict[str, float]], pro
                 ys = [100 * y for _, y, m in points if m == method]
                 ax.scatter(xs, ys, s=18, label=method)
             stats = rank_correlations(group, scores, protocol)
-            ax.set_title(f"IPC {ipc}, {protocol}: ρ {stats['rho']:.2f}, τ {stats['tau']:.2f} (n {stats['n']})",
-                         fontsize=9)
+            ax.set_title(f"IPC {ipc}, {protocol}: " + (f"ρ {stats['rho']:.2f}, τ {stats['tau']:.2f} (n {stats['n']})"
+                         if stats["n"] >= 3 else f"{stats['n']} sets scored so far"), fontsize=9)
             ax.set_xlabel(f"{label} (%)", fontsize=8)
             ax.set_ylabel("student validation accuracy (%)", fontsize=8)
             ax.legend(fontsize=6)
