@@ -124,7 +124,7 @@ def _markdown(rows: list[dict], names: list[str]) -> str:
         cells = [str(row["ipc"]), row["protocol"], str(row[names[0]]["n"]),
                  f"{fmt(row['ceiling'])} ({row['ceiling_sets']})",
                  *[f"{fmt(row[n]['rho'])} / {fmt(row[n]['tau'])}" for n in names],
-                 f"{fmt(row[best]['rho'])} ({best[5:]})" if best else "–"]
+                 f"{fmt(row[best]['rho'])} ({best[5:]})" if best and not math.isnan(row[best]["rho"]) else "–"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
