@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.studio.session import Run
+from core.studio.session import PROXY_SCORES, Run
 from ui import state
 
 # metric key -> (label, format, one-line help: what, units, which way is better)
@@ -34,7 +34,6 @@ METRIC_LABELS = {
 }
 
 
-PROXY_PROTOCOLS = {"predicted_hard_dsa": "hard-dsa", "predicted_soft_online": "soft-online"}
 LOWER_IS_BETTER = {METRIC_LABELS["w2_latent_mean"][0], METRIC_LABELS["nfe_per_image"][0]}
 
 
@@ -50,23 +49,30 @@ def metric_delta(key: str, run: Run, previous: Run | None) -> str | None:
     if previous is None or key not in previous.metrics or key not in run.metrics:
         return None
     change = run.metrics[key] - previous.metrics[key]
-    if key in PROXY_PROTOCOLS or key == "mode_coverage":
+    if key in PROXY_SCORES or key == "mode_coverage":
         return f"{100 * change:+.1f} pts"
     return f"{change:+.3g}"
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _calibration_rows(path: str, modified_ns: int) -> list[dict]:
+    """The rows of the calibration file (read once per version of the file, not on every poll of the tiles)."""
+    from core.errors import DistillError
+    from core.reads import read_json
+
+    try:
+        return list(read_json(path)["rows"])
+    except (DistillError, OSError, ValueError, KeyError, TypeError):   # a damaged file costs the note only
+        return []
 
 
 def proxy_note(key: str, ipc: int) -> str:
     """What the calibration measured for the proxy of ``key`` at the IPC nearest ``ipc``."""
     from core.config import ASSETS
-    from core.errors import DistillError
-    from core.reads import read_json
 
     path = ASSETS.parent / "benchmarks" / "proxy" / "calibration.json"
-    protocol = PROXY_PROTOCOLS[key]
-    try:
-        rows = [r for r in read_json(path)["rows"] if r["protocol"] == protocol] if path.is_file() else []
-    except (DistillError, OSError, ValueError, KeyError, TypeError):   # a damaged file costs the note only
-        rows = []
+    rows = _calibration_rows(str(path), path.stat().st_mtime_ns) if path.is_file() else []
+    rows = [r for r in rows if r.get("protocol") == PROXY_SCORES[key]]
     if not rows:
         return "Not calibrated against students yet (python -m core proxy-calibrate)"
     row = min(rows, key=lambda r: abs(r["ipc"] - ipc))
@@ -115,7 +121,7 @@ def metric_panel(run: Run, columns: int = 1) -> None:
         previous = previous_run(run)
         for key, (label, fmt, help) in METRIC_LABELS.items():
             if key in run.metrics:
-                help = f"{help}. {proxy_note(key, run.config.ipc)}" if key in PROXY_PROTOCOLS else help
+                help = f"{help}. {proxy_note(key, run.config.ipc)}" if key in PROXY_SCORES else help
                 items.append((label, fmt.format(run.metrics[key]), help, metric_delta(key, run, previous)))
             elif key in waiting:
                 error = job.error if job is not None else None

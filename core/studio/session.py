@@ -212,7 +212,7 @@ def _teacher_coverage(studio: Studio, dset: DistilledSet) -> tuple[np.ndarray, C
 def accuracy_proxy(studio: Studio):
     """The studio's accuracy proxy (core.evaluation.proxy.KernelProxy, DEFAULT_PROXY), fitted once to
     the validation split, never to the test split; None without a teacher or a validation split. Built on first
-    use (teacher features of the validation images: a few seconds), then shared by every session."""
+    use (features of the validation images: a few seconds), then shared by every session."""
     from core.evaluation.proxy import KernelProxy
 
     if studio.teacher is None or studio.validation is None:

@@ -30,7 +30,7 @@ from core.config import DistillConfig
 from core.evaluation.students import EvalConfig, EvaluationCancelled
 from core.pipeline.distill import DistillEngine
 from core.studio.knobs import knob
-from core.studio.session import Progress, Studio
+from core.studio.session import PROXY_SCORES, Progress, Studio
 from core.studio.sweeps import (
     check_name,
     distill_point,
@@ -39,7 +39,7 @@ from core.studio.sweeps import (
     validation_engine,
 )
 
-PROXY_OBJECTIVES = {"predicted-hard-dsa": "predicted_hard_dsa", "predicted-soft-online": "predicted_soft_online"}
+PROXY_OBJECTIVES = {f"predicted-{protocol}": key for key, protocol in PROXY_SCORES.items()}   # objective -> metric
 OBJECTIVES = ("val-accuracy", "mode-coverage", *PROXY_OBJECTIVES)
 
 
